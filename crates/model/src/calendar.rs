@@ -103,8 +103,10 @@ impl Calendar {
     /// The boundary after `start` (itself a boundary of `tier`): the end of its period.
     pub fn next_boundary(&self, tier: Tier, register: Register, start: Timestamp) -> Timestamp {
         let next = match tier {
-            Tier::Interval => Timestamp::from_second(start.as_second() + register.interval_seconds())
-                .map_err(|_| CalendarError::OutOfRange),
+            Tier::Interval => {
+                Timestamp::from_second(start.as_second() + register.interval_seconds())
+                    .map_err(|_| CalendarError::OutOfRange)
+            }
             Tier::Day => self
                 .date_of(start)
                 .tomorrow()
@@ -123,7 +125,10 @@ impl Calendar {
     /// Quarter-hours in a local day: 92 when clocks go forward, 100 when they go back.
     pub fn quarter_hours_in_day(&self, date: Date) -> i64 {
         let start = self.date_start(date);
-        let end = date.tomorrow().map_err(|_| CalendarError::OutOfRange).and_then(|d| self.date_start(d));
+        let end = date
+            .tomorrow()
+            .map_err(|_| CalendarError::OutOfRange)
+            .and_then(|d| self.date_start(d));
         match (start, end) {
             (Ok(s), Ok(e)) => (e.as_second() - s.as_second()) / QUARTER_SECONDS,
             _ => 96,
@@ -155,21 +160,40 @@ mod tests {
         let import = Register::ImportT1;
         // Local midnight on 1 December 2026 (winter time, UTC+1).
         let month = cal.tiers_of(import, ts("2026-11-30T23:00:00Z"));
-        assert!(month.contains(Tier::Month) && month.contains(Tier::Day) && month.contains(Tier::Interval));
+        assert!(
+            month.contains(Tier::Month)
+                && month.contains(Tier::Day)
+                && month.contains(Tier::Interval)
+        );
         // Local midnight on 27 November: day and interval, not month.
         let day = cal.tiers_of(import, ts("2026-11-26T23:00:00Z"));
         assert!(day.contains(Tier::Day) && !day.contains(Tier::Month));
         // Summer time: local midnight is 22:00 UTC.
-        assert!(cal.tiers_of(import, ts("2026-07-14T22:00:00Z")).contains(Tier::Day));
-        assert!(!cal.tiers_of(import, ts("2026-07-14T23:00:00Z")).contains(Tier::Day));
+        assert!(
+            cal.tiers_of(import, ts("2026-07-14T22:00:00Z"))
+                .contains(Tier::Day)
+        );
+        assert!(
+            !cal.tiers_of(import, ts("2026-07-14T23:00:00Z"))
+                .contains(Tier::Day)
+        );
         // A plain quarter-hour, and one that is on no grid at all.
         let q = cal.tiers_of(import, ts("2026-11-26T23:15:00Z"));
         assert!(q.contains(Tier::Interval) && !q.contains(Tier::Day));
         assert!(cal.tiers_of(import, ts("2026-11-26T23:07:00Z")).is_empty());
-        assert!(cal.tiers_of(import, ts("2026-11-26T23:15:00.5Z")).is_empty());
+        assert!(
+            cal.tiers_of(import, ts("2026-11-26T23:15:00.5Z"))
+                .is_empty()
+        );
         // Gas: hourly interval only.
-        assert!(cal.tiers_of(Register::Gas, ts("2026-11-26T23:15:00Z")).is_empty());
-        assert!(cal.tiers_of(Register::Gas, ts("2026-11-26T21:00:00Z")).contains(Tier::Interval));
+        assert!(
+            cal.tiers_of(Register::Gas, ts("2026-11-26T23:15:00Z"))
+                .is_empty()
+        );
+        assert!(
+            cal.tiers_of(Register::Gas, ts("2026-11-26T21:00:00Z"))
+                .contains(Tier::Interval)
+        );
     }
 
     #[test]
@@ -177,12 +201,31 @@ mod tests {
         let cal = Calendar::amsterdam();
         let t = ts("2026-03-29T12:34:00Z");
         assert_eq!(cal.day_start(t), ts("2026-03-28T23:00:00Z"));
-        assert_eq!(cal.next_boundary(Tier::Day, Register::Gas, ts("2026-03-28T23:00:00Z")), ts("2026-03-29T22:00:00Z"));
+        assert_eq!(
+            cal.next_boundary(Tier::Day, Register::Gas, ts("2026-03-28T23:00:00Z")),
+            ts("2026-03-29T22:00:00Z")
+        );
         assert_eq!(cal.month_start(t), ts("2026-02-28T23:00:00Z"));
-        assert_eq!(cal.next_boundary(Tier::Month, Register::Gas, ts("2026-02-28T23:00:00Z")), ts("2026-03-31T22:00:00Z"));
-        assert_eq!(cal.period_start(Tier::Interval, Register::ImportT1, t), ts("2026-03-29T12:30:00Z"));
-        assert_eq!(cal.period_start(Tier::Interval, Register::Gas, t), ts("2026-03-29T12:00:00Z"));
-        assert_eq!(cal.next_boundary(Tier::Interval, Register::ImportT1, ts("2026-03-29T12:30:00Z")), ts("2026-03-29T12:45:00Z"));
+        assert_eq!(
+            cal.next_boundary(Tier::Month, Register::Gas, ts("2026-02-28T23:00:00Z")),
+            ts("2026-03-31T22:00:00Z")
+        );
+        assert_eq!(
+            cal.period_start(Tier::Interval, Register::ImportT1, t),
+            ts("2026-03-29T12:30:00Z")
+        );
+        assert_eq!(
+            cal.period_start(Tier::Interval, Register::Gas, t),
+            ts("2026-03-29T12:00:00Z")
+        );
+        assert_eq!(
+            cal.next_boundary(
+                Tier::Interval,
+                Register::ImportT1,
+                ts("2026-03-29T12:30:00Z")
+            ),
+            ts("2026-03-29T12:45:00Z")
+        );
         assert!(Calendar::new("Mars/Olympus").is_err());
     }
 

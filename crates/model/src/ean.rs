@@ -106,13 +106,19 @@ mod tests {
         body[16] = b'1';
         assert_eq!(Ean::check_digit(&body), 7);
         assert!("000000000000000017".parse::<Ean>().is_ok());
-        assert_eq!("000000000000000018".parse::<Ean>(), Err(EanError::CheckDigit));
+        assert_eq!(
+            "000000000000000018".parse::<Ean>(),
+            Err(EanError::CheckDigit)
+        );
     }
 
     #[test]
     fn rejects_with_reason_and_without_digits() {
         assert_eq!("123".parse::<Ean>(), Err(EanError::Length(3)));
-        assert_eq!("87123456789012345x".parse::<Ean>(), Err(EanError::NotDigit(18)));
+        assert_eq!(
+            "87123456789012345x".parse::<Ean>(),
+            Err(EanError::NotDigit(18))
+        );
         let valid = Ean::from_body(87_123_456_789_012_345).expect("body fits");
         let mut digits = *valid.as_bytes();
         digits[17] = b'0' + (digits[17] - b'0' + 1) % 10;

@@ -184,11 +184,18 @@ pub fn parse_milli(text: &str) -> Result<u64, ValueError> {
         return Err(ValueError::TooPrecise);
     }
     let int = int.trim_start_matches('0');
-    let absurd = ValueError::Absurd { max: Register::MAX_PUBLISHED, unit: "" };
+    let absurd = ValueError::Absurd {
+        max: Register::MAX_PUBLISHED,
+        unit: "",
+    };
     if int.len() > 9 {
         return Err(absurd);
     }
-    let whole: u64 = if int.is_empty() { 0 } else { int.parse().map_err(|_| ValueError::NotANumber)? };
+    let whole: u64 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| ValueError::NotANumber)?
+    };
     if whole > Register::MAX_PUBLISHED {
         return Err(absurd);
     }
@@ -234,8 +241,14 @@ mod tests {
         assert_eq!(parse_milli("1."), Err(ValueError::NotANumber));
         assert_eq!(parse_milli(".5"), Err(ValueError::NotANumber));
         assert_eq!(parse_milli("1e5"), Err(ValueError::NotANumber));
-        assert!(matches!(parse_milli("100000001"), Err(ValueError::Absurd { .. })));
-        assert!(matches!(parse_milli("99999999999999999999999"), Err(ValueError::Absurd { .. })));
+        assert!(matches!(
+            parse_milli("100000001"),
+            Err(ValueError::Absurd { .. })
+        ));
+        assert!(matches!(
+            parse_milli("99999999999999999999999"),
+            Err(ValueError::Absurd { .. })
+        ));
         assert_eq!(format_milli(12_345_678), "12345.678");
         assert_eq!(format_milli(5), "0.005");
     }

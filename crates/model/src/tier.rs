@@ -102,9 +102,10 @@ impl ConsentLevel {
             ConsentLevel::Off => TierSet::EMPTY,
             ConsentLevel::Standard => TierSet::EMPTY.with(Tier::Month),
             ConsentLevel::Daily => TierSet::EMPTY.with(Tier::Month).with(Tier::Day),
-            ConsentLevel::Interval => {
-                TierSet::EMPTY.with(Tier::Month).with(Tier::Day).with(Tier::Interval)
-            }
+            ConsentLevel::Interval => TierSet::EMPTY
+                .with(Tier::Month)
+                .with(Tier::Day)
+                .with(Tier::Interval),
         }
     }
 
@@ -118,9 +119,14 @@ impl ConsentLevel {
     }
 
     pub fn from_code(code: u8) -> Option<ConsentLevel> {
-        [ConsentLevel::Off, ConsentLevel::Standard, ConsentLevel::Daily, ConsentLevel::Interval]
-            .into_iter()
-            .find(|c| *c as u8 == code)
+        [
+            ConsentLevel::Off,
+            ConsentLevel::Standard,
+            ConsentLevel::Daily,
+            ConsentLevel::Interval,
+        ]
+        .into_iter()
+        .find(|c| *c as u8 == code)
     }
 }
 
@@ -150,7 +156,11 @@ mod tests {
         assert!(daily.contains(Tier::Day) && !daily.contains(Tier::Interval));
         assert_eq!(ConsentLevel::Interval.allowed_tiers().iter().count(), 3);
         assert_eq!(
-            ConsentLevel::Interval.allowed_tiers().minus(daily).iter().collect::<Vec<_>>(),
+            ConsentLevel::Interval
+                .allowed_tiers()
+                .minus(daily)
+                .iter()
+                .collect::<Vec<_>>(),
             vec![Tier::Interval]
         );
         for c in ["off", "standard", "daily", "interval"] {
