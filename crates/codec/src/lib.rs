@@ -15,7 +15,7 @@ pub use topic::{Format, parse_topic};
 pub use wire::{WirePayload, WireReading};
 
 use jiff::{SignedDuration, Timestamp};
-use meterstand_model::{Calendar, MeterId, Reading, Register, TierSet, Unit};
+use meterstand_model::{Calendar, MeterId, Reading, Register, Unit};
 
 /// Bounds on what one message may hold.
 #[derive(Debug, Clone)]
@@ -36,12 +36,7 @@ impl Default for Limits {
     }
 }
 
-/// A validated reading plus the tiers whose boundary it lies on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DecodedReading {
-    pub reading: Reading,
-    pub tiers: TierSet,
-}
+pub use meterstand_model::TieredReading as DecodedReading;
 
 /// A validated message.
 #[derive(Debug, Clone, PartialEq, Eq)]

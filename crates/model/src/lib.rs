@@ -10,6 +10,7 @@ mod connection;
 mod ean;
 mod meter;
 mod register;
+pub mod sim;
 mod tier;
 
 pub use calendar::{Calendar, CalendarError};
@@ -26,6 +27,13 @@ pub struct Reading {
     pub register: Register,
     pub time: jiff::Timestamp,
     pub value: u64,
+}
+
+/// A validated reading plus the tiers on whose boundary it lies (computed once, at decode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TieredReading {
+    pub reading: Reading,
+    pub tiers: TierSet,
 }
 
 /// Seconds in a quarter-hour, the finest grid every tier boundary lies on.

@@ -1,0 +1,198 @@
+//! End-to-end ingest through a real Mosquitto on loopback, durable and acknowledged:
+//! `ingest_readings_per_sec_single` (one reading per message), `ingest_readings_per_sec_batched`
+//! (96 per message), and on the same queued messages `mqtt_drain_messages_per_sec` of a
+//! subscriber that only acknowledges. Messages are queued in the broker for a persistent
+//! session first, so each figure measures delivery, not the publisher.
+
+#[path = "../../tests/tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{Mosquitto, Publisher, json_payload, quarters_ago};
+use jiff::Timestamp;
+use meterstand_ingest::{Ingest, IngestConfig, IngestStatus};
+use meterstand_model::{ConsentLevel, Ean, Reading, Register};
+use meterstand_pseudonym::{KeyRing, Pseudonymiser};
+use meterstand_store::{RocksStore, StoreConfig, SystemClock};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio_util::sync::CancellationToken;
+
+fn messages(single: bool) -> Vec<(String, Vec<u8>, u64)> {
+    let mut out = Vec::new();
+    if single {
+        let start = quarters_ago(200);
+        for i in 0..100_000u64 {
+            let c = i % 10_000;
+            let q = (i / 10_000) as i64;
+            let ean = Ean::from_body(87_100_000_000_000_000 + c).expect("fits");
+            let r = Reading {
+                register: Register::ImportT1,
+                time: Timestamp::from_second(start.as_second() + q * 900).expect("ok"),
+                value: 1_000 + i,
+            };
+            out.push((
+                format!("meters/{}/json", ean.expose()),
+                json_payload("E0000000000000001", &[r]),
+                1,
+            ));
+        }
+    } else {
+        let start = quarters_ago(96 * 12);
+        for i in 0..12_000u64 {
+            let c = i % 1_000;
+            let day = (i / 1_000) as i64;
+            let ean = Ean::from_body(87_100_000_000_100_000 + c).expect("fits");
+            let readings: Vec<Reading> = (0..96)
+                .map(|q| Reading {
+                    register: Register::ImportT1,
+                    time: Timestamp::from_second(start.as_second() + (day * 96 + q) * 900)
+                        .expect("ok"),
+                    value: 1_000_000 + (day * 96 + q) as u64 * 30,
+                })
+                .collect();
+            out.push((
+                format!("meters/{}/json", ean.expose()),
+                json_payload("E0000000000000001", &readings),
+                96,
+            ));
+        }
+    }
+    out
+}
+
+/// Creates a persistent session subscribed to the meters topics, then leaves it offline.
+fn prepare_session(rt: &tokio::runtime::Runtime, port: u16, client_id: &str) {
+    rt.block_on(async {
+        let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
+        o.set_clean_session(false);
+        let (client, mut el) = AsyncClient::new(o, 10);
+        client
+            .subscribe("meters/+/json", QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        loop {
+            if let Ok(Event::Incoming(Packet::SubAck(_))) = el.poll().await {
+                break;
+            }
+        }
+        client.disconnect().await.expect("disconnect");
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while el.poll().await.is_ok() {}
+        })
+        .await;
+    });
+}
+
+fn queue(port: u16, msgs: &[(String, Vec<u8>, u64)], id: &str) {
+    let mut p = Publisher::connect(port, id);
+    for (t, payload, _) in msgs {
+        p.publish(t, payload.clone());
+    }
+    p.wait_acked();
+}
+
+fn drain(rt: &tokio::runtime::Runtime, port: u16, client_id: &str, n: usize) -> f64 {
+    rt.block_on(async {
+        let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
+        o.set_clean_session(false);
+        o.set_manual_acks(true);
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut el) = AsyncClient::new(o, 10_000);
+        let mut got = 0;
+        let mut started = None;
+        while got < n {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    started.get_or_insert_with(Instant::now);
+                    client.try_ack(&p).expect("ack");
+                    got += 1;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("drain: {e}"),
+            }
+        }
+        let rate = n as f64 / started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(1.0);
+        client.disconnect().await.expect("disconnect");
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while el.poll().await.is_ok() {}
+        })
+        .await;
+        rate
+    })
+}
+
+fn ingest(
+    rt: &tokio::runtime::Runtime,
+    port: u16,
+    client_id: &str,
+    msgs: usize,
+    readings: u64,
+) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = StoreConfig::new(dir.path());
+    config.default_consent = ConsentLevel::Interval;
+    let store = Arc::new(RocksStore::open(config, Arc::new(SystemClock)).expect("open"));
+    let p = Arc::new(Pseudonymiser::new(&KeyRing::from_keys([(1, [5u8; 32])])));
+    let mut ic = IngestConfig::new(format!("mqtt://127.0.0.1:{port}"));
+    ic.client_id = client_id.into();
+    let status = Arc::new(IngestStatus::default());
+    let stop = CancellationToken::new();
+    let handle = rt.spawn(Ingest::run(
+        ic,
+        store.clone(),
+        p,
+        status.clone(),
+        stop.clone(),
+    ));
+    let rate = rt.block_on(async {
+        while status.messages.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let started = Instant::now();
+        while status.acked.load(Ordering::Relaxed) < msgs as u64 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        readings as f64 / started.elapsed().as_secs_f64()
+    });
+    stop.cancel();
+    let _ = rt.block_on(handle);
+    let stored = status.totals().stored.total();
+    assert!(stored >= readings, "stored {stored} of {readings}");
+    rate
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let broker = Mosquitto::start(&tmp.path().join("mosquitto"));
+    for (name, single) in [("single", true), ("batched", false)] {
+        let msgs = messages(single);
+        let readings: u64 = msgs.iter().map(|m| m.2).sum();
+        let drain_id = format!("bench-drain-{name}");
+        let ingest_id = format!("bench-ingest-{name}");
+        prepare_session(&rt, broker.port, &drain_id);
+        prepare_session(&rt, broker.port, &ingest_id);
+        queue(broker.port, &msgs, &format!("bench-pub-{name}"));
+        let drain_rate = drain(&rt, broker.port, &drain_id, msgs.len());
+        let ingest_rate = ingest(&rt, broker.port, &ingest_id, msgs.len(), readings);
+        println!("mqtt_drain_messages_per_sec_{name} {drain_rate:.0} messages/s");
+        println!("ingest_readings_per_sec_{name} {ingest_rate:.0} readings/s");
+        if single {
+            println!("mqtt_drain_messages_per_sec {drain_rate:.0} messages/s");
+            println!(
+                "ingest_single_over_drain_ratio {:.2} x",
+                ingest_rate / drain_rate
+            );
+        }
+    }
+}

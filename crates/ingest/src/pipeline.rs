@@ -1,0 +1,480 @@
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use meterstand_codec::{Limits, Reject, decode, parse_topic};
+use meterstand_model::Calendar;
+use meterstand_pseudonym::Pseudonymiser;
+use meterstand_store::{IngestItem, ReadingStore, StoreError, WriteOutcome};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, TlsConfiguration,
+    Transport,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics;
+
+/// Client certificate and CA files for `mqtts://`.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub url: String,
+    pub client_id: String,
+    pub topic_prefix: String,
+    /// Subscribe through `$share/{group}/…` so several instances split the load.
+    pub share_group: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub tls: TlsFiles,
+    pub limits: Limits,
+    /// A batch is written when it holds this many messages…
+    pub batch_max_messages: usize,
+    /// …or when its first message has waited this long.
+    pub batch_max_delay: Duration,
+    /// Messages received and not yet acknowledged at most (the broker's inflight window
+    /// should not exceed it).
+    pub max_unacked: usize,
+    pub keep_alive: Duration,
+    pub calendar: Calendar,
+}
+
+impl IngestConfig {
+    pub fn new(url: impl Into<String>) -> IngestConfig {
+        IngestConfig {
+            url: url.into(),
+            client_id: "meterstand-ingest".into(),
+            topic_prefix: "meters".into(),
+            share_group: None,
+            username: None,
+            password: None,
+            tls: TlsFiles::default(),
+            limits: Limits::default(),
+            batch_max_messages: 2000,
+            batch_max_delay: Duration::from_millis(20),
+            max_unacked: 20_000,
+            keep_alive: Duration::from_secs(30),
+            calendar: Calendar::amsterdam(),
+        }
+    }
+
+    pub fn topics(&self) -> Vec<String> {
+        ["json", "bincode"]
+            .iter()
+            .map(|f| match &self.share_group {
+                Some(g) => format!("$share/{g}/{}/+/{f}", self.topic_prefix),
+                None => format!("{}/+/{f}", self.topic_prefix),
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("broker url {0:?}: expected mqtt://host:port or mqtts://host:port")]
+    Url(String),
+    #[error("cannot read TLS file {path}: {source}")]
+    TlsFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("mqtts:// needs broker.ca_file")]
+    TlsNeedsCa,
+}
+
+/// What `/readyz` and the demo read: connection state and running totals.
+#[derive(Debug, Default)]
+pub struct IngestStatus {
+    pub connected: AtomicBool,
+    pub messages: AtomicU64,
+    pub rejected: AtomicU64,
+    pub acked: AtomicU64,
+    pub outcome: std::sync::Mutex<WriteOutcome>,
+}
+
+impl IngestStatus {
+    pub fn totals(&self) -> WriteOutcome {
+        self.outcome.lock().map(|o| *o).unwrap_or_default()
+    }
+}
+
+/// One received message on its way to the store.
+struct Entry {
+    publish: Publish,
+    received: Instant,
+    item: Option<IngestItem>,
+}
+
+/// Receives → batches → durably writes → acknowledges.
+#[derive(Debug)]
+pub struct Ingest;
+
+/// Batches waiting for the committer. Two let the batcher fill the next batch while one is
+/// written; more would only hold unacknowledged messages in memory.
+const COMMIT_QUEUE: usize = 2;
+
+impl Ingest {
+    /// Runs until `shutdown` is cancelled, then finishes in order: stop taking messages,
+    /// write and acknowledge what was received, disconnect.
+    pub async fn run<S: ReadingStore>(
+        config: IngestConfig,
+        store: Arc<S>,
+        pseudonymiser: Arc<Pseudonymiser>,
+        status: Arc<IngestStatus>,
+        shutdown: CancellationToken,
+    ) -> Result<(), IngestError> {
+        metrics::init();
+        let options = mqtt_options(&config)?;
+        // The request channel carries acks; it is drained by the poll loop.
+        let (client, eventloop) = AsyncClient::new(options, config.max_unacked.max(64));
+        // Bounded by the unacked window: the broker sends no more than its inflight window,
+        // so this never fills in practice; if it does, polling waits, which is backpressure.
+        let (received_tx, received_rx) = mpsc::channel(config.max_unacked.max(1));
+        let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
+        let polling_done = CancellationToken::new();
+        let config = Arc::new(config);
+
+        let poller = tokio::spawn(poll_loop(
+            eventloop,
+            client.clone(),
+            config.clone(),
+            received_tx,
+            status.clone(),
+            shutdown.clone(),
+            polling_done.clone(),
+        ));
+        let batcher = tokio::spawn(batch_loop(
+            config.clone(),
+            pseudonymiser,
+            received_rx,
+            commit_tx,
+            shutdown.clone(),
+        ));
+        commit_loop(
+            store,
+            client.clone(),
+            commit_rx,
+            status.clone(),
+            shutdown.clone(),
+        )
+        .await;
+        let _ = batcher.await;
+        // Everything received was written and acknowledged (or will be redelivered); now leave.
+        let _ = client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), polling_done.cancelled()).await;
+        poller.abort();
+        status.connected.store(false, Ordering::SeqCst);
+        metrics::CONNECTED.set(0);
+        Ok(())
+    }
+}
+
+fn mqtt_options(config: &IngestConfig) -> Result<MqttOptions, IngestError> {
+    let (tls, rest) = if let Some(r) = config.url.strip_prefix("mqtts://") {
+        (true, r)
+    } else if let Some(r) = config.url.strip_prefix("mqtt://") {
+        (false, r)
+    } else {
+        return Err(IngestError::Url(config.url.clone()));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| IngestError::Url(config.url.clone()))?,
+        ),
+        None => (rest, if tls { 8883 } else { 1883 }),
+    };
+    if host.is_empty() {
+        return Err(IngestError::Url(config.url.clone()));
+    }
+    let mut o = MqttOptions::new(&config.client_id, host, port);
+    o.set_clean_session(false);
+    o.set_manual_acks(true);
+    o.set_keep_alive(config.keep_alive);
+    // Accept packets well past the payload limit so an oversize message is a counted reject
+    // rather than a dropped connection; the broker's own limit (message_size_limit) stops
+    // anything larger.
+    let incoming = config
+        .limits
+        .max_payload_bytes
+        .saturating_mul(4)
+        .max(1 << 20);
+    o.set_max_packet_size(incoming, 1 << 20);
+    if let (Some(u), Some(p)) = (&config.username, &config.password) {
+        o.set_credentials(u, p);
+    }
+    if tls {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|source| IngestError::TlsFile {
+                path: path.clone(),
+                source,
+            })
+        };
+        let ca = read(config.tls.ca_file.as_ref().ok_or(IngestError::TlsNeedsCa)?)?;
+        let client_auth = match (&config.tls.client_cert, &config.tls.client_key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            _ => None,
+        };
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth,
+        }));
+    }
+    Ok(o)
+}
+
+async fn poll_loop(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    config: Arc<IngestConfig>,
+    received: mpsc::Sender<(Publish, Instant)>,
+    status: Arc<IngestStatus>,
+    shutdown: CancellationToken,
+    done: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut failures = 0u64;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "connected to mqtt broker"
+                );
+                status.connected.store(true, Ordering::SeqCst);
+                metrics::CONNECTED.set(1);
+                backoff = Duration::from_millis(100);
+                failures = 0;
+                for topic in config.topics() {
+                    if let Err(e) = client.try_subscribe(topic, QoS::AtLeastOnce) {
+                        tracing::error!(error = %e, "cannot queue subscription");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                if shutdown.is_cancelled() {
+                    // Not acknowledged: the broker keeps it for our next session.
+                    continue;
+                }
+                metrics::UNACKED.inc();
+                if received.send((publish, Instant::now())).await.is_err() {
+                    metrics::UNACKED.dec();
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                done.cancel();
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if shutdown.is_cancelled() && done.is_cancelled() {
+                    return;
+                }
+                failures += 1;
+                if status.connected.swap(false, Ordering::SeqCst) {
+                    metrics::RECONNECTS.inc();
+                }
+                metrics::CONNECTED.set(0);
+                tracing::warn!(error = %e, attempt = failures, retry_in_ms = backoff.as_millis() as u64, "mqtt broker unreachable");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = done.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+fn process(
+    config: &IngestConfig,
+    pseudonymiser: &Pseudonymiser,
+    publish: &Publish,
+    now: Timestamp,
+) -> Result<IngestItem, Reject> {
+    let (ean, format) = parse_topic(&config.topic_prefix, &publish.topic)?;
+    let decoded = decode(
+        format,
+        &publish.payload,
+        now,
+        &config.calendar,
+        &config.limits,
+    )?;
+    Ok(IngestItem {
+        connection: pseudonymiser.ean(&ean),
+        meter: pseudonymiser.meter(&decoded.meter),
+        readings: decoded.readings,
+    })
+}
+
+fn entry(
+    config: &IngestConfig,
+    pseudonymiser: &Pseudonymiser,
+    publish: Publish,
+    received: Instant,
+) -> Entry {
+    metrics::MESSAGES.inc();
+    let item = match process(config, pseudonymiser, &publish, Timestamp::now()) {
+        Ok(item) => {
+            metrics::READINGS.inc_by(item.readings.len() as u64);
+            Some(item)
+        }
+        Err(reject) => {
+            let counter = metrics::REJECTED.with_label_values(&[reject.reason()]);
+            counter.inc();
+            // Sampled, and never with the topic or payload: they carry identifiers.
+            let n = counter.get();
+            if n <= 10 || n.is_power_of_two() {
+                tracing::warn!(
+                    reason = reject.reason(),
+                    count = n,
+                    "rejected message: {reject}"
+                );
+            }
+            None
+        }
+    };
+    Entry {
+        publish,
+        received,
+        item,
+    }
+}
+
+async fn batch_loop(
+    config: Arc<IngestConfig>,
+    pseudonymiser: Arc<Pseudonymiser>,
+    mut received: mpsc::Receiver<(Publish, Instant)>,
+    commit: mpsc::Sender<Vec<Entry>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            m = received.recv() => match m { Some(m) => m, None => break },
+        };
+        let mut batch = vec![entry(&config, &pseudonymiser, first.0, first.1)];
+        let deadline = tokio::time::Instant::now() + config.batch_max_delay;
+        while batch.len() < config.batch_max_messages {
+            tokio::select! {
+                m = received.recv() => match m {
+                    Some((p, t)) => batch.push(entry(&config, &pseudonymiser, p, t)),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        metrics::BATCH_MESSAGES.observe(batch.len() as f64);
+        if commit.send(batch).await.is_err() {
+            return;
+        }
+    }
+    // Shutdown: what was already received still gets written and acknowledged.
+    let mut rest = Vec::new();
+    while let Ok((p, t)) = received.try_recv() {
+        rest.push(entry(&config, &pseudonymiser, p, t));
+    }
+    if !rest.is_empty() {
+        let _ = commit.send(rest).await;
+    }
+}
+
+async fn commit_loop<S: ReadingStore>(
+    store: Arc<S>,
+    client: AsyncClient,
+    mut batches: mpsc::Receiver<Vec<Entry>>,
+    status: Arc<IngestStatus>,
+    shutdown: CancellationToken,
+) {
+    while let Some(batch) = batches.recv().await {
+        let newest: Vec<Timestamp> = batch
+            .iter()
+            .filter_map(|e| {
+                e.item
+                    .as_ref()?
+                    .readings
+                    .iter()
+                    .map(|r| r.reading.time)
+                    .max()
+            })
+            .collect();
+        let outcome = if newest.is_empty() && batch.iter().all(|e| e.item.is_none()) {
+            Ok(WriteOutcome::default())
+        } else {
+            write_with_retry(
+                &*store,
+                || batch.iter().filter_map(|e| e.item.clone()).collect(),
+                &shutdown,
+            )
+            .await
+        };
+        match outcome {
+            Ok(outcome) => {
+                if let Ok(mut total) = status.outcome.lock() {
+                    total.merge(&outcome);
+                }
+                let now = Timestamp::now();
+                for t in newest {
+                    metrics::LAG.observe((now.as_second() - t.as_second()).max(0) as f64);
+                }
+                let rejected = batch.iter().filter(|e| e.item.is_none()).count() as u64;
+                status.rejected.fetch_add(rejected, Ordering::Relaxed);
+                status
+                    .messages
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                // Durable: acknowledge, in arrival order.
+                for e in &batch {
+                    if client.ack(&e.publish).await.is_err() {
+                        break;
+                    }
+                    metrics::UNACKED.dec();
+                    metrics::PUBLISH_TO_ACK.observe(e.received.elapsed().as_secs_f64());
+                }
+                status
+                    .acked
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // Not acknowledged: the broker redelivers these to our next session.
+                tracing::error!(error = %e, messages = batch.len(), "batch not stored; leaving it unacknowledged");
+                metrics::UNACKED.sub(batch.len() as i64);
+            }
+        }
+    }
+}
+
+/// Retries a failed write with backoff until it succeeds or shutdown is requested.
+async fn write_with_retry<S: ReadingStore>(
+    store: &S,
+    items: impl Fn() -> Vec<IngestItem>,
+    shutdown: &CancellationToken,
+) -> Result<WriteOutcome, StoreError> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match store.write(items()).await {
+            Ok(o) => return Ok(o),
+            Err(StoreError::Closed) => return Err(StoreError::Closed),
+            Err(e) if shutdown.is_cancelled() => return Err(e),
+            Err(e) => {
+                tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "store write failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,594 @@
+//! Configuration: `config/default.toml` (embedded) ← `--config FILE` ← `METERSTAND__SECTION__KEY`
+//! environment variables. Environment overrides arrive as a map so tests never touch the
+//! process environment. `validate` names the key, the value and what is allowed.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use meterstand_model::{ConsentLevel, Tier, TierSet};
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
+const ENV_PREFIX: &str = "METERSTAND__";
+pub const KEY_FILE_ENV: &str = "METERSTAND_KEY_FILE";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub broker: BrokerConfig,
+    pub ingest: IngestSection,
+    pub store: StoreSection,
+    pub keys: KeysSection,
+    pub api: ApiSection,
+    pub consent: ConsentSection,
+    pub retention: RetentionSection,
+    pub privacy: PrivacySection,
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub embedded: bool,
+    pub url: String,
+    pub client_id: String,
+    pub topic_prefix: String,
+    pub share_group: String,
+    pub username: String,
+    pub password: String,
+    pub ca_file: String,
+    pub client_cert: String,
+    pub client_key: String,
+    #[serde(with = "humantime_serde_compat")]
+    pub keep_alive: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSection {
+    pub max_payload_bytes: usize,
+    pub max_readings_per_message: usize,
+    #[serde(with = "humantime_serde_compat")]
+    pub max_future: Duration,
+    pub batch_max_messages: usize,
+    #[serde(with = "humantime_serde_compat")]
+    pub batch_max_delay: Duration,
+    pub max_unacked: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    pub path: PathBuf,
+    pub compression: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSection {
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    pub listen: String,
+    pub tokens: Vec<TokenEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    pub id: String,
+    pub role: String,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentSection {
+    pub default: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    #[serde(with = "humantime_serde_compat")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub day: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub month: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub sweep_interval: Duration,
+    pub erasure_hold: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySection {
+    pub min_group_size: u32,
+    pub timezone: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    pub format: String,
+    pub level: String,
+}
+
+/// Durations as humantime text ("13months", "20ms") in both directions.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration such as 20ms, 15m, 13months: {e}"
+            ))
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Parse { path: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+    #[error("config key {key} = {value:?}: {allowed}")]
+    Value {
+        key: &'static str,
+        value: String,
+        allowed: String,
+    },
+}
+
+impl Config {
+    /// Defaults, then the file, then the environment overrides.
+    pub fn load(
+        file: Option<&Path>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let mut merged: toml::Table =
+            DEFAULT_TOML
+                .parse()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: "config/default.toml".into(),
+                    message: e.to_string(),
+                })?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.into(),
+                source,
+            })?;
+            let overlay: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Parse {
+                        path: path.display().to_string(),
+                        message: e.to_string(),
+                    })?;
+            merge(&mut merged, overlay);
+        }
+        for (var, value) in env {
+            let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            let [section, key] = parts.as_slice() else {
+                return Err(ConfigError::Env {
+                    var: var.clone(),
+                    message: "expected METERSTAND__SECTION__KEY".into(),
+                });
+            };
+            let table = merged
+                .get_mut(section)
+                .and_then(|t| t.as_table_mut())
+                .ok_or_else(|| ConfigError::Env {
+                    var: var.clone(),
+                    message: format!("unknown section [{section}]"),
+                })?;
+            let existing = table.get(key).ok_or_else(|| ConfigError::Env {
+                var: var.clone(),
+                message: format!("unknown key {section}.{key}"),
+            })?;
+            let parsed = parse_env_value(existing, value).map_err(|message| ConfigError::Env {
+                var: var.clone(),
+                message,
+            })?;
+            table.insert(key.clone(), parsed);
+        }
+        let config: Config = toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let value_err = |key, value: &dyn std::fmt::Display, allowed: &str| ConfigError::Value {
+            key,
+            value: value.to_string(),
+            allowed: allowed.to_string(),
+        };
+        if !(self.broker.url.starts_with("mqtt://") || self.broker.url.starts_with("mqtts://")) {
+            return Err(value_err(
+                "broker.url",
+                &self.broker.url,
+                "must start with mqtt:// or mqtts://",
+            ));
+        }
+        if self.broker.embedded {
+            self.broker_listen()?;
+        }
+        if self.broker.url.starts_with("mqtts://") && self.broker.ca_file.is_empty() {
+            return Err(value_err("broker.ca_file", &"", "mqtts:// needs a CA file"));
+        }
+        if self.broker.client_id.is_empty() || self.broker.client_id.len() > 64 {
+            return Err(value_err(
+                "broker.client_id",
+                &self.broker.client_id,
+                "1 to 64 characters",
+            ));
+        }
+        let topic_ok = |s: &str| {
+            !s.is_empty()
+                && !s.contains(['+', '#', '$'])
+                && !s.starts_with('/')
+                && !s.ends_with('/')
+        };
+        if !topic_ok(&self.broker.topic_prefix) {
+            return Err(value_err(
+                "broker.topic_prefix",
+                &self.broker.topic_prefix,
+                "a topic without wildcards, $, or leading/trailing /",
+            ));
+        }
+        if self.broker.share_group.contains(['/', '+', '#']) {
+            return Err(value_err(
+                "broker.share_group",
+                &self.broker.share_group,
+                "a name without / + #",
+            ));
+        }
+        if !(256..=16 * 1024 * 1024).contains(&self.ingest.max_payload_bytes) {
+            return Err(value_err(
+                "ingest.max_payload_bytes",
+                &self.ingest.max_payload_bytes,
+                "256 to 16777216",
+            ));
+        }
+        if !(1..=100_000).contains(&self.ingest.max_readings_per_message) {
+            return Err(value_err(
+                "ingest.max_readings_per_message",
+                &self.ingest.max_readings_per_message,
+                "1 to 100000",
+            ));
+        }
+        if !(1..=100_000).contains(&self.ingest.batch_max_messages) {
+            return Err(value_err(
+                "ingest.batch_max_messages",
+                &self.ingest.batch_max_messages,
+                "1 to 100000",
+            ));
+        }
+        if self.ingest.batch_max_delay > Duration::from_secs(10) {
+            return Err(value_err(
+                "ingest.batch_max_delay",
+                &humantime::format_duration(self.ingest.batch_max_delay),
+                "at most 10s",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.ingest.max_unacked) {
+            return Err(value_err(
+                "ingest.max_unacked",
+                &self.ingest.max_unacked,
+                "1 to 1000000",
+            ));
+        }
+        self.compression()?;
+        self.api_listen()?;
+        self.default_consent()?;
+        for (key, d) in [
+            ("retention.interval", self.retention.interval),
+            ("retention.day", self.retention.day),
+            ("retention.month", self.retention.month),
+        ] {
+            if d < Duration::from_secs(86_400) {
+                return Err(value_err(
+                    key,
+                    &humantime::format_duration(d),
+                    "at least 1day",
+                ));
+            }
+        }
+        if self.retention.sweep_interval < Duration::from_secs(1) {
+            return Err(value_err(
+                "retention.sweep_interval",
+                &humantime::format_duration(self.retention.sweep_interval),
+                "at least 1s",
+            ));
+        }
+        self.erasure_hold()?;
+        if self.privacy.min_group_size < 2 {
+            return Err(value_err(
+                "privacy.min_group_size",
+                &self.privacy.min_group_size,
+                "at least 2 (1 would publish single connections)",
+            ));
+        }
+        if meterstand_model::Calendar::new(&self.privacy.timezone).is_err() {
+            return Err(value_err(
+                "privacy.timezone",
+                &self.privacy.timezone,
+                "an IANA time zone such as Europe/Amsterdam",
+            ));
+        }
+        if !["plain", "json"].contains(&self.log.format.as_str()) {
+            return Err(value_err("log.format", &self.log.format, "plain or json"));
+        }
+        for (i, t) in self.api.tokens.iter().enumerate() {
+            if !["analyst", "privacy_officer", "crm", "operator"].contains(&t.role.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "api.tokens[{i}].role = {:?}: one of analyst, privacy_officer, crm, operator",
+                    t.role
+                )));
+            }
+            let hex = t.hash.strip_prefix("sha256:").unwrap_or("");
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ConfigError::Invalid(format!(
+                    "api.tokens[{i}].hash: expected sha256:<64 hex digits>"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn broker_listen(&self) -> Result<SocketAddr, ConfigError> {
+        let addr = self
+            .broker
+            .url
+            .trim_start_matches("mqtt://")
+            .trim_start_matches("mqtts://")
+            .trim_end_matches('/');
+        addr.parse().map_err(|_| ConfigError::Value {
+            key: "broker.url",
+            value: self.broker.url.clone(),
+            allowed: "with broker.embedded = true, mqtt://<ip>:<port> to listen on".into(),
+        })
+    }
+
+    pub fn api_listen(&self) -> Result<SocketAddr, ConfigError> {
+        self.api.listen.parse().map_err(|_| ConfigError::Value {
+            key: "api.listen",
+            value: self.api.listen.clone(),
+            allowed: "an address such as 127.0.0.1:8080".into(),
+        })
+    }
+
+    pub fn compression(&self) -> Result<meterstand_store::Compression, ConfigError> {
+        match self.store.compression.as_str() {
+            "zstd" => Ok(meterstand_store::Compression::Zstd),
+            "lz4" => Ok(meterstand_store::Compression::Lz4),
+            "none" => Ok(meterstand_store::Compression::None),
+            other => Err(ConfigError::Value {
+                key: "store.compression",
+                value: other.into(),
+                allowed: "zstd, lz4 or none".into(),
+            }),
+        }
+    }
+
+    pub fn default_consent(&self) -> Result<ConsentLevel, ConfigError> {
+        self.consent
+            .default
+            .parse()
+            .map_err(|allowed| ConfigError::Value {
+                key: "consent.default",
+                value: self.consent.default.clone(),
+                allowed,
+            })
+    }
+
+    pub fn erasure_hold(&self) -> Result<TierSet, ConfigError> {
+        self.retention
+            .erasure_hold
+            .iter()
+            .map(|t| {
+                t.parse::<Tier>().map_err(|allowed| ConfigError::Value {
+                    key: "retention.erasure_hold",
+                    value: t.clone(),
+                    allowed,
+                })
+            })
+            .collect()
+    }
+
+    /// The key file: `METERSTAND_KEY_FILE` wins over `keys.file`.
+    pub fn key_file(&self, env: &BTreeMap<String, String>) -> PathBuf {
+        env.get(KEY_FILE_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.keys.file.clone())
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        if !shown.broker.password.is_empty() {
+            shown.broker.password = "<redacted>".into();
+        }
+        for t in &mut shown.api.tokens {
+            t.hash = "<redacted>".into();
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (k, v) in overlay {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Reads an environment value in the type of the default it replaces.
+fn parse_env_value(existing: &toml::Value, raw: &str) -> Result<toml::Value, String> {
+    match existing {
+        toml::Value::String(_) => Ok(toml::Value::String(raw.to_string())),
+        toml::Value::Boolean(_) => raw
+            .parse()
+            .map(toml::Value::Boolean)
+            .map_err(|_| format!("{raw:?} is not true or false")),
+        toml::Value::Integer(_) => raw
+            .parse()
+            .map(toml::Value::Integer)
+            .map_err(|_| format!("{raw:?} is not a whole number")),
+        _ => format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .ok_or_else(|| format!("{raw:?} is not a TOML value (e.g. [\"month\"])")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c = Config::load(None, &BTreeMap::new()).expect("defaults are valid");
+        assert_eq!(c.broker.topic_prefix, "meters");
+        assert_eq!(c.privacy.min_group_size, 10);
+        assert_eq!(
+            c.retention.interval,
+            humantime::parse_duration("13months").expect("valid")
+        );
+        assert_eq!(c.default_consent().expect("valid"), ConsentLevel::Standard);
+        assert!(c.erasure_hold().expect("valid").contains(Tier::Month));
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.toml");
+        std::fs::write(
+            &path,
+            "[api]\nlisten = \"127.0.0.1:9000\"\n[privacy]\nmin_group_size = 12\n",
+        )
+        .expect("write");
+        let c = Config::load(
+            Some(&path),
+            &env(&[
+                ("METERSTAND__PRIVACY__MIN_GROUP_SIZE", "15"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.api.listen, "127.0.0.1:9000");
+        assert_eq!(c.privacy.min_group_size, 15);
+        let c = Config::load(None, &env(&[("METERSTAND__RETENTION__ERASURE_HOLD", "[]")]))
+            .expect("valid");
+        assert!(c.erasure_hold().expect("valid").is_empty());
+        let c = Config::load(None, &env(&[("METERSTAND_KEY_FILE", "/run/secrets/key")]))
+            .expect("valid");
+        assert_eq!(
+            c.key_file(&env(&[("METERSTAND_KEY_FILE", "/run/secrets/key")])),
+            PathBuf::from("/run/secrets/key")
+        );
+    }
+
+    #[test]
+    fn errors_name_key_value_and_what_is_allowed() {
+        let err = Config::load(
+            None,
+            &env(&[("METERSTAND__CONSENT__DEFAULT", "everything")]),
+        )
+        .expect_err("bad consent");
+        let text = err.to_string();
+        assert!(
+            text.contains("consent.default")
+                && text.contains("everything")
+                && text.contains("interval"),
+            "{text}"
+        );
+        let err = Config::load(None, &env(&[("METERSTAND__PRIVACY__MIN_GROUP_SIZE", "1")]))
+            .expect_err("too small");
+        assert!(err.to_string().contains("privacy.min_group_size"));
+        let err = Config::load(
+            None,
+            &env(&[("METERSTAND__PRIVACY__MIN_GROUP_SIZE", "ten")]),
+        )
+        .expect_err("not a number");
+        assert!(
+            err.to_string()
+                .contains("METERSTAND__PRIVACY__MIN_GROUP_SIZE")
+        );
+        let err =
+            Config::load(None, &env(&[("METERSTAND__NOPE__X", "1")])).expect_err("unknown section");
+        assert!(err.to_string().contains("unknown section"));
+        let err = Config::load(None, &env(&[("METERSTAND__RETENTION__DAY", "soon")]))
+            .expect_err("bad duration");
+        assert!(err.to_string().contains("soon"));
+        let err = Config::load(None, &env(&[("METERSTAND__BROKER__URL", "http://x")]))
+            .expect_err("bad url");
+        assert!(err.to_string().contains("broker.url"));
+        let err = Config::load(None, &env(&[("METERSTAND__STORE__COMPRESSION", "gzip")]))
+            .expect_err("bad compression");
+        assert!(err.to_string().contains("zstd, lz4 or none"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.toml");
+        std::fs::write(&path, "[api]\nlisen = \"x\"\n").expect("write");
+        assert!(
+            Config::load(Some(&path), &BTreeMap::new())
+                .expect_err("typo")
+                .to_string()
+                .contains("lisen")
+        );
+    }
+
+    #[test]
+    fn redaction_hides_secrets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.toml");
+        let hash = format!("sha256:{}", "ab".repeat(32));
+        std::fs::write(
+            &path,
+            format!("[broker]\npassword = \"hunter2\"\n[[api.tokens]]\nid = \"a\"\nrole = \"analyst\"\nhash = \"{hash}\"\n"),
+        )
+        .expect("write");
+        let c = Config::load(Some(&path), &BTreeMap::new()).expect("valid");
+        let shown = c.redacted_toml();
+        assert!(!shown.contains("hunter2") && !shown.contains(&"ab".repeat(32)));
+        assert!(shown.contains("<redacted>") && shown.contains("analyst"));
+    }
+}

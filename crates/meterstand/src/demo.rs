@@ -1,0 +1,331 @@
+//! `meterstand demo`: embedded broker, simulated meters and the whole service in one process.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use meterstand_model::{Calendar, Connection, Postcode4, RegisterKind, Tier};
+use meterstand_pseudonym::KeyRing;
+use meterstand_store::{AggregateQuery, GroupBy, ReadingStore};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+
+use crate::config::Config;
+use crate::service::Service;
+use crate::simulate::{self, SimulateArgs};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Simulated connections.
+    #[arg(long, default_value_t = 1000)]
+    pub meters: u64,
+    /// Days of readings to simulate, ending at the start of today.
+    #[arg(long, default_value_t = 2)]
+    pub days: u32,
+    /// Directory for the demo's key and data (default: a fresh temporary directory).
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+    /// Exit after printing the summary instead of serving until Ctrl-C.
+    #[arg(long)]
+    pub exit: bool,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+pub async fn run(
+    args: DemoArgs,
+    config_file: Option<&Path>,
+    env: BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    let temp;
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            temp = tempfile_dir()?;
+            temp.clone()
+        }
+    };
+    let key_file = dir.join("keys").join("master.key");
+    std::fs::create_dir_all(key_file.parent().context("key dir")?)?;
+    if !key_file.exists() {
+        KeyRing::generate()?.create(&key_file)?;
+    }
+    let mut env = env;
+    let broker = format!("mqtt://127.0.0.1:{}", free_port()?);
+    env.insert("METERSTAND__BROKER__EMBEDDED".into(), "true".into());
+    env.insert("METERSTAND__BROKER__URL".into(), broker.clone());
+    env.insert(
+        "METERSTAND__STORE__PATH".into(),
+        dir.join("data").display().to_string(),
+    );
+    env.insert("METERSTAND_KEY_FILE".into(), key_file.display().to_string());
+    env.entry("METERSTAND__LOG__LEVEL".into())
+        .or_insert_with(|| "warn".into());
+    let mut config = Config::load(config_file, &env)?;
+    if std::net::TcpListener::bind(&config.api.listen).is_err() {
+        config.api.listen = "127.0.0.1:0".into();
+    }
+    crate::service::init_logging(&config)?;
+
+    println!(
+        "meterstand demo: embedded broker on {broker}, data in {}",
+        dir.display()
+    );
+    let service = Service::start(&config, &env).await?;
+    let connected = tokio::time::timeout(Duration::from_secs(20), async {
+        while !service
+            .status
+            .connected
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    if connected.is_err() {
+        bail!("the service did not connect to the embedded broker within 20 s");
+    }
+
+    let sim = SimulateArgs {
+        broker: broker.clone(),
+        prefix: config.broker.topic_prefix.clone(),
+        meters: args.meters,
+        from: None,
+        days: args.days,
+        format: "json".into(),
+        quarters_per_message: 96,
+        rate: 0,
+        seed: 1,
+        quiet: false,
+    };
+    // The CRM's part: register each simulated connection's consent, postcode and profile.
+    let population = simulate::population(&sim);
+    let store = service.store.clone();
+    let p = service.pseudonymiser.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        for m in &population {
+            let connection = Connection {
+                consent: m.consent,
+                postcode4: Some(Postcode4::new(m.postcode4)?),
+                profile: Some(m.profile.parse()?),
+            };
+            store.put_connection(p.ean(&m.ean), connection)?;
+        }
+        Ok(())
+    })
+    .await??;
+    println!(
+        "registered {} connections (consent mix: 10% off, 30% standard, 30% daily, 30% interval)",
+        args.meters
+    );
+
+    let report = simulate::run(sim.clone()).await?;
+    let bad = publish_bad_messages(&broker, &config.broker.topic_prefix).await?;
+    let expected = report.messages + bad;
+    let done = tokio::time::timeout(Duration::from_secs(120), async {
+        while service
+            .status
+            .acked
+            .load(std::sync::atomic::Ordering::SeqCst)
+            < expected
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    if done.is_err() {
+        bail!(
+            "ingest acknowledged only {} of {expected} messages",
+            service
+                .status
+                .acked
+                .load(std::sync::atomic::Ordering::SeqCst)
+        );
+    }
+    print_summary(&service, &config, &sim, report.readings).await?;
+
+    if args.exit {
+        return service.shutdown().await;
+    }
+    println!("\nserving until Ctrl-C");
+    crate::service::wait_for_signal().await;
+    service.shutdown().await
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("meterstand-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// One of each kind of bad input, to show that rejects are counted, not lost or looping.
+async fn publish_bad_messages(broker: &str, prefix: &str) -> anyhow::Result<u64> {
+    let (host, port) = simulate::broker_host_port(broker)?;
+    let (client, mut eventloop) =
+        AsyncClient::new(MqttOptions::new("meterstand-demo-bad", host, port), 16);
+    let good_ean = meterstand_model::Ean::from_body(87_199_999_999_999_999).context("ean")?;
+    let mut bad_check = good_ean.expose().to_string();
+    bad_check.replace_range(17.., if bad_check.ends_with('0') { "1" } else { "0" });
+    let future = jiff::Timestamp::now().as_second() / 900 * 900 + 86_400;
+    let reading = |obis: &str, time: String, value: &str, unit: &str| {
+        format!(
+            r#"{{"meter":"E0000000000000001","readings":[{{"obis":"{obis}","time":"{time}","value":"{value}","unit":"{unit}"}}]}}"#
+        )
+    };
+    let now_q = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() / 900 * 900 - 900)?
+        .to_string();
+    let messages = vec![
+        (
+            format!("{prefix}/{bad_check}/json"),
+            reading("1-0:1.8.1", now_q.clone(), "1.000", "kWh"),
+        ),
+        (
+            format!("{prefix}/{}/json", good_ean.expose()),
+            "{not json".to_string(),
+        ),
+        (
+            format!("{prefix}/{}/json", good_ean.expose()),
+            reading("1-0:1.8.1", now_q.clone(), "1.000", "m3"),
+        ),
+        (
+            format!("{prefix}/{}/json", good_ean.expose()),
+            reading(
+                "1-0:1.8.1",
+                jiff::Timestamp::from_second(future)?.to_string(),
+                "1.000",
+                "kWh",
+            ),
+        ),
+        (
+            format!("{prefix}/{}/json", good_ean.expose()),
+            reading("1-0:1.8.1", now_q, "-3", "kWh"),
+        ),
+    ];
+    let count = messages.len() as u64;
+    for (topic, payload) in messages {
+        client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await?;
+    }
+    let mut acks = 0;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while acks < count {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) = eventloop.poll().await
+            {
+                acks += 1;
+            }
+        }
+    })
+    .await
+    .context("the broker did not acknowledge the demo's bad messages")?;
+    let _ = client.disconnect().await;
+    Ok(count)
+}
+
+async fn print_summary(
+    service: &Service,
+    config: &Config,
+    sim: &SimulateArgs,
+    published: u64,
+) -> anyhow::Result<()> {
+    let totals = service.status.totals();
+    println!("\n== ingested");
+    println!("published readings       {published}");
+    println!(
+        "stored tier entries      interval {:>9}  day {:>7}  month {:>6}",
+        totals.stored.interval, totals.stored.day, totals.stored.month
+    );
+    println!(
+        "dropped by consent       interval {:>9}  day {:>7}  month {:>6}",
+        totals.dropped_by_consent.interval,
+        totals.dropped_by_consent.day,
+        totals.dropped_by_consent.month
+    );
+    println!(
+        "duplicates {}  conflicts {}",
+        totals.duplicates, totals.conflicts
+    );
+    print!("rejected messages        ");
+    for r in meterstand_codec::Reject::ALL {
+        let n = meterstand_ingest::metrics::REJECTED
+            .with_label_values(&[r.reason()])
+            .get();
+        if n > 0 {
+            print!("{}={n} ", r.reason());
+        }
+    }
+    println!();
+
+    let calendar = Calendar::new(&config.privacy.timezone)?;
+    let today = calendar.date_of(jiff::Timestamp::now());
+    let from =
+        calendar.date_start(today.checked_sub(jiff::Span::new().days(i64::from(sim.days)))?)?;
+    let to = calendar.date_start(today)?;
+    let store = service.store.clone();
+    let query = AggregateQuery {
+        kind: RegisterKind::Import,
+        tier: Tier::Day,
+        from,
+        to,
+        group_by: GroupBy {
+            postcode4: true,
+            profile: false,
+        },
+    };
+    let cells = tokio::task::spawn_blocking(move || store.aggregate(&query)).await??;
+    let k = u64::from(config.privacy.min_group_size);
+    println!(
+        "\n== sample aggregate: import per day by postcode area (cells under {k} connections suppressed)"
+    );
+    println!(
+        "{:<22} {:>8} {:>11} {:>14}",
+        "day (local)", "postcode", "connections", "consumption"
+    );
+    let mut suppressed = 0;
+    for c in cells.iter().take(12) {
+        let day = calendar.date_of(c.period_start);
+        let postcode = c
+            .group
+            .postcode4
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "-".into());
+        if c.connections < k {
+            suppressed += 1;
+            println!(
+                "{:<22} {:>8} {:>11} {:>14}",
+                day.to_string(),
+                postcode,
+                "suppressed",
+                "suppressed"
+            );
+        } else {
+            println!(
+                "{:<22} {:>8} {:>11} {:>10.1} kWh",
+                day.to_string(),
+                postcode,
+                c.connections,
+                c.consumption as f64 / 1000.0
+            );
+        }
+    }
+    let total_suppressed = cells.iter().filter(|c| c.connections < k).count();
+    println!(
+        "({} cells, {} suppressed; first 12 shown, {suppressed} of them suppressed)",
+        cells.len(),
+        total_suppressed
+    );
+    let api = service.api_addr;
+    println!("\n== where to look");
+    println!("metrics    http://{api}/metrics");
+    println!("readiness  http://{api}/readyz");
+    println!("health     http://{api}/healthz");
+    println!(
+        "broker     {} (publish to {}/<ean>/json)",
+        sim.broker, sim.prefix
+    );
+    Ok(())
+}

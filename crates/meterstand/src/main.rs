@@ -1,0 +1,138 @@
+//! `meterstand`: ingest smart-meter readings from MQTT, pseudonymise every identifier before
+//! it touches disk, keep readings per consent and retention, and serve them.
+
+mod config;
+mod demo;
+mod service;
+mod simulate;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use meterstand_pseudonym::KeyRing;
+
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(name = "meterstand", version, about = "Private-by-construction smart-meter reading store", long_about = None)]
+struct Cli {
+    /// Configuration file overriding config/default.toml (METERSTAND__SECTION__KEY variables override both).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service: MQTT ingest, store, retention schedule and the HTTP server.
+    Run,
+    /// Everything in one process: embedded broker, simulated meters and the service; prints
+    /// what was ingested, dropped and rejected, a sample aggregate, and where to look.
+    Demo(demo::DemoArgs),
+    /// Publish realistic readings for N simulated connections to a broker.
+    Simulate(simulate::SimulateArgs),
+    /// Create a master key file (mode 0600), or add a new key version to one with --rotate.
+    Keygen {
+        /// Where to write the key file; keep it outside the data directory.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Add a new key version to an existing file instead of creating one.
+        #[arg(long)]
+        rotate: bool,
+    },
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate and print the effective configuration, secrets redacted.
+    Check,
+    /// Print config/default.toml: every key with its default and a comment.
+    Defaults,
+}
+
+fn process_env() -> BTreeMap<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("METERSTAND"))
+        .collect()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let env = process_env();
+    match cli.command {
+        Command::Keygen { out, rotate } => keygen(&out, rotate),
+        Command::Config {
+            command: ConfigCommand::Defaults,
+        } => {
+            print!("{}", config::DEFAULT_TOML);
+            Ok(())
+        }
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            let config = Config::load(cli.config.as_deref(), &env)?;
+            println!("# effective configuration (secrets redacted)");
+            println!("# key file: {}", config.key_file(&env).display());
+            print!("{}", config.redacted_toml());
+            Ok(())
+        }
+        Command::Run => {
+            let config = Config::load(cli.config.as_deref(), &env)?;
+            service::init_logging(&config)?;
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(service::run_until_signal(config, env))
+        }
+        Command::Demo(args) => {
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(demo::run(args, cli.config.as_deref(), env))
+        }
+        Command::Simulate(args) => {
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(simulate::run(args)).map(|_| ())
+        }
+    }
+}
+
+fn keygen(out: &std::path::Path, rotate: bool) -> anyhow::Result<()> {
+    if rotate {
+        let mut ring = KeyRing::load(out)?;
+        let version = ring.rotate()?;
+        ring.replace(out)?;
+        println!(
+            "added key version {version} to {}; new data is pseudonymised under it",
+            out.display()
+        );
+    } else {
+        KeyRing::generate()?.create(out)?;
+        println!(
+            "wrote a new master key (version 1) to {} with mode 0600",
+            out.display()
+        );
+        println!(
+            "point keys.file (or METERSTAND_KEY_FILE) at it; keep it outside the data directory and back it up separately"
+        );
+    }
+    Ok(())
+}

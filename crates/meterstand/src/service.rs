@@ -1,0 +1,248 @@
+//! Wiring of the long-running service and its ordered shutdown: stop intake, write and
+//! acknowledge what is in flight, close the store, stop HTTP.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context;
+use meterstand_api::{ApiState, Readiness};
+use meterstand_codec::Limits;
+use meterstand_ingest::{EmbeddedBroker, Ingest, IngestConfig, IngestStatus, TlsFiles};
+use meterstand_model::Calendar;
+use meterstand_pseudonym::{KeyRing, Pseudonymiser};
+use meterstand_store::{ReadingStore, RetentionPolicy, RocksStore, StoreConfig, SystemClock};
+use meterstand_telemetry::LogFormat;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+
+pub fn init_logging(config: &Config) -> anyhow::Result<()> {
+    let format = if config.log.format == "json" {
+        LogFormat::Json
+    } else {
+        LogFormat::Plain
+    };
+    meterstand_telemetry::init_logging(format, &config.log.level)?;
+    Ok(())
+}
+
+pub fn store_config(config: &Config) -> anyhow::Result<StoreConfig> {
+    Ok(StoreConfig {
+        path: config.store.path.clone(),
+        default_consent: config.default_consent()?,
+        retention: RetentionPolicy {
+            interval: config.retention.interval,
+            day: config.retention.day,
+            month: config.retention.month,
+            erasure_hold: config.erasure_hold()?,
+            ..RetentionPolicy::default()
+        },
+        compression: config.compression()?,
+        time_zone: config.privacy.timezone.clone(),
+        sync: true,
+    })
+}
+
+pub fn ingest_config(config: &Config) -> anyhow::Result<IngestConfig> {
+    let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let path = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
+    Ok(IngestConfig {
+        url: config.broker.url.clone(),
+        client_id: config.broker.client_id.clone(),
+        topic_prefix: config.broker.topic_prefix.clone(),
+        share_group: opt(&config.broker.share_group),
+        username: opt(&config.broker.username),
+        password: opt(&config.broker.password),
+        tls: TlsFiles {
+            ca_file: path(&config.broker.ca_file),
+            client_cert: path(&config.broker.client_cert),
+            client_key: path(&config.broker.client_key),
+        },
+        limits: Limits {
+            max_payload_bytes: config.ingest.max_payload_bytes,
+            max_readings: config.ingest.max_readings_per_message,
+            max_future: jiff::SignedDuration::try_from(config.ingest.max_future)
+                .unwrap_or(jiff::SignedDuration::MAX),
+        },
+        batch_max_messages: config.ingest.batch_max_messages,
+        batch_max_delay: config.ingest.batch_max_delay,
+        max_unacked: config.ingest.max_unacked,
+        keep_alive: config.broker.keep_alive,
+        calendar: Calendar::new(&config.privacy.timezone).context("privacy.timezone")?,
+    })
+}
+
+struct ServiceReadiness {
+    store: Arc<RocksStore>,
+    ingest: Arc<IngestStatus>,
+}
+
+impl Readiness for ServiceReadiness {
+    fn store_open(&self) -> bool {
+        self.store.is_healthy()
+    }
+    fn broker_connected(&self) -> bool {
+        self.ingest.connected.load(Ordering::SeqCst)
+    }
+    fn refresh_gauges(&self) {
+        if let Err(e) = self.store.refresh_size_metrics() {
+            tracing::warn!(error = %e, "cannot read store sizes");
+        }
+    }
+}
+
+/// A running service, stopped with [`Service::shutdown`].
+pub struct Service {
+    pub store: Arc<RocksStore>,
+    pub status: Arc<IngestStatus>,
+    pub pseudonymiser: Arc<Pseudonymiser>,
+    pub api_addr: std::net::SocketAddr,
+    intake: CancellationToken,
+    background: CancellationToken,
+    ingest_task: tokio::task::JoinHandle<()>,
+    tracker: TaskTracker,
+}
+
+impl Service {
+    pub async fn start(config: &Config, env: &BTreeMap<String, String>) -> anyhow::Result<Service> {
+        let key_file = config.key_file(env);
+        let ring = KeyRing::load(&key_file).with_context(|| {
+            format!(
+                "loading the master key (create one with `meterstand keygen --out {}`)",
+                key_file.display()
+            )
+        })?;
+        let pseudonymiser = Arc::new(Pseudonymiser::new(&ring));
+        drop(ring);
+
+        let store_config = store_config(config)?;
+        let path = store_config.path.clone();
+        let store = tokio::task::spawn_blocking(move || {
+            RocksStore::open(store_config, Arc::new(SystemClock))
+        })
+        .await?
+        .with_context(|| format!("opening the store at {}", path.display()))?;
+        let store = Arc::new(store);
+
+        if config.broker.embedded {
+            let listen = config.broker_listen()?;
+            EmbeddedBroker::start(listen, config.ingest.max_payload_bytes.saturating_mul(4))?;
+            tracing::info!(%listen, "embedded mqtt broker started");
+        }
+
+        let status = Arc::new(IngestStatus::default());
+        let intake = CancellationToken::new();
+        let ingest_config = ingest_config(config)?;
+        let ingest_task = {
+            let (store, p, status, intake) = (
+                store.clone(),
+                pseudonymiser.clone(),
+                status.clone(),
+                intake.clone(),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = Ingest::run(ingest_config, store, p, status, intake).await {
+                    tracing::error!(error = %e, "ingest stopped");
+                }
+            })
+        };
+
+        let background = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let listener = TcpListener::bind(config.api_listen()?)
+            .await
+            .with_context(|| format!("binding api.listen {}", config.api.listen))?;
+        let api_addr = listener.local_addr()?;
+        let state = ApiState {
+            readiness: Arc::new(ServiceReadiness {
+                store: store.clone(),
+                ingest: status.clone(),
+            }),
+        };
+        let http_stop = background.clone();
+        tracker.spawn(async move {
+            if let Err(e) = meterstand_api::serve(listener, state, http_stop).await {
+                tracing::error!(error = %e, "http server stopped");
+            }
+        });
+
+        let (sweep_store, sweep_stop, every) = (
+            store.clone(),
+            background.clone(),
+            config.retention.sweep_interval,
+        );
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = sweep_stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let s = sweep_store.clone();
+                match tokio::task::spawn_blocking(move || s.sweep_retention()).await {
+                    Ok(Ok(removed)) if removed.total() > 0 => tracing::info!(
+                        interval = removed.interval,
+                        day = removed.day,
+                        month = removed.month,
+                        "retention sweep removed readings"
+                    ),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
+                    Err(e) => tracing::error!(error = %e, "retention sweep panicked"),
+                }
+            }
+        });
+        tracing::info!(api = %api_addr, "meterstand running");
+        Ok(Service {
+            store,
+            status,
+            pseudonymiser,
+            api_addr,
+            intake,
+            background,
+            ingest_task,
+            tracker,
+        })
+    }
+
+    /// Ordered shutdown: stop intake and acknowledge what was written, stop the sweep, close
+    /// the store (flushing the WAL), then stop HTTP.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.intake.cancel();
+        let _ = self.ingest_task.await;
+        self.background.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        let store = self.store;
+        tokio::task::spawn_blocking(move || match Arc::try_unwrap(store) {
+            Ok(store) => store.close(),
+            Err(_) => Ok(()),
+        })
+        .await??;
+        tracing::info!("meterstand stopped");
+        Ok(())
+    }
+}
+
+pub async fn run_until_signal(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<()> {
+    let service = Service::start(&config, &env).await?;
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    service.shutdown().await
+}
+
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

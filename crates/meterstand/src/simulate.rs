@@ -1,0 +1,203 @@
+//! `meterstand simulate`: publishes realistic readings for N simulated connections to any
+//! broker, QoS 1, repeatable from a seed.
+
+use std::borrow::Cow;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use jiff::Timestamp;
+use meterstand_codec::{Format, WirePayload, WireReading, encode};
+use meterstand_model::Calendar;
+use meterstand_model::sim::SimMeter;
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimulateArgs {
+    /// Broker to publish to.
+    #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+    pub broker: String,
+    /// Topic prefix: messages go to {prefix}/{ean}/{format}.
+    #[arg(long, default_value = "meters")]
+    pub prefix: String,
+    /// Number of simulated connections.
+    #[arg(long, default_value_t = 100)]
+    pub meters: u64,
+    /// First local day to simulate (YYYY-MM-DD); default: `days` days before today.
+    #[arg(long)]
+    pub from: Option<jiff::civil::Date>,
+    /// Number of days to simulate.
+    #[arg(long, default_value_t = 1)]
+    pub days: u32,
+    /// Payload format.
+    #[arg(long, value_parser = ["json", "bincode"], default_value = "json")]
+    pub format: String,
+    /// Quarter-hours per message (96: one message per connection per day; 1: one per reading time).
+    #[arg(long, default_value_t = 96)]
+    pub quarters_per_message: u32,
+    /// Messages per second at most (0: as fast as the broker takes them).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Seed of the simulated population (same seed, same connections and readings).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SimulateReport {
+    pub messages: u64,
+    pub readings: u64,
+}
+
+pub fn broker_host_port(url: &str) -> anyhow::Result<(String, u16)> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .with_context(|| format!("--broker {url:?}: expected mqtt://host:port"))?;
+    let (host, port) = rest
+        .trim_end_matches('/')
+        .rsplit_once(':')
+        .unwrap_or((rest, "1883"));
+    Ok((
+        host.to_string(),
+        port.parse()
+            .with_context(|| format!("--broker {url:?}: bad port"))?,
+    ))
+}
+
+/// The simulated population of these arguments.
+pub fn population(args: &SimulateArgs) -> Vec<SimMeter> {
+    (0..args.meters)
+        .map(|i| SimMeter::new(i, args.seed))
+        .collect()
+}
+
+pub async fn run(args: SimulateArgs) -> anyhow::Result<SimulateReport> {
+    if args.quarters_per_message == 0 || args.quarters_per_message > 2976 {
+        bail!("--quarters-per-message must be 1 to 2976 (a month)");
+    }
+    let calendar = Calendar::amsterdam();
+    let format = if args.format == "bincode" {
+        Format::Bincode
+    } else {
+        Format::Json
+    };
+    let today = calendar.date_of(Timestamp::now());
+    let from = match args.from {
+        Some(d) => d,
+        None => today
+            .checked_sub(jiff::Span::new().days(i64::from(args.days)))
+            .context("--days too large")?,
+    };
+    let start = calendar.date_start(from)?;
+    let end_date = from
+        .checked_add(jiff::Span::new().days(i64::from(args.days)))
+        .context("--days too large")?;
+    let end = calendar.date_start(end_date)?;
+    if end > Timestamp::now() {
+        bail!("the simulated range ends in the future; pick an earlier --from");
+    }
+
+    let (host, port) = broker_host_port(&args.broker)?;
+    let mut options = MqttOptions::new(
+        format!("meterstand-simulate-{}", std::process::id()),
+        host,
+        port,
+    );
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_inflight(1000);
+    options.set_max_packet_size(1 << 20, 16 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, 1000);
+    let (acked_tx, mut acked_rx) = tokio::sync::watch::channel(0u64);
+    let poller = tokio::spawn(async move {
+        let mut acked = 0u64;
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    acked += 1;
+                    let _ = acked_tx.send(acked);
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(anyhow::anyhow!("broker connection failed: {e}")),
+            }
+        }
+    });
+
+    let mut meters = population(&args);
+    let quarters = (end.as_second() - start.as_second()) / 900;
+    let step = i64::from(args.quarters_per_message);
+    let total_messages = (quarters / step + 1) as u64 * args.meters;
+    let progress = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(total_messages)
+    };
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} messages {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let mut report = SimulateReport::default();
+    // Chunks of quarter-hours; the first chunk also carries the start boundary itself.
+    let mut q = 0i64;
+    while q <= quarters {
+        let chunk_end = (q + step).min(quarters + 1);
+        for m in meters.iter_mut() {
+            let mut readings = Vec::new();
+            for i in q..chunk_end {
+                let t = Timestamp::from_second(start.as_second() + i * 900)?;
+                readings.extend(m.step(t));
+            }
+            let payload = WirePayload {
+                meter: Cow::Borrowed(&m.meter_id),
+                readings: readings.iter().map(WireReading::from_reading).collect(),
+            };
+            let topic = format!("{}/{}/{}", args.prefix, m.ean.expose(), format.as_str());
+            client
+                .publish(topic, QoS::AtLeastOnce, false, encode(format, &payload))
+                .await?;
+            report.messages += 1;
+            report.readings += readings.len() as u64;
+            progress.inc(1);
+            if args.rate > 0 {
+                let due = Duration::from_secs_f64(report.messages as f64 / args.rate as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        q = chunk_end;
+    }
+    // Wait for every PubAck: the broker has taken responsibility for each message.
+    let target = report.messages;
+    let waited = tokio::time::timeout(
+        Duration::from_secs(300),
+        acked_rx.wait_for(|a| *a >= target),
+    )
+    .await
+    .map(|r| r.is_ok())
+    .unwrap_or(false);
+    progress.finish_and_clear();
+    if !waited {
+        bail!(
+            "the broker acknowledged only {} of {} messages within 5 minutes",
+            *acked_rx.borrow(),
+            target
+        );
+    }
+    client.disconnect().await?;
+    let _ = tokio::time::timeout(Duration::from_secs(5), poller).await;
+    if !args.quiet {
+        eprintln!(
+            "published {} messages with {} readings in {:.1}s",
+            report.messages,
+            report.readings,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(report)
+}

@@ -1,0 +1,240 @@
+//! Store benchmarks, printed as `name value unit` lines:
+//! - `rocksdb_raw_puts_per_sec` / `store_write_readings_per_sec`: synced batches of 1,000
+//!   (24-byte keys + 8-byte values raw; 1,000 readings of 10,000 connections through the store)
+//! - `store_bytes_per_reading`: a year of quarter-hour data of 1,000 simulated connections,
+//!   on-disk bytes after full compaction per stored tier entry
+//! - `store_aggregate_ms`: one month of day readings of 10,000 connections by postcode area
+use std::sync::Arc;
+use std::time::Instant;
+
+use jiff::Timestamp;
+use meterstand_model::sim::SimMeter;
+use meterstand_model::{Calendar, Connection, ConsentLevel, RegisterKind, Tier, TieredReading};
+use meterstand_pseudonym::{KeyRing, Pseudonymiser};
+use meterstand_store::{
+    AggregateQuery, GroupBy, IngestItem, ReadingStore, RocksStore, StoreConfig, SystemClock,
+};
+
+const BATCH: usize = 1_000;
+const BATCHES: usize = 300;
+
+fn dir_size(path: &std::path::Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn raw_puts() -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = rocksdb::Options::default();
+    opts.create_if_missing(true);
+    let db = rocksdb::DB::open(&opts, dir.path()).expect("open");
+    let mut wo = rocksdb::WriteOptions::default();
+    wo.set_sync(true);
+    let start = Instant::now();
+    for b in 0..BATCHES {
+        let mut batch = rocksdb::WriteBatch::default();
+        for i in 0..BATCH {
+            let mut key = [0u8; 24];
+            key[..8].copy_from_slice(&((i * 7919 % 10_000) as u64).to_be_bytes());
+            key[16..24].copy_from_slice(&(b as u64).to_be_bytes());
+            batch.put(key, (b as u64 * 100 + i as u64).to_le_bytes());
+        }
+        db.write_opt(batch, &wo).expect("write");
+    }
+    (BATCHES * BATCH) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn interval_store(dir: &std::path::Path) -> RocksStore {
+    let store = RocksStore::open(StoreConfig::new(dir), Arc::new(SystemClock)).expect("open");
+    store
+}
+
+fn store_writes(p: &Pseudonymiser) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = interval_store(dir.path());
+    let cal = Calendar::amsterdam();
+    let mut meters: Vec<SimMeter> = (0..10_000).map(|i| SimMeter::new(i, 1)).collect();
+    let pseudonyms: Vec<_> = meters.iter().map(|m| p.ean(&m.ean)).collect();
+    for ps in &pseudonyms {
+        let c = Connection {
+            consent: ConsentLevel::Interval,
+            postcode4: None,
+            profile: None,
+        };
+        store.put_connection(*ps, c).expect("put");
+    }
+    let meter = p.meter(&"E0000000000000001".parse().expect("valid"));
+    // A live stream: each batch holds one quarter-hour reading (import T1) of 1,000 connections.
+    let t0 = Timestamp::now().as_second() / 900 * 900 - 86_400 * 3;
+    let mut batches = Vec::new();
+    for b in 0..BATCHES {
+        let quarter = (b * BATCH / 10_000) as i64;
+        let t = Timestamp::from_second(t0 + quarter * 900).expect("in range");
+        let mut items = Vec::with_capacity(BATCH);
+        for i in 0..BATCH {
+            let c = (b * BATCH + i) % 10_000;
+            let reading = meters[c].step(t)[0];
+            let tiers = cal.tiers_of(reading.register, reading.time);
+            items.push(IngestItem {
+                connection: pseudonyms[c],
+                meter,
+                readings: vec![TieredReading { reading, tiers }],
+            });
+        }
+        batches.push(items);
+    }
+    let start = Instant::now();
+    for items in batches {
+        store.write_blocking(items).expect("write");
+    }
+    (BATCHES * BATCH) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn bytes_per_reading(p: &Pseudonymiser) -> (f64, u64, f64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = interval_store(dir.path());
+    let cal = Calendar::amsterdam();
+    let meter = p.meter(&"E0000000000000001".parse().expect("valid"));
+    let start_of_year = Timestamp::now().as_second() / 86_400 * 86_400 - 365 * 86_400 + 82_800;
+    let mut stored = 0u64;
+    let started = Instant::now();
+    for i in 0..1_000 {
+        let mut m = SimMeter::new(i, 2);
+        let ps = p.ean(&m.ean);
+        let c = Connection {
+            consent: ConsentLevel::Interval,
+            postcode4: None,
+            profile: None,
+        };
+        store.put_connection(ps, c).expect("put");
+        // One item per day per connection: 96 quarter-hours of every register.
+        let mut items = Vec::new();
+        for day in 0..365 {
+            let mut readings = Vec::with_capacity(96 * 3);
+            for q in 0..96 {
+                let t = Timestamp::from_second(start_of_year + day * 86_400 + q * 900)
+                    .expect("in range");
+                for reading in m.step(t) {
+                    readings.push(TieredReading {
+                        reading,
+                        tiers: cal.tiers_of(reading.register, reading.time),
+                    });
+                }
+            }
+            items.push(IngestItem {
+                connection: ps,
+                meter,
+                readings,
+            });
+            if items.len() == 30 {
+                stored += store
+                    .write_blocking(std::mem::take(&mut items))
+                    .expect("write")
+                    .stored
+                    .total();
+            }
+        }
+        stored += store.write_blocking(items).expect("write").stored.total();
+    }
+    let rate = stored as f64 / started.elapsed().as_secs_f64();
+    store.compact_all().expect("compact");
+    let sizes = store.refresh_size_metrics().expect("sizes");
+    (sizes.total() as f64 / stored as f64, stored, rate)
+}
+
+fn aggregate_ms(p: &Pseudonymiser) -> (f64, f64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = interval_store(dir.path());
+    let cal = Calendar::amsterdam();
+    let meter = p.meter(&"E0000000000000001".parse().expect("valid"));
+    let from = cal
+        .date_start(jiff::civil::date(2026, 10, 1))
+        .expect("date");
+    let to = cal
+        .date_start(jiff::civil::date(2026, 11, 1))
+        .expect("date");
+    let mut items = Vec::new();
+    for i in 0..10_000u64 {
+        let mut m = SimMeter::new(i, 3);
+        let ps = p.ean(&m.ean);
+        let c = Connection {
+            consent: ConsentLevel::Daily,
+            postcode4: Some(meterstand_model::Postcode4::new(m.postcode4).expect("valid")),
+            profile: Some(m.profile.parse().expect("valid")),
+        };
+        store.put_connection(ps, c).expect("put");
+        let mut readings = Vec::new();
+        for d in 0..=31 {
+            let t = cal
+                .date_start(
+                    jiff::civil::date(2026, 10, 1)
+                        .checked_add(jiff::Span::new().days(d))
+                        .expect("date"),
+                )
+                .expect("start");
+            for reading in m.step(t) {
+                readings.push(TieredReading {
+                    reading,
+                    tiers: cal.tiers_of(reading.register, reading.time),
+                });
+            }
+        }
+        items.push(IngestItem {
+            connection: ps,
+            meter,
+            readings,
+        });
+        if items.len() == 500 {
+            store
+                .write_blocking(std::mem::take(&mut items))
+                .expect("write");
+        }
+    }
+    store.write_blocking(items).expect("write");
+    store.compact_all().expect("compact");
+    let q = AggregateQuery {
+        kind: RegisterKind::Import,
+        tier: Tier::Day,
+        from,
+        to,
+        group_by: GroupBy {
+            postcode4: true,
+            profile: false,
+        },
+    };
+    let mut times = Vec::new();
+    let mut cells = 0;
+    for _ in 0..15 {
+        let start = Instant::now();
+        cells = store.aggregate(&q).expect("aggregate").len();
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    assert!(cells > 0);
+    times.sort_by(f64::total_cmp);
+    (times[times.len() / 2], times[0])
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` runs this once too: keep it whole.
+    let p = Pseudonymiser::new(&KeyRing::from_keys([(1, [9u8; 32])]));
+    let raw = raw_puts();
+    let store = store_writes(&p);
+    println!("rocksdb_raw_puts_per_sec {raw:.0} puts/s");
+    println!("store_write_readings_per_sec {store:.0} readings/s");
+    println!("store_over_raw_ratio {:.2} x", store / raw);
+    let (bpr, stored, rate) = bytes_per_reading(&p);
+    println!("store_bytes_per_reading {bpr:.2} bytes");
+    println!("store_year_tier_entries {stored} entries");
+    println!("store_bulk_day_blocks_readings_per_sec {rate:.0} readings/s");
+    let (median, best) = aggregate_ms(&p);
+    println!("store_aggregate_ms {median:.1} ms");
+    println!("store_aggregate_best_ms {best:.1} ms");
+    let _ = dir_size;
+}

@@ -1,0 +1,224 @@
+use std::time::Duration;
+
+use jiff::Timestamp;
+use meterstand_model::{
+    Connection, Postcode4, Profile, Reading, RegisterKind, Tier, TierSet, TieredReading,
+};
+use meterstand_pseudonym::Pseudonym;
+
+/// What a connection sent in one message, already pseudonymised.
+#[derive(Debug, Clone)]
+pub struct IngestItem {
+    pub connection: Pseudonym,
+    pub meter: Pseudonym,
+    pub readings: Vec<TieredReading>,
+}
+
+/// A count per tier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TierCounts {
+    pub interval: u64,
+    pub day: u64,
+    pub month: u64,
+}
+
+impl TierCounts {
+    pub fn get(&self, tier: Tier) -> u64 {
+        match tier {
+            Tier::Interval => self.interval,
+            Tier::Day => self.day,
+            Tier::Month => self.month,
+        }
+    }
+
+    pub fn add(&mut self, tier: Tier, n: u64) {
+        match tier {
+            Tier::Interval => self.interval += n,
+            Tier::Day => self.day += n,
+            Tier::Month => self.month += n,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.interval + self.day + self.month
+    }
+
+    pub fn merge(&mut self, other: &TierCounts) {
+        for tier in Tier::ALL {
+            self.add(tier, other.get(tier));
+        }
+    }
+}
+
+/// What the gate and the write did with a batch. One reading can count in several tiers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// Newly stored tier entries.
+    pub stored: TierCounts,
+    /// Tier entries the connection's consent does not allow.
+    pub dropped_by_consent: TierCounts,
+    /// Tier entries already past retention on arrival.
+    pub expired: TierCounts,
+    /// Tier entries already stored with the same value.
+    pub duplicates: u64,
+    /// Tier entries already stored with a different value (the first value is kept).
+    pub conflicts: u64,
+}
+
+impl WriteOutcome {
+    pub fn merge(&mut self, other: &WriteOutcome) {
+        self.stored.merge(&other.stored);
+        self.dropped_by_consent.merge(&other.dropped_by_consent);
+        self.expired.merge(&other.expired);
+        self.duplicates += other.duplicates;
+        self.conflicts += other.conflicts;
+    }
+}
+
+/// Retention per tier, plus the tiers an erasure request must leave in place.
+#[derive(Debug, Clone)]
+pub struct RetentionPolicy {
+    pub interval: Duration,
+    pub day: Duration,
+    pub month: Duration,
+    /// Tiers kept on erasure (month readings: fiscal retention, Art. 52 AWR).
+    pub erasure_hold: TierSet,
+    /// Why the held tiers are kept, for the receipt.
+    pub hold_reason: String,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        const DAY: u64 = 86_400;
+        RetentionPolicy {
+            // humantime's month is 30.44 days; these match `config/default.toml`.
+            interval: Duration::from_secs(13 * 2_630_016),
+            day: Duration::from_secs(24 * 2_630_016),
+            month: Duration::from_secs(7 * 365 * DAY + 2 * DAY),
+            erasure_hold: TierSet::EMPTY.with(Tier::Month),
+            hold_reason:
+                "fiscal retention obligation (Art. 52 AWR): billing readings are kept for 7 years"
+                    .into(),
+        }
+    }
+}
+
+impl RetentionPolicy {
+    pub fn period(&self, tier: Tier) -> Duration {
+        match tier {
+            Tier::Interval => self.interval,
+            Tier::Day => self.day,
+            Tier::Month => self.month,
+        }
+    }
+
+    /// Readings of `tier` older than this instant are expired.
+    pub fn horizon(&self, tier: Tier, now: Timestamp) -> Timestamp {
+        let secs = i64::try_from(self.period(tier).as_secs()).unwrap_or(i64::MAX);
+        Timestamp::from_second(now.as_second().saturating_sub(secs)).unwrap_or(Timestamp::MIN)
+    }
+}
+
+/// What stays after an erasure, why, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept {
+    pub tier: Tier,
+    pub count: u64,
+    pub reason: String,
+    /// When the last of the kept readings expires.
+    pub until: Timestamp,
+}
+
+/// The answer to an erasure or a consent withdrawal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErasureReceipt {
+    pub deleted: TierCounts,
+    /// 1 when the connection record was deleted.
+    pub connection: u64,
+    pub meters: u64,
+    pub kept: Vec<Kept>,
+}
+
+/// Everything stored for one connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubjectExport {
+    pub connection: Option<Connection>,
+    /// Pseudonyms of the meters seen on this connection.
+    pub meters: Vec<Pseudonym>,
+    pub interval: Vec<Reading>,
+    pub day: Vec<Reading>,
+    pub month: Vec<Reading>,
+}
+
+impl SubjectExport {
+    pub fn tier(&self, tier: Tier) -> &[Reading] {
+        match tier {
+            Tier::Interval => &self.interval,
+            Tier::Day => &self.day,
+            Tier::Month => &self.month,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.connection.is_none()
+            && self.meters.is_empty()
+            && Tier::ALL.iter().all(|t| self.tier(*t).is_empty())
+    }
+}
+
+/// One period of a connection's consumption (register units: Wh or dm³).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeriesRow {
+    pub period_start: Timestamp,
+    pub consumption: u64,
+}
+
+/// Which connection attributes to group by. Only these: a query cannot name a connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupBy {
+    pub postcode4: bool,
+    pub profile: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupKey {
+    pub postcode4: Option<Postcode4>,
+    pub profile: Option<Profile>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AggregateQuery {
+    pub kind: RegisterKind,
+    pub tier: Tier,
+    pub from: Timestamp,
+    pub to: Timestamp,
+    pub group_by: GroupBy,
+}
+
+/// Consumption of one group in one period, with the number of connections that had both
+/// boundary readings (the only ones that contribute).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggregateCell {
+    pub period_start: Timestamp,
+    pub group: GroupKey,
+    pub connections: u64,
+    pub consumption: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage engine error: {0}")]
+    Engine(String),
+    #[error("the store is shut down")]
+    Closed,
+    #[error("stored data is corrupt in tier {0}")]
+    Corrupt(&'static str),
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+}
+
+impl From<rocksdb::Error> for StoreError {
+    fn from(e: rocksdb::Error) -> Self {
+        StoreError::Engine(e.into_string())
+    }
+}

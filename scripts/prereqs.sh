@@ -1,0 +1,35 @@
+# Sourced by scripts/test and scripts/demo: installs what a fresh Debian machine lacks, or
+# says exactly what to install. Usage: ensure_prereqs [mosquitto]
+ensure_prereqs() {
+  local need=()
+  command -v cargo >/dev/null 2>&1 || { echo "error: Rust is not installed (https://rustup.rs)"; exit 1; }
+  command -v clang >/dev/null 2>&1 || need+=(clang)
+  ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
+  command -v c++ >/dev/null 2>&1 || need+=(g++)
+  if [ "${1:-}" = mosquitto ] && ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+    need+=(mosquitto)
+  fi
+  [ ${#need[@]} -eq 0 ] && return 0
+  echo "installing missing packages: ${need[*]}"
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+      echo "error: missing ${need[*]}; run as root: apt-get install -y ${need[*]}"; exit 1
+    fi
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "error: missing ${need[*]} and no apt-get here; install them with your package manager"; exit 1
+  fi
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+}
+
+# One target directory outside the clone, shared by tests, the demo and benchmarks, so RocksDB
+# (about 20 minutes of C++) is compiled once per machine, not per clone or per profile.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/meterstand/target}"
+
+# Every command builds the same set (all targets, release), so that cargo's feature
+# unification gives RocksDB one hash and its build is reused by tests, demo and benches.
+build_all() {
+  cargo build --release --workspace --all-targets --locked
+}

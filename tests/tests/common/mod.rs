@@ -1,0 +1,447 @@
+//! Test harness: a real Mosquitto on a free port, the `meterstand` binary as a child process,
+//! a QoS 1 publisher and a tiny HTTP GET. No mock broker, no fixed port.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use meterstand_model::{Calendar, Reading, TieredReading};
+use meterstand_pseudonym::{KeyRing, Pseudonymiser};
+use meterstand_store::{ManualClock, RocksStore, StoreConfig};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn mosquitto_binary() -> PathBuf {
+    for p in [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ] {
+        if Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    panic!(
+        "mosquitto is not installed: run `apt-get install mosquitto` (scripts/test does this for you)"
+    );
+}
+
+/// A Mosquitto broker with persistence, on a free loopback port.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub fn start(dir: &Path) -> Mosquitto {
+        let port = free_port();
+        let mut m = Mosquitto {
+            port,
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        m.spawn();
+        m
+    }
+
+    fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.dir).expect("mosquitto dir");
+        let conf = self.dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {dir}/\n\
+                 autosave_interval 1\nmax_inflight_messages 0\nmax_queued_messages 0\nmessage_size_limit 0\n\
+                 log_dest file {dir}/mosquitto.log\n",
+                port = self.port,
+                dir = self.dir.display()
+            ),
+        )
+        .expect("write conf");
+        let child = Command::new(mosquitto_binary())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        self.child = Some(child);
+        assert!(
+            wait_for_port(self.port, Duration::from_secs(10)),
+            "mosquitto did not open port {}",
+            self.port
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Graceful restart: SIGTERM (mosquitto saves its persistence file), then start again.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The `meterstand` binary built beside this test (`cargo build --workspace` puts it there).
+pub fn meterstand_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("meterstand");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build --release --workspace --all-targets`",
+        bin.display()
+    );
+    bin
+}
+
+/// A directory layout for one service: key file outside the data directory.
+pub struct ServiceDirs {
+    pub root: PathBuf,
+    pub data: PathBuf,
+    pub key_file: PathBuf,
+    pub log: PathBuf,
+}
+
+impl ServiceDirs {
+    pub fn new(root: &Path) -> ServiceDirs {
+        let keys = root.join("keys");
+        std::fs::create_dir_all(&keys).expect("keys dir");
+        let key_file = keys.join("master.key");
+        KeyRing::generate()
+            .expect("random")
+            .create(&key_file)
+            .expect("key file");
+        ServiceDirs {
+            root: root.into(),
+            data: root.join("data"),
+            key_file,
+            log: root.join("service.log"),
+        }
+    }
+
+    pub fn pseudonymiser(&self) -> Pseudonymiser {
+        Pseudonymiser::new(&KeyRing::load(&self.key_file).expect("load key"))
+    }
+
+    /// Opens the store the service wrote (the service must be stopped).
+    pub fn open_store(&self) -> RocksStore {
+        let mut config = StoreConfig::new(&self.data);
+        config.compression = meterstand_store::Compression::None;
+        RocksStore::open(
+            config,
+            std::sync::Arc::new(ManualClock::new(Timestamp::now())),
+        )
+        .expect("open store")
+    }
+}
+
+/// `meterstand run` as a child process.
+pub struct ServiceProcess {
+    pub child: Child,
+    pub api: SocketAddr,
+}
+
+impl ServiceProcess {
+    pub fn start(dirs: &ServiceDirs, broker_url: &str, extra: &[(&str, &str)]) -> ServiceProcess {
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&dirs.log)
+            .expect("log file");
+        let mut cmd = Command::new(meterstand_binary());
+        cmd.arg("run")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("METERSTAND_KEY_FILE", &dirs.key_file)
+            .env("METERSTAND__BROKER__URL", broker_url)
+            .env("METERSTAND__STORE__PATH", &dirs.data)
+            .env("METERSTAND__STORE__COMPRESSION", "none")
+            .env("METERSTAND__API__LISTEN", api.to_string())
+            .env("METERSTAND__CONSENT__DEFAULT", "interval")
+            .env("METERSTAND__LOG__LEVEL", "debug,rumqttc=info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start meterstand");
+        let svc = ServiceProcess { child, api };
+        svc.wait_ready(Duration::from_secs(30));
+        svc
+    }
+
+    pub fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some((200, _)) = http_get(self.api, "/readyz") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("meterstand did not become ready on {}", self.api);
+    }
+
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = http_get(self.api, "/metrics")?;
+        body.lines().find_map(|l| {
+            let (n, v) = l.rsplit_once(' ')?;
+            (n == name).then(|| v.parse().ok()).flatten()
+        })
+    }
+
+    /// Waits until `meterstand_ingest_messages_total` reaches `n` and nothing is unacked.
+    pub fn wait_acked(&self, n: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self
+                .metric("meterstand_ingest_messages_total")
+                .unwrap_or(0.0) as u64;
+            let unacked = self
+                .metric("meterstand_ingest_unacked_messages")
+                .unwrap_or(1.0);
+            if seen >= n && unacked == 0.0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {seen} of {n} messages processed (unacked {unacked})"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM and wait: the ordered shutdown.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "meterstand exited with {status}");
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A bare HTTP/1.1 GET on loopback: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    let body = if text
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(&body)
+    } else {
+        body
+    };
+    Some((status, body))
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A QoS 1 publisher that waits for the broker's PubAck of every message.
+pub struct Publisher {
+    rt: tokio::runtime::Runtime,
+    client: rumqttc::AsyncClient,
+    acked: tokio::sync::watch::Receiver<u64>,
+    pub sent: u64,
+}
+
+impl Publisher {
+    pub fn connect(port: u16, id: &str) -> Publisher {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("rt");
+        let mut options = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        options.set_inflight(500);
+        options.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 1000);
+        let (tx, acked) = tokio::sync::watch::channel(0u64);
+        rt.spawn(async move {
+            let mut n = 0;
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                        n += 1;
+                        let _ = tx.send(n);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        Publisher {
+            rt,
+            client,
+            acked,
+            sent: 0,
+        }
+    }
+
+    pub fn publish(&mut self, topic: &str, payload: Vec<u8>) {
+        let client = self.client.clone();
+        let topic = topic.to_string();
+        self.rt
+            .block_on(async move {
+                client
+                    .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+                    .await
+            })
+            .expect("publish");
+        self.sent += 1;
+    }
+
+    /// Blocks until the broker acknowledged everything published so far.
+    pub fn wait_acked(&mut self) {
+        let target = self.sent;
+        let mut acked = self.acked.clone();
+        self.rt
+            .block_on(async move {
+                tokio::time::timeout(Duration::from_secs(60), acked.wait_for(|n| *n >= target))
+                    .await
+                    .map(|r| r.is_ok())
+            })
+            .map(|ok| assert!(ok, "publisher event loop ended"))
+            .expect("broker acked everything within 60 s");
+    }
+}
+
+/// A JSON payload for a meter and readings.
+pub fn json_payload(meter: &str, readings: &[Reading]) -> Vec<u8> {
+    let payload = meterstand_codec::WirePayload {
+        meter: meter.into(),
+        readings: readings
+            .iter()
+            .map(meterstand_codec::WireReading::from_reading)
+            .collect(),
+    };
+    meterstand_codec::encode(meterstand_codec::Format::Json, &payload)
+}
+
+pub fn bincode_payload(meter: &str, readings: &[Reading]) -> Vec<u8> {
+    let payload = meterstand_codec::WirePayload {
+        meter: meter.into(),
+        readings: readings
+            .iter()
+            .map(meterstand_codec::WireReading::from_reading)
+            .collect(),
+    };
+    meterstand_codec::encode(meterstand_codec::Format::Bincode, &payload)
+}
+
+/// Quarter-hour aligned time `quarters` quarter-hours before now.
+pub fn quarters_ago(quarters: i64) -> Timestamp {
+    let now = Timestamp::now().as_second() / 900 * 900;
+    Timestamp::from_second(now - quarters * 900).expect("in range")
+}
+
+pub fn tiered(r: Reading) -> TieredReading {
+    TieredReading {
+        reading: r,
+        tiers: Calendar::amsterdam().tiers_of(r.register, r.time),
+    }
+}
+
+/// Every file below `dir`, recursively.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p)
+            } else {
+                out.push(p)
+            }
+        }
+    }
+    out
+}
