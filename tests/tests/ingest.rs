@@ -74,11 +74,6 @@ fn publish_then_stored_for_both_formats_rejects_counted_duplicates_idempotent_no
             one("1-0:1.8.1", &t, "1", "kWh"),
             "bad_ean",
         ),
-        (
-            format!("meters/{g}/xml"),
-            one("1-0:1.8.1", &t, "1", "kWh"),
-            "bad_topic",
-        ),
         (format!("meters/{g}/json"), b"{broken".to_vec(), "malformed"),
         (format!("meters/{g}/bincode"), vec![0xff; 7], "malformed"),
         (

@@ -47,6 +47,17 @@ fn mosquitto_binary() -> PathBuf {
     );
 }
 
+fn current_user() -> String {
+    Command::new("id")
+        .arg("-un")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "root".into())
+}
+
 /// A Mosquitto broker with persistence, on a free loopback port.
 pub struct Mosquitto {
     pub port: u16,
@@ -72,9 +83,12 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {dir}/\n\
+                "user {user}\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {dir}/\n\
                  autosave_interval 1\nmax_inflight_messages 0\nmax_queued_messages 0\nmessage_size_limit 0\n\
                  log_dest file {dir}/mosquitto.log\n",
+                // Started as root, mosquitto would switch to user `mosquitto`, which cannot
+                // write persistence into this test's private directory.
+                user = current_user(),
                 port = self.port,
                 dir = self.dir.display()
             ),
