@@ -179,7 +179,7 @@ fn publish_then_stored_for_both_formats_rejects_counted_duplicates_idempotent_no
     drop(store);
 
     // No plaintext identifier at rest: not in the data directory, not in the logs.
-    let mut needles: Vec<Vec<u8>> = vec![ean(1), ean(2), good]
+    let mut needles: Vec<Vec<u8>> = [ean(1), ean(2), good]
         .iter()
         .map(|e| e.expose().as_bytes().to_vec())
         .collect();

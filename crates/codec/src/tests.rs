@@ -136,10 +136,7 @@ fn every_reject_reason() {
 
     let ean = Ean::from_body(87_100_000_000_000_001).expect("fits");
     let good = format!("meters/{}/json", ean.expose());
-    assert_eq!(
-        parse_topic("meters", &good).map(|(e, f)| (e, f)),
-        Ok((ean, Format::Json))
-    );
+    assert_eq!(parse_topic("meters", &good), Ok((ean, Format::Json)));
     assert_eq!(
         parse_topic("meters", "meters/871000000000000010/json"),
         Err(Reject::BadEan)

@@ -97,7 +97,7 @@ impl SimMeter {
         };
         let noise = self.rng.below(self.scale / 2 + 1);
         let import = self.scale * shape / 10 + noise;
-        let low_tariff = local_hour < 7 || local_hour >= 23 || weekday == 0 || weekday == 6;
+        let low_tariff = !(7..23).contains(&local_hour) || weekday == 0 || weekday == 6;
         self.registers[if low_tariff { 0 } else { 1 }] += import;
         let mut out = vec![
             Reading {

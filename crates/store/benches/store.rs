@@ -18,18 +18,6 @@ use meterstand_store::{
 const BATCH: usize = 1_000;
 const BATCHES: usize = 300;
 
-fn dir_size(path: &std::path::Path) -> u64 {
-    std::fs::read_dir(path)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .filter_map(|e| e.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 fn raw_puts() -> f64 {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut opts = rocksdb::Options::default();
@@ -52,8 +40,7 @@ fn raw_puts() -> f64 {
 }
 
 fn interval_store(dir: &std::path::Path) -> RocksStore {
-    let store = RocksStore::open(StoreConfig::new(dir), Arc::new(SystemClock)).expect("open");
-    store
+    RocksStore::open(StoreConfig::new(dir), Arc::new(SystemClock)).expect("open")
 }
 
 fn store_writes(p: &Pseudonymiser) -> f64 {
@@ -236,5 +223,4 @@ fn main() {
     let (median, best) = aggregate_ms(&p);
     println!("store_aggregate_ms {median:.1} ms");
     println!("store_aggregate_best_ms {best:.1} ms");
-    let _ = dir_size;
 }

@@ -416,6 +416,9 @@ struct Writer {
     meters_seen: HashSet<(Pseudonym, Pseudonym)>,
 }
 
+/// Block key → readings to merge into it: (slot, value, index of the request in the group).
+type TouchedBlocks = HashMap<[u8; layout::KEY_LEN], Vec<(u32, u64, usize)>>;
+
 struct Pending {
     items: Vec<IngestItem>,
     reply: oneshot::Sender<Result<WriteOutcome, StoreError>>,
@@ -498,9 +501,7 @@ impl Writer {
         let shared = self.shared.clone();
         shared.refresh_horizons();
         let mut outcomes = vec![WriteOutcome::default(); group.len()];
-        // Block key → new readings (slot, value, request index), per tier.
-        let mut touched: [HashMap<[u8; layout::KEY_LEN], Vec<(u32, u64, usize)>>; 3] =
-            Default::default();
+        let mut touched: [TouchedBlocks; 3] = Default::default();
         let mut batch = WriteBatch::default();
         let meters_cf = shared.cf(CF_METERS)?;
 
