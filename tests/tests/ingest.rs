@@ -314,7 +314,23 @@ fn broker_restart_mid_stream_loses_nothing() {
         }
         publisher.wait_acked();
     }
-    broker.restart();
+    // Graceful stop: mosquitto saves its persistence file. While it is away the service says so.
+    broker.stop();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while http_get(svc.api, "/readyz").map(|(status, _)| status) != Some(503) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz still ready with the broker gone"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, body) = http_get(svc.api, "/readyz").expect("readyz");
+    assert!(
+        body.contains("\"broker_connected\":false") && body.contains("\"store_open\":true"),
+        "{body}"
+    );
+    assert_eq!(svc.metric("meterstand_mqtt_connected"), Some(0.0));
+    broker.start_again();
     let mut publisher = Publisher::connect(broker.port, "restart-publisher-2");
     for chunk in all[24..].chunks(4) {
         publisher.publish(
@@ -355,4 +371,80 @@ fn broker_restart_mid_stream_loses_nothing() {
         )
         .expect("read");
     assert_eq!(stored, all);
+}
+
+#[test]
+fn shared_subscription_splits_the_load_between_instances() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let broker = Mosquitto::start(&tmp.path().join("mosquitto"));
+    let first = ServiceDirs::new(&tmp.path().join("a"));
+    let second = ServiceDirs::new(&tmp.path().join("b"));
+    // Both instances pseudonymise with the same key.
+    std::fs::copy(&first.key_file, &second.key_file).expect("share key");
+    let shared = [("METERSTAND__BROKER__SHARE_GROUP", "ingest")];
+    let a = ServiceProcess::start(
+        &first,
+        &broker.url(),
+        &[shared[0], ("METERSTAND__BROKER__CLIENT_ID", "ingest-a")],
+    );
+    let b = ServiceProcess::start(
+        &second,
+        &broker.url(),
+        &[shared[0], ("METERSTAND__BROKER__CLIENT_ID", "ingest-b")],
+    );
+    let mut publisher = Publisher::connect(broker.port, "share-publisher");
+    let start = quarters_ago(40);
+    let mut expected = BTreeMap::new();
+    for c in 0..100u64 {
+        let readings = import_readings(start, 4, 1_000 * c);
+        publisher.publish(
+            &format!("meters/{}/json", ean(500 + c).expose()),
+            json_payload(&meter_id(c), &readings),
+        );
+        expected.insert(c, readings);
+    }
+    publisher.wait_acked();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = a.metric("meterstand_ingest_messages_total").unwrap_or(0.0)
+            + b.metric("meterstand_ingest_messages_total").unwrap_or(0.0);
+        if done >= 100.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {done} of 100 messages delivered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got_a = a.metric("meterstand_ingest_messages_total").unwrap_or(0.0);
+    let got_b = b.metric("meterstand_ingest_messages_total").unwrap_or(0.0);
+    assert_eq!(
+        got_a + got_b,
+        100.0,
+        "each message went to exactly one instance"
+    );
+    assert!(
+        got_a > 0.0 && got_b > 0.0,
+        "both instances took a share ({got_a} / {got_b})"
+    );
+    a.stop();
+    b.stop();
+    let p = first.pseudonymiser();
+    let (store_a, store_b) = (first.open_store(), second.open_store());
+    for (c, readings) in expected {
+        let pseudonym = p.ean(&ean(500 + c));
+        let mut stored = store_a
+            .readings(pseudonym, Tier::Interval, Timestamp::MIN, Timestamp::MAX)
+            .expect("read");
+        stored.extend(
+            store_b
+                .readings(pseudonym, Tier::Interval, Timestamp::MIN, Timestamp::MAX)
+                .expect("read"),
+        );
+        assert_eq!(
+            stored, readings,
+            "connection {c} stored once, in one of the two instances"
+        );
+    }
 }

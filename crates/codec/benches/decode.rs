@@ -10,7 +10,7 @@ use meterstand_codec::{Format, Limits, WirePayload, WireReading, decode, encode}
 use meterstand_model::{Calendar, Reading, Register};
 
 fn day_payload(format: Format) -> Vec<u8> {
-    let start = 1_795_820_400i64; // 2026-11-26T23:00:00Z, local midnight
+    let start = 1_795_734_000i64; // 2026-11-26T23:00:00Z, local midnight
     let readings: Vec<WireReading<'static>> = (0..96)
         .map(|i| {
             WireReading::from_reading(&Reading {

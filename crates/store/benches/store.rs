@@ -43,9 +43,11 @@ fn interval_store(dir: &std::path::Path) -> RocksStore {
     RocksStore::open(StoreConfig::new(dir), Arc::new(SystemClock)).expect("open")
 }
 
-fn store_writes(p: &Pseudonymiser) -> f64 {
+fn store_writes(p: &Pseudonymiser, sync: bool) -> f64 {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = interval_store(dir.path());
+    let mut config = StoreConfig::new(dir.path());
+    config.sync = sync;
+    let store = RocksStore::open(config, Arc::new(SystemClock)).expect("open");
     let cal = Calendar::amsterdam();
     let mut meters: Vec<SimMeter> = (0..10_000).map(|i| SimMeter::new(i, 1)).collect();
     let pseudonyms: Vec<_> = meters.iter().map(|m| p.ean(&m.ean)).collect();
@@ -212,10 +214,13 @@ fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` runs this once too: keep it whole.
     let p = Pseudonymiser::new(&KeyRing::from_keys([(1, [9u8; 32])]));
     let raw = raw_puts();
-    let store = store_writes(&p);
+    let store = store_writes(&p, true);
+    let unsynced = store_writes(&p, false);
     println!("rocksdb_raw_puts_per_sec {raw:.0} puts/s");
     println!("store_write_readings_per_sec {store:.0} readings/s");
     println!("store_over_raw_ratio {:.2} x", store / raw);
+    // Diagnostic: the same stream without WAL sync, to separate sync cost from the rest.
+    println!("store_write_unsynced_readings_per_sec {unsynced:.0} readings/s");
     let (bpr, stored, rate) = bytes_per_reading(&p);
     println!("store_bytes_per_reading {bpr:.2} bytes");
     println!("store_year_tier_entries {stored} entries");

@@ -220,6 +220,7 @@ impl RocksStore {
             .spawn(move || {
                 Writer {
                     shared: writer_shared.clone(),
+                    blocks: HashMap::new(),
                     meters_seen: HashSet::new(),
                 }
                 .run(rx);
@@ -410,8 +411,15 @@ fn load_connections(shared: &Shared) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Decoded blocks the writer wrote last, so that a stream of readings into the same open
+/// blocks (the current day of every connection) needs no read before each write. Only the
+/// writer mutates blocks, so the cache stays exact; commands that delete or trim blocks
+/// clear it. Bounded: cleared whole when full.
+const BLOCK_CACHE_ENTRIES: usize = 262_144;
+
 struct Writer {
     shared: Arc<Shared>,
+    blocks: HashMap<(Tier, [u8; layout::KEY_LEN]), layout::Entries>,
     /// (connection, meter) pairs known to be recorded, to spare a read per message.
     meters_seen: HashSet<(Pseudonym, Pseudonym)>,
 }
@@ -459,9 +467,11 @@ impl Writer {
                     let _ = reply.send(self.put_connection(p, connection));
                 }
                 Command::Erase { pseudonyms, reply } => {
+                    self.blocks.clear();
                     let _ = reply.send(self.erase(&pseudonyms));
                 }
                 Command::Sweep { reply } => {
+                    self.blocks.clear();
                     let _ = reply.send(self.sweep());
                 }
                 Command::CompactAll { reply } => {
@@ -545,16 +555,30 @@ impl Writer {
                 continue;
             }
             let cf = shared.tier_cf(tier)?;
-            let keys: Vec<&[u8; layout::KEY_LEN]> = blocks.keys().collect();
-            let existing = shared
+            let missing: Vec<&[u8; layout::KEY_LEN]> = blocks
+                .keys()
+                .filter(|k| !self.blocks.contains_key(&(tier, **k)))
+                .collect();
+            let fetched = shared
                 .db
-                .batched_multi_get_cf(cf, keys.iter().map(|k| &k[..]), false);
-            for ((key, new), old) in blocks.iter().zip(existing) {
-                let mut entries = match old? {
+                .batched_multi_get_cf(cf, missing.iter().map(|k| &k[..]), false);
+            let mut loaded = HashMap::with_capacity(missing.len());
+            for (key, old) in missing.iter().zip(fetched) {
+                let entries = match old? {
                     Some(bytes) => {
                         layout::decode_block(&bytes).ok_or(StoreError::Corrupt(tier.as_str()))?
                     }
                     None => Vec::new(),
+                };
+                loaded.insert(**key, entries);
+            }
+            if self.blocks.len() + blocks.len() > BLOCK_CACHE_ENTRIES {
+                self.blocks.clear();
+            }
+            for (key, new) in &blocks {
+                let mut entries = match loaded.remove(key) {
+                    Some(e) => e,
+                    None => self.blocks.remove(&(tier, *key)).unwrap_or_default(),
                 };
                 let mut changed = false;
                 for &(slot, value, idx) in new {
@@ -570,10 +594,15 @@ impl Writer {
                 if changed {
                     batch.put_cf(cf, key, layout::encode_block(&entries));
                 }
+                self.blocks.insert((tier, *key), entries);
             }
         }
-        if !batch.is_empty() {
-            shared.db.write_opt(batch, &shared.write_opts())?;
+        if !batch.is_empty()
+            && let Err(e) = shared.db.write_opt(batch, &shared.write_opts())
+        {
+            // The cache already holds the merged blocks; the disk does not.
+            self.blocks.clear();
+            return Err(e.into());
         }
         Ok(outcomes)
     }

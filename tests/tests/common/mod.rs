@@ -113,9 +113,8 @@ impl Mosquitto {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
-    /// Graceful restart: SIGTERM (mosquitto saves its persistence file), then start again.
-    pub fn restart(&mut self) {
-        self.stop();
+    /// Starts a stopped broker again on the same port, with its persisted sessions.
+    pub fn start_again(&mut self) {
         self.spawn();
     }
 
