@@ -113,7 +113,7 @@ fn drain(rt: &tokio::runtime::Runtime, port: u16, client_id: &str, n: usize) -> 
                     got += 1;
                 }
                 Ok(_) => {}
-                Err(e) => panic!("drain: {e}"),
+                Err(e) => panic!("drain: {e} after {got} of {n}"),
             }
             while let Some(p) = pending.front() {
                 if client.try_ack(p).is_err() {
@@ -123,11 +123,18 @@ fn drain(rt: &tokio::runtime::Runtime, port: u16, client_id: &str, n: usize) -> 
             }
         }
         let rate = n as f64 / started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(1.0);
-        client.disconnect().await.expect("disconnect");
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while el.poll().await.is_ok() {}
+        // Acks may still fill the request channel: keep polling while the disconnect queues.
+        let disconnect = tokio::spawn(async move { client.disconnect().await });
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
         })
         .await;
+        let _ = disconnect.await;
         rate
     })
 }
@@ -190,8 +197,11 @@ fn main() {
         let ingest_id = format!("bench-ingest-{name}");
         prepare_session(&rt, broker.port, &drain_id);
         prepare_session(&rt, broker.port, &ingest_id);
+        eprintln!("{name}: sessions ready, queueing {} messages", msgs.len());
         queue(broker.port, &msgs, &format!("bench-pub-{name}"));
+        eprintln!("{name}: queued; draining");
         let drain_rate = drain(&rt, broker.port, &drain_id, msgs.len());
+        eprintln!("{name}: drained; ingesting");
         let ingest_rate = ingest(&rt, broker.port, &ingest_id, msgs.len(), readings);
         println!("mqtt_drain_messages_per_sec_{name} {drain_rate:.0} messages/s");
         println!("ingest_readings_per_sec_{name} {ingest_rate:.0} readings/s");

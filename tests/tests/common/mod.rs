@@ -84,7 +84,7 @@ impl Mosquitto {
             &conf,
             format!(
                 "user {user}\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {dir}/\n\
-                 autosave_interval 1\nmax_inflight_messages 0\nmax_queued_messages 0\nmessage_size_limit 0\n\
+                 autosave_interval 1\nmax_inflight_messages 1000\nmax_queued_messages 0\nmessage_size_limit 0\n\
                  log_dest file {dir}/mosquitto.log\n",
                 // Started as root, mosquitto would switch to user `mosquitto`, which cannot
                 // write persistence into this test's private directory.
