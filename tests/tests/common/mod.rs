@@ -403,8 +403,8 @@ impl Publisher {
     }
 }
 
-/// A JSON payload for a meter and readings.
-pub fn json_payload(meter: &str, readings: &[Reading]) -> Vec<u8> {
+/// A payload in `format` for a meter and readings, as a metering company would publish it.
+pub fn payload(format: meterstand_codec::Format, meter: &str, readings: &[Reading]) -> Vec<u8> {
     let payload = meterstand_codec::WirePayload {
         meter: meter.into(),
         readings: readings
@@ -412,18 +412,15 @@ pub fn json_payload(meter: &str, readings: &[Reading]) -> Vec<u8> {
             .map(meterstand_codec::WireReading::from_reading)
             .collect(),
     };
-    meterstand_codec::encode(meterstand_codec::Format::Json, &payload)
+    meterstand_codec::encode(format, &payload)
+}
+
+pub fn json_payload(meter: &str, readings: &[Reading]) -> Vec<u8> {
+    payload(meterstand_codec::Format::Json, meter, readings)
 }
 
 pub fn bincode_payload(meter: &str, readings: &[Reading]) -> Vec<u8> {
-    let payload = meterstand_codec::WirePayload {
-        meter: meter.into(),
-        readings: readings
-            .iter()
-            .map(meterstand_codec::WireReading::from_reading)
-            .collect(),
-    };
-    meterstand_codec::encode(meterstand_codec::Format::Bincode, &payload)
+    payload(meterstand_codec::Format::Bincode, meter, readings)
 }
 
 /// Quarter-hour aligned time `quarters` quarter-hours before now.
