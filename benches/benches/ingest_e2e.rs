@@ -167,8 +167,19 @@ fn ingest(
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let started = Instant::now();
+        let mut last_report = Instant::now();
         while status.acked.load(Ordering::Relaxed) < msgs as u64 {
             tokio::time::sleep(Duration::from_millis(1)).await;
+            if last_report.elapsed() > Duration::from_secs(5) {
+                last_report = Instant::now();
+                eprintln!(
+                    "ingest: {} processed, {} acked, {} unacked, connected {}",
+                    status.messages.load(Ordering::Relaxed),
+                    status.acked.load(Ordering::Relaxed),
+                    meterstand_ingest::metrics::UNACKED.get(),
+                    status.connected.load(Ordering::Relaxed)
+                );
+            }
         }
         readings as f64 / started.elapsed().as_secs_f64()
     });

@@ -134,11 +134,19 @@ impl Ingest {
     ) -> Result<(), IngestError> {
         metrics::init();
         let options = mqtt_options(&config)?;
-        // The request channel carries acks; it is drained by the poll loop.
-        let (client, eventloop) = AsyncClient::new(options, config.max_unacked.max(64));
-        // Bounded by the unacked window: the broker sends no more than its inflight window,
-        // so this never fills in practice; if it does, polling waits, which is backpressure.
-        let (received_tx, received_rx) = mpsc::channel(config.max_unacked.max(1));
+        // The request channel carries acks and only the poll loop drains it. The poll loop may
+        // itself wait on the full received queue (backpressure), so this channel must hold an
+        // ack for every message that can be inside the process: the received queue, the batch
+        // being filled, the queued batches and the one being written. Smaller, and a broker
+        // that sends past its in-flight window deadlocks acks against polling.
+        let ack_capacity =
+            config.max_unacked.max(1) + (COMMIT_QUEUE + 2) * config.batch_max_messages + 64;
+        let (client, eventloop) = AsyncClient::new(options, ack_capacity);
+        // Unbounded on purpose: only the poll loop can send acks (rumqttc's request channel),
+        // so a poll loop waiting for room here while the committer waits for its acks to go
+        // out is a deadlock (seen with ~60k messages queued for our session). What this holds
+        // is bounded by the broker's in-flight window for our client; see DESIGN.md.
+        let (received_tx, received_rx) = mpsc::unbounded_channel();
         let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
         let polling_done = CancellationToken::new();
         let config = Arc::new(config);
@@ -240,7 +248,7 @@ async fn poll_loop(
     mut eventloop: EventLoop,
     client: AsyncClient,
     config: Arc<IngestConfig>,
-    received: mpsc::Sender<(Publish, Instant)>,
+    received: mpsc::UnboundedSender<(Publish, Instant)>,
     status: Arc<IngestStatus>,
     shutdown: CancellationToken,
     done: CancellationToken,
@@ -270,7 +278,7 @@ async fn poll_loop(
                     continue;
                 }
                 metrics::UNACKED.inc();
-                if received.send((publish, Instant::now())).await.is_err() {
+                if received.send((publish, Instant::now())).is_err() {
                     metrics::UNACKED.dec();
                 }
             }
@@ -357,7 +365,7 @@ fn entry(
 async fn batch_loop(
     config: Arc<IngestConfig>,
     pseudonymiser: Arc<Pseudonymiser>,
-    mut received: mpsc::Receiver<(Publish, Instant)>,
+    mut received: mpsc::UnboundedReceiver<(Publish, Instant)>,
     commit: mpsc::Sender<Vec<Entry>>,
     shutdown: CancellationToken,
 ) {
