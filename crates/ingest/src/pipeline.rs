@@ -421,7 +421,7 @@ async fn commit_loop<S: ReadingStore>(
                     .max()
             })
             .collect();
-        let outcome = if newest.is_empty() && batch.iter().all(|e| e.item.is_none()) {
+        let outcome = if batch.iter().all(|e| e.item.is_none()) {
             Ok(WriteOutcome::default())
         } else {
             write_with_retry(
@@ -448,6 +448,9 @@ async fn commit_loop<S: ReadingStore>(
                 // Durable: acknowledge, in arrival order.
                 for e in &batch {
                     if client.ack(&e.publish).await.is_err() {
+                        // The event loop is gone (shutdown): these stay unacknowledged and the
+                        // broker redelivers them to our next session.
+                        metrics::UNACKED.set(0);
                         break;
                     }
                     metrics::UNACKED.dec();

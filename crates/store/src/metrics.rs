@@ -4,23 +4,8 @@
 use std::sync::LazyLock;
 
 use meterstand_model::Tier;
-use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, register_histogram,
-    register_int_counter, register_int_counter_vec, register_int_gauge_vec,
-};
-
-fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    register_int_counter_vec!(Opts::new(name, help), labels).unwrap_or_else(|_| {
-        IntCounterVec::new(Opts::new(name, help), labels)
-            .unwrap_or_else(|e| panic!("metric {name}: {e}"))
-    })
-}
-
-fn counter(name: &str, help: &str) -> IntCounter {
-    register_int_counter!(name, help).unwrap_or_else(|_| {
-        IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"))
-    })
-}
+use meterstand_telemetry::metric::{counter, counter_vec, gauge_vec, histogram};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGaugeVec};
 
 pub static STORED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
@@ -82,38 +67,36 @@ pub static EXPORTS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 pub static WRITE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
-    let opts = HistogramOpts::new(
+    histogram(
         "meterstand_store_write_seconds",
         "Time of one durable group commit (gate, merge, synced write).",
+        0.0001,
+        2.0,
+        16,
     )
-    .buckets(prometheus::exponential_buckets(0.0001, 2.0, 16).unwrap_or_default());
-    register_histogram!(opts.clone())
-        .unwrap_or_else(|_| Histogram::with_opts(opts).unwrap_or_else(|e| panic!("{e}")))
 });
 pub static GROUP_READINGS: LazyLock<Histogram> = LazyLock::new(|| {
-    let opts = HistogramOpts::new(
+    histogram(
         "meterstand_store_group_commit_readings",
         "Readings per durable group commit.",
+        1.0,
+        4.0,
+        10,
     )
-    .buckets(prometheus::exponential_buckets(1.0, 4.0, 10).unwrap_or_default());
-    register_histogram!(opts.clone())
-        .unwrap_or_else(|_| Histogram::with_opts(opts).unwrap_or_else(|e| panic!("{e}")))
 });
 pub static SIZE_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    let opts = Opts::new(
+    gauge_vec(
         "meterstand_store_size_bytes",
         "Size of the SST files per tier.",
-    );
-    register_int_gauge_vec!(opts.clone(), &["tier"])
-        .unwrap_or_else(|_| IntGaugeVec::new(opts, &["tier"]).unwrap_or_else(|e| panic!("{e}")))
+        &["tier"],
+    )
 });
 pub static PENDING_COMPACTION_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    let opts = Opts::new(
+    gauge_vec(
         "meterstand_store_pending_compaction_bytes",
         "RocksDB's estimate of bytes compaction still has to rewrite, per tier.",
-    );
-    register_int_gauge_vec!(opts.clone(), &["tier"])
-        .unwrap_or_else(|_| IntGaugeVec::new(opts, &["tier"]).unwrap_or_else(|e| panic!("{e}")))
+        &["tier"],
+    )
 });
 
 /// Creates every series so that it is exported from the start.
@@ -128,10 +111,9 @@ pub fn init() {
         SIZE_BYTES.with_label_values(&[t]);
         PENDING_COMPACTION_BYTES.with_label_values(&[t]);
     }
-    LazyLock::force(&DUPLICATES);
-    LazyLock::force(&CONFLICTS);
-    LazyLock::force(&ERASURES);
-    LazyLock::force(&EXPORTS);
+    for c in [&DUPLICATES, &CONFLICTS, &ERASURES, &EXPORTS] {
+        LazyLock::force(c);
+    }
     LazyLock::force(&WRITE_SECONDS);
     LazyLock::force(&GROUP_READINGS);
 }

@@ -44,3 +44,50 @@ pub fn init_logging(format: LogFormat, default_filter: &str) -> Result<(), Telem
     };
     Ok(())
 }
+
+/// Metric constructors for every crate's `metrics.rs`: build, register in the process-wide
+/// registry, and keep going if the name is already registered (several services in one test
+/// process). The definitions are static, so an invalid one is a programming error and panics
+/// at first use.
+pub mod metric {
+    use prometheus::{
+        Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    };
+
+    fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
+        let _ = prometheus::register(Box::new(metric.clone()));
+        metric
+    }
+
+    fn valid<T>(name: &str, built: prometheus::Result<T>) -> T {
+        built.unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"))
+    }
+
+    pub fn counter(name: &str, help: &str) -> IntCounter {
+        register(valid(name, IntCounter::new(name, help)))
+    }
+
+    pub fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        register(valid(
+            name,
+            IntCounterVec::new(Opts::new(name, help), labels),
+        ))
+    }
+
+    pub fn gauge(name: &str, help: &str) -> IntGauge {
+        register(valid(name, IntGauge::new(name, help)))
+    }
+
+    pub fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        register(valid(name, IntGaugeVec::new(Opts::new(name, help), labels)))
+    }
+
+    /// A histogram with `count` exponential buckets from `start`, each `factor` apart.
+    pub fn histogram(name: &str, help: &str, start: f64, factor: f64, count: usize) -> Histogram {
+        let buckets = valid(name, prometheus::exponential_buckets(start, factor, count));
+        register(valid(
+            name,
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)),
+        ))
+    }
+}
