@@ -75,15 +75,30 @@ pub struct KeysSection {
 #[serde(deny_unknown_fields)]
 pub struct ApiSection {
     pub listen: String,
+    pub audit_log: PathBuf,
+    pub max_body_bytes: usize,
+    pub max_concurrent: usize,
+    #[serde(with = "humantime_serde_compat")]
+    pub max_range_interval: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub max_range_day: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub max_range_month: Duration,
+    pub metrics_require_token: bool,
     pub tokens: Vec<TokenEntry>,
 }
 
+/// One API token: its SHA-256 `hash`, or a `file` holding the token itself (read and hashed
+/// at start; refused when group or world readable).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenEntry {
     pub id: String,
     pub role: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -351,14 +366,93 @@ impl Config {
                     t.role
                 )));
             }
-            let hex = t.hash.strip_prefix("sha256:").unwrap_or("");
-            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(ConfigError::Invalid(format!(
-                    "api.tokens[{i}].hash: expected sha256:<64 hex digits>"
-                )));
+            match (&t.file, t.hash.is_empty()) {
+                (Some(_), false) | (None, true) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "api.tokens[{i}] ({:?}): give exactly one of hash = \"sha256:<hex>\" or file = \"<path>\"",
+                        t.id
+                    )));
+                }
+                (None, false) if meterstand_api::parse_hash(&t.hash).is_none() => {
+                    return Err(ConfigError::Invalid(format!(
+                        "api.tokens[{i}].hash: expected sha256:<64 hex digits>"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        if self.api.max_body_bytes < 256 || self.api.max_body_bytes > 16 << 20 {
+            return Err(value_err(
+                "api.max_body_bytes",
+                &self.api.max_body_bytes,
+                "256 to 16777216",
+            ));
+        }
+        if self.api.max_concurrent == 0 || self.api.max_concurrent > 100_000 {
+            return Err(value_err(
+                "api.max_concurrent",
+                &self.api.max_concurrent,
+                "1 to 100000",
+            ));
+        }
+        for (key, d) in [
+            ("api.max_range_interval", self.api.max_range_interval),
+            ("api.max_range_day", self.api.max_range_day),
+            ("api.max_range_month", self.api.max_range_month),
+        ] {
+            if d < Duration::from_secs(86_400) {
+                return Err(value_err(
+                    key,
+                    &humantime::format_duration(d),
+                    "at least 1day",
+                ));
             }
         }
         Ok(())
+    }
+
+    /// The token table: hashes as configured, token files read and hashed.
+    pub fn token_table(&self) -> anyhow::Result<meterstand_api::TokenTable> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut entries = Vec::new();
+        for t in &self.api.tokens {
+            let role: meterstand_api::Role = t.role.parse().map_err(anyhow::Error::msg)?;
+            let hash = match &t.file {
+                None => t.hash.clone(),
+                Some(path) => {
+                    let meta = std::fs::metadata(path).map_err(|e| {
+                        anyhow::anyhow!("api token {:?}: cannot read {}: {e}", t.id, path.display())
+                    })?;
+                    if meta.permissions().mode() & 0o077 != 0 {
+                        anyhow::bail!(
+                            "api token {:?}: {} is readable by group or others; run chmod 600 on it",
+                            t.id,
+                            path.display()
+                        );
+                    }
+                    let token = std::fs::read_to_string(path)?;
+                    meterstand_api::hash_token(token.trim())
+                }
+            };
+            entries.push((t.id.clone(), role, hash));
+        }
+        Ok(meterstand_api::TokenTable::new(entries.iter().map(
+            |(id, role, hash)| (id.as_str(), *role, hash.as_str()),
+        ))?)
+    }
+
+    pub fn api_config(&self) -> meterstand_api::ApiConfig {
+        meterstand_api::ApiConfig {
+            min_group_size: self.privacy.min_group_size,
+            max_body_bytes: self.api.max_body_bytes,
+            max_concurrent: self.api.max_concurrent,
+            max_range: meterstand_api::MaxRange {
+                interval: self.api.max_range_interval,
+                day: self.api.max_range_day,
+                month: self.api.max_range_month,
+            },
+            metrics_require_token: self.api.metrics_require_token,
+        }
     }
 
     pub fn broker_listen(&self) -> Result<SocketAddr, ConfigError> {
@@ -436,7 +530,9 @@ impl Config {
             shown.broker.password = "<redacted>".into();
         }
         for t in &mut shown.api.tokens {
-            t.hash = "<redacted>".into();
+            if !t.hash.is_empty() {
+                t.hash = "<redacted>".into();
+            }
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }

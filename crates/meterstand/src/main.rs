@@ -1,6 +1,7 @@
 //! `meterstand`: ingest smart-meter readings from MQTT, pseudonymise every identifier before
 //! it touches disk, keep readings per consent and retention, and serve them.
 
+mod client;
 mod config;
 mod demo;
 mod service;
@@ -44,11 +45,58 @@ enum Command {
         #[arg(long)]
         rotate: bool,
     },
+    /// API tokens: `token new` makes one and prints its config entry (only the hash is stored).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// CRM client: register connections from a CSV file through the API (role crm).
+    Connections {
+        #[command(subcommand)]
+        command: ConnectionsCommand,
+    },
+    /// Privacy-officer client: export or erase everything stored for one EAN (role privacy_officer).
+    Subject {
+        #[command(subcommand)]
+        command: SubjectCommand,
+    },
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a random token for a role; prints it (or writes it to --out, mode 0600) and the
+    /// `[[api.tokens]]` entry with its SHA-256 for the server's config.
+    New {
+        /// analyst, privacy_officer, crm or operator.
+        #[arg(long)]
+        role: String,
+        /// A name for the token, shown in the audit log.
+        #[arg(long)]
+        id: String,
+        /// Write the token to this new file instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConnectionsCommand {
+    /// PUT every row of a CSV (ean,consent,postcode4,profile); bad rows are reported by line
+    /// number and the good ones kept. Exits 2 when any row was refused.
+    Import(client::ImportArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum SubjectCommand {
+    /// Everything stored for the EAN (GDPR Art. 15/20), as JSON or CSV.
+    Export(client::ExportArgs),
+    /// Erase what may be erased for the EAN (GDPR Art. 17) and print the receipt.
+    Erase(client::EraseArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,6 +115,21 @@ fn process_env() -> BTreeMap<String, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Connections {
+        command: ConnectionsCommand::Import(args),
+    } = cli.command
+    {
+        return match config_listen(cli.config.as_deref())
+            .and_then(|listen| runtime()?.block_on(client::import(args, &listen)))
+        {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(2),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -76,9 +139,29 @@ fn main() -> ExitCode {
     }
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("cannot start the async runtime")
+}
+
+/// `api.listen` of the effective config, the default server of the API clients.
+fn config_listen(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    Ok(Config::load(file, &process_env())?.api.listen)
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let env = process_env();
     match cli.command {
+        Command::Token {
+            command: TokenCommand::New { role, id, out },
+        } => client::new_token(&id, &role, out.as_deref()),
+        Command::Connections { .. } => unreachable!("handled in main"),
+        Command::Subject { command } => {
+            let listen = config_listen(cli.config.as_deref())?;
+            match command {
+                SubjectCommand::Export(args) => runtime()?.block_on(client::export(args, &listen)),
+                SubjectCommand::Erase(args) => runtime()?.block_on(client::erase(args, &listen)),
+            }
+        }
         Command::Keygen { out, rotate } => keygen(&out, rotate),
         Command::Config {
             command: ConfigCommand::Defaults,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::Context;
-use meterstand_api::{ApiState, Readiness};
+use meterstand_api::{ApiParts, ApiState, AuditLog, Readiness};
 use meterstand_codec::Limits;
 use meterstand_ingest::{EmbeddedBroker, Ingest, IngestConfig, IngestStatus, TlsFiles};
 use meterstand_model::Calendar;
@@ -116,6 +116,7 @@ impl Service {
                 key_file.display()
             )
         })?;
+        let tokens = config.token_table()?;
         let pseudonymiser = Arc::new(Pseudonymiser::new(&ring));
         drop(ring);
 
@@ -157,12 +158,20 @@ impl Service {
             .await
             .with_context(|| format!("binding api.listen {}", config.api.listen))?;
         let api_addr = listener.local_addr()?;
-        let state = ApiState {
+        let audit = AuditLog::open(&config.api.audit_log)
+            .with_context(|| format!("opening api.audit_log {}", config.api.audit_log.display()))?;
+        let state = ApiState::new(ApiParts {
             readiness: Arc::new(ServiceReadiness {
                 store: store.clone(),
                 ingest: status.clone(),
             }),
-        };
+            backend: store.clone(),
+            pseudonymiser: pseudonymiser.clone(),
+            tokens,
+            audit,
+            calendar: Calendar::new(&config.privacy.timezone).context("privacy.timezone")?,
+            config: config.api_config(),
+        });
         let http_stop = background.clone();
         tracker.spawn(async move {
             if let Err(e) = meterstand_api::serve(listener, state, http_stop).await {

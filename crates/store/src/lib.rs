@@ -44,6 +44,10 @@ pub trait ReadingStore: Send + Sync + 'static {
     /// tiers under a hold, compacts the range away and returns a receipt.
     fn erase(&self, pseudonyms: &[Pseudonym]) -> Result<ErasureReceipt, StoreError>;
 
+    /// Whether anything is stored under this pseudonym: a connection record or a reading in
+    /// any tier.
+    fn knows(&self, p: Pseudonym) -> Result<bool, StoreError>;
+
     /// Everything stored for these pseudonyms.
     fn export(&self, pseudonyms: &[Pseudonym]) -> Result<SubjectExport, StoreError>;
 

@@ -894,6 +894,22 @@ impl ReadingStore for RocksStore {
         self.call_blocking(|reply| Command::Erase { pseudonyms, reply })
     }
 
+    fn knows(&self, p: Pseudonym) -> Result<bool, StoreError> {
+        if self.connection(p).is_some() {
+            return Ok(true);
+        }
+        let (start, end) = layout::pseudonym_range(p);
+        for tier in Tier::ALL {
+            let mut it = self.shared.db.raw_iterator_cf(self.shared.tier_cf(tier)?);
+            it.seek(&start);
+            if it.key().is_some_and(|k| k < end.as_slice()) {
+                return Ok(true);
+            }
+            it.status()?;
+        }
+        Ok(false)
+    }
+
     fn export(&self, pseudonyms: &[Pseudonym]) -> Result<SubjectExport, StoreError> {
         let mut export = SubjectExport::default();
         let meters_cf = self.shared.cf(CF_METERS)?;

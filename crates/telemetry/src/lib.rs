@@ -51,7 +51,8 @@ pub fn init_logging(format: LogFormat, default_filter: &str) -> Result<(), Telem
 /// at first use.
 pub mod metric {
     use prometheus::{
-        Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+        Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+        Opts,
     };
 
     fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
@@ -88,6 +89,20 @@ pub mod metric {
         register(valid(
             name,
             Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)),
+        ))
+    }
+
+    /// [`histogram`] with labels.
+    pub fn histogram_vec(
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        (start, factor, count): (f64, f64, usize),
+    ) -> HistogramVec {
+        let buckets = valid(name, prometheus::exponential_buckets(start, factor, count));
+        register(valid(
+            name,
+            HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels),
         ))
     }
 }

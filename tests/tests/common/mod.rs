@@ -157,6 +157,20 @@ pub struct ServiceDirs {
     pub data: PathBuf,
     pub key_file: PathBuf,
     pub log: PathBuf,
+    pub audit: PathBuf,
+    /// A config file naming one token per role (crm and operator from token files, the others
+    /// by hash, so both forms are exercised).
+    pub config: PathBuf,
+}
+
+/// The token of `role` in every [`ServiceDirs`].
+pub fn token(role: &str) -> String {
+    format!("mst_test_{role}_0123456789abcdef")
+}
+
+/// The file holding [`token`] of `role`, mode 0600.
+pub fn token_file(root: &Path, role: &str) -> PathBuf {
+    root.join("tokens").join(format!("{role}.token"))
 }
 
 impl ServiceDirs {
@@ -168,11 +182,32 @@ impl ServiceDirs {
             .expect("random")
             .create(&key_file)
             .expect("key file");
+        std::fs::create_dir_all(root.join("tokens")).expect("tokens dir");
+        let mut config = String::new();
+        for role in ["analyst", "privacy_officer", "crm", "operator"] {
+            let file = token_file(root, role);
+            std::fs::write(&file, format!("{}\n", token(role))).expect("token file");
+            std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod");
+            config.push_str(&format!(
+                "[[api.tokens]]\nid = \"{role}-1\"\nrole = \"{role}\"\n"
+            ));
+            if role == "crm" || role == "operator" {
+                config.push_str(&format!("file = \"{}\"\n", file.display()));
+            } else {
+                let digest = sha256_hex(token(role).as_bytes());
+                config.push_str(&format!("hash = \"sha256:{digest}\"\n"));
+            }
+        }
+        let config_path = root.join("meterstand.toml");
+        std::fs::write(&config_path, config).expect("config");
         ServiceDirs {
             root: root.into(),
             data: root.join("data"),
             key_file,
             log: root.join("service.log"),
+            audit: root.join("audit.jsonl"),
+            config: config_path,
         }
     }
 
@@ -208,6 +243,8 @@ impl ServiceProcess {
             .expect("log file");
         let mut cmd = Command::new(meterstand_binary());
         cmd.arg("run")
+            .arg("--config")
+            .arg(&dirs.config)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("METERSTAND_KEY_FILE", &dirs.key_file)
@@ -215,6 +252,7 @@ impl ServiceProcess {
             .env("METERSTAND__STORE__PATH", &dirs.data)
             .env("METERSTAND__STORE__COMPRESSION", "none")
             .env("METERSTAND__API__LISTEN", api.to_string())
+            .env("METERSTAND__API__AUDIT_LOG", &dirs.audit)
             .env("METERSTAND__CONSENT__DEFAULT", "interval")
             .env("METERSTAND__LOG__LEVEL", "debug,rumqttc=info")
             .stdout(Stdio::null())
@@ -240,7 +278,7 @@ impl ServiceProcess {
     }
 
     pub fn metric(&self, name: &str) -> Option<f64> {
-        let (_, body) = http_get(self.api, "/metrics")?;
+        let (_, body) = http(self.api, "GET", "/metrics", Some(&token("operator")), None)?;
         body.lines().find_map(|l| {
             let (n, v) = l.rsplit_once(' ')?;
             (n == name).then(|| v.parse().ok()).flatten()
@@ -291,13 +329,29 @@ impl Drop for ServiceProcess {
     }
 }
 
-/// A bare HTTP/1.1 GET on loopback: (status, body).
+/// A bare HTTP/1.1 GET on loopback without a token: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http(addr, "GET", path, None, None)
+}
+
+/// A bare HTTP/1.1 request on loopback: (status, body).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let body = body.unwrap_or("");
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )
     .ok()?;
     let mut text = String::new();
@@ -454,4 +508,10 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// SHA-256 as hex, the form `[[api.tokens]] hash` takes.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
 }

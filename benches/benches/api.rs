@@ -1,0 +1,124 @@
+//! `api_aggregate_p50_ms` / `api_aggregate_p99_ms`: one month of day data for 10,000
+//! simulated connections, grouped by postcode area, 200 requests over HTTP (keep-alive) to a
+//! real server on loopback with k-anonymity, auth and metrics in the path.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use jiff::civil::date;
+use meterstand_api::{ApiConfig, ApiParts, ApiState, AuditLog, Readiness, Role, TokenTable};
+use meterstand_model::sim::SimMeter;
+use meterstand_model::{Calendar, Connection, ConsentLevel, Postcode4, TieredReading};
+use meterstand_pseudonym::{KeyRing, Pseudonymiser};
+use meterstand_store::{IngestItem, ReadingStore, RocksStore, StoreConfig, SystemClock};
+use tokio_util::sync::CancellationToken;
+
+const CONNECTIONS: u64 = 10_000;
+const REQUESTS: usize = 200;
+
+struct Ready;
+impl Readiness for Ready {
+    fn store_open(&self) -> bool {
+        true
+    }
+    fn broker_connected(&self) -> bool {
+        true
+    }
+}
+
+fn fill(store: &RocksStore, p: &Pseudonymiser, cal: &Calendar) {
+    let meter = p.meter(&"E0000000000000001".parse().expect("valid"));
+    let mut items = Vec::new();
+    for i in 0..CONNECTIONS {
+        let mut m = SimMeter::new(i, 3);
+        let ps = p.ean(&m.ean);
+        let c = Connection {
+            consent: ConsentLevel::Daily,
+            postcode4: Some(Postcode4::new(m.postcode4).expect("valid")),
+            profile: Some(m.profile.parse().expect("valid")),
+        };
+        store.put_connection(ps, c).expect("put");
+        let mut readings = Vec::new();
+        for d in 0..=31 {
+            let day = date(2026, 10, 1)
+                .checked_add(jiff::Span::new().days(d))
+                .expect("date");
+            for reading in m.step(cal.date_start(day).expect("start")) {
+                readings.push(TieredReading {
+                    reading,
+                    tiers: cal.tiers_of(reading.register, reading.time),
+                });
+            }
+        }
+        items.push(IngestItem {
+            connection: ps,
+            meter,
+            readings,
+        });
+        if items.len() == 500 {
+            store
+                .write_blocking(std::mem::take(&mut items))
+                .expect("write");
+        }
+    }
+    store.write_blocking(items).expect("write");
+    store.compact_all().expect("compact");
+}
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(
+        RocksStore::open(
+            StoreConfig::new(dir.path().join("data")),
+            Arc::new(SystemClock),
+        )
+        .expect("open"),
+    );
+    let p = Arc::new(Pseudonymiser::new(&KeyRing::from_keys([(1, [9u8; 32])])));
+    let cal = Calendar::amsterdam();
+    fill(&store, &p, &cal);
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let token = "bench-analyst-token";
+        let hash = meterstand_api::hash_token(token);
+        let state = ApiState::new(ApiParts {
+            readiness: Arc::new(Ready),
+            backend: store.clone(),
+            pseudonymiser: p.clone(),
+            tokens: TokenTable::new([("bench", Role::Analyst, hash.as_str())]).expect("tokens"),
+            audit: AuditLog::open(&dir.path().join("audit.jsonl")).expect("audit"),
+            calendar: cal.clone(),
+            config: ApiConfig::default(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(meterstand_api::serve(listener, state, stop.clone()));
+        let http = reqwest::Client::new();
+        let url = format!(
+            "http://{addr}/v1/aggregates?from=2026-10-01&to=2026-11-01&granularity=day&register=import&group_by=postcode4"
+        );
+        let mut times = Vec::with_capacity(REQUESTS);
+        let mut rows = 0;
+        for _ in 0..REQUESTS {
+            let start = Instant::now();
+            let resp = http.get(&url).bearer_auth(token).send().await.expect("send");
+            assert!(resp.status().is_success(), "{}", resp.status());
+            let body: serde_json::Value = resp.json().await.expect("json");
+            times.push(start.elapsed().as_secs_f64() * 1000.0);
+            rows = body["rows"].as_array().map(Vec::len).unwrap_or(0);
+        }
+        assert!(rows > 0, "the aggregate is empty");
+        times.sort_by(f64::total_cmp);
+        let pct = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+        println!("api_aggregate_p50_ms {:.1} ms", pct(0.50));
+        println!("api_aggregate_p99_ms {:.1} ms", pct(0.99));
+        println!("api_aggregate_rows {rows} rows");
+        stop.cancel();
+        let _ = server.await;
+    });
+}

@@ -1,0 +1,218 @@
+//! The JSON shapes of DESIGN §4 ("Response shapes"), documented in `/openapi.json`.
+
+use std::collections::BTreeMap;
+
+use meterstand_model::{Calendar, Connection, Reading, format_milli};
+use meterstand_pseudonym::Pseudonym;
+use meterstand_store::ErasureReceipt;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// Query of `GET /v1/aggregates`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AggregateParams {
+    /// First period start, inclusive: an RFC 3339 time or a local date (`2026-11-01`).
+    pub from: String,
+    /// End, exclusive: an RFC 3339 time or a local date.
+    pub to: String,
+    /// `interval`, `day` (default) or `month`.
+    pub granularity: Option<String>,
+    /// `import` (default), `export` or `gas`.
+    pub register: Option<String>,
+    /// Comma-separated connection attributes: `postcode4`, `profile`; empty for one total.
+    pub group_by: Option<String>,
+    /// `json` (default) or `csv`.
+    pub format: Option<String>,
+}
+
+/// Query of `GET /v1/series/{pseudonym}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SeriesParams {
+    /// First period start, inclusive: an RFC 3339 time or a local date.
+    pub from: String,
+    /// End, exclusive: an RFC 3339 time or a local date.
+    pub to: String,
+    /// `interval`, `day` (default) or `month`.
+    pub granularity: Option<String>,
+    /// `import` (default), `export` or `gas`.
+    pub register: Option<String>,
+    /// `json` (default) or `csv`.
+    pub format: Option<String>,
+}
+
+/// Query of `GET /v1/subjects/{ean}/export`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ExportParams {
+    /// `json` (default) or `csv`.
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AggregateResponse {
+    /// `Wh` for electricity, `dm3` for gas.
+    pub unit: String,
+    pub granularity: String,
+    pub register: String,
+    pub group_by: Vec<String>,
+    pub rows: Vec<AggregateRow>,
+    pub suppressed_cells: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AggregateRow {
+    pub period_start: String,
+    /// The grouped attributes; null where a connection has none registered.
+    pub group: BTreeMap<String, Option<String>>,
+    /// Contributing connections; null when suppressed.
+    pub connections: Option<u64>,
+    /// Sum of consumption in `unit`; null when suppressed.
+    pub consumption: Option<u64>,
+    pub suppressed: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SeriesResponse {
+    pub pseudonym: String,
+    pub unit: String,
+    pub granularity: String,
+    pub register: String,
+    pub rows: Vec<SeriesRowOut>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SeriesRowOut {
+    pub period_start: String,
+    pub consumption: u64,
+}
+
+/// Body of `PUT /v1/connections/{ean}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionBody {
+    /// `off`, `standard`, `daily` or `interval`.
+    pub consent: String,
+    /// Four-digit postcode area, e.g. `1234`.
+    pub postcode4: Option<String>,
+    /// Consumption profile, e.g. `E1A` (letters and digits, at most 8).
+    pub profile: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct ConnectionOut {
+    pub consent: String,
+    pub postcode4: Option<String>,
+    pub profile: Option<String>,
+}
+
+impl From<&Connection> for ConnectionOut {
+    fn from(c: &Connection) -> ConnectionOut {
+        ConnectionOut {
+            consent: c.consent.as_str().to_string(),
+            postcode4: c.postcode4.map(|p| p.to_string()),
+            profile: c.profile.as_ref().map(|p| p.as_str().to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConnectionResponse {
+    pub pseudonym: String,
+    pub connection: ConnectionOut,
+    /// What a lowered consent removed (null when nothing had to go).
+    pub removed: Option<ReceiptOut>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReadingOut {
+    pub obis: String,
+    pub time: String,
+    /// Decimal, in `unit`, as published.
+    pub value: String,
+    pub unit: String,
+}
+
+impl From<&Reading> for ReadingOut {
+    fn from(r: &Reading) -> ReadingOut {
+        ReadingOut {
+            obis: r.register.obis().to_string(),
+            time: r.time.to_string(),
+            value: format_milli(r.value),
+            unit: r.register.unit().label().to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct ExportReadings {
+    pub interval: Vec<ReadingOut>,
+    pub day: Vec<ReadingOut>,
+    pub month: Vec<ReadingOut>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ExportResponse {
+    /// The pseudonym under the current key version.
+    pub pseudonym: String,
+    /// The pseudonyms under every key version that was searched.
+    pub pseudonyms: Vec<String>,
+    pub connection: Option<ConnectionOut>,
+    /// Pseudonyms of the meters seen on this connection.
+    pub meters: Vec<String>,
+    pub readings: ExportReadings,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct DeletedOut {
+    pub interval: u64,
+    pub day: u64,
+    pub month: u64,
+    pub connection: u64,
+    pub meters: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct KeptOut {
+    pub tier: String,
+    pub count: u64,
+    pub reason: String,
+    /// Local date on which the last kept reading expires.
+    pub until: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReceiptOut {
+    pub pseudonym: String,
+    pub deleted: DeletedOut,
+    pub kept: Vec<KeptOut>,
+}
+
+impl ReceiptOut {
+    pub fn new(p: Pseudonym, r: &ErasureReceipt, calendar: &Calendar) -> ReceiptOut {
+        ReceiptOut {
+            pseudonym: p.to_string(),
+            deleted: DeletedOut {
+                interval: r.deleted.interval,
+                day: r.deleted.day,
+                month: r.deleted.month,
+                connection: r.connection,
+                meters: r.meters,
+            },
+            kept: r
+                .kept
+                .iter()
+                .map(|k| KeptOut {
+                    tier: k.tier.as_str().to_string(),
+                    count: k.count,
+                    reason: k.reason.clone(),
+                    until: calendar.date_of(k.until).to_string(),
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Parsing and bounding of query parameters. Every failure names the parameter and what it
+//! accepts, never echoing an identifier.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use meterstand_model::{Calendar, RegisterKind, Tier};
+use meterstand_store::GroupBy;
+
+use crate::error::ApiError;
+use axum::http::StatusCode;
+
+/// The longest range one query may span, per granularity.
+#[derive(Debug, Clone, Copy)]
+pub struct MaxRange {
+    pub interval: Duration,
+    pub day: Duration,
+    pub month: Duration,
+}
+
+impl Default for MaxRange {
+    fn default() -> MaxRange {
+        const DAY: u64 = 86_400;
+        MaxRange {
+            interval: Duration::from_secs(93 * DAY),
+            day: Duration::from_secs(3 * 366 * DAY),
+            month: Duration::from_secs(10 * 366 * DAY),
+        }
+    }
+}
+
+impl MaxRange {
+    pub fn get(&self, tier: Tier) -> Duration {
+        match tier {
+            Tier::Interval => self.interval,
+            Tier::Day => self.day,
+            Tier::Month => self.month,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Csv,
+}
+
+pub fn format(text: Option<&str>) -> Result<Format, ApiError> {
+    match text.unwrap_or("json") {
+        "json" => Ok(Format::Json),
+        "csv" => Ok(Format::Csv),
+        _ => Err(ApiError::bad_request("format must be json or csv")),
+    }
+}
+
+pub fn granularity(text: Option<&str>) -> Result<Tier, ApiError> {
+    Tier::from_str(text.unwrap_or("day"))
+        .map_err(|_| ApiError::bad_request("granularity must be interval, day or month"))
+}
+
+pub fn register(text: Option<&str>) -> Result<RegisterKind, ApiError> {
+    RegisterKind::from_str(text.unwrap_or("import")).map_err(ApiError::bad_request)
+}
+
+pub fn group_by(text: Option<&str>) -> Result<GroupBy, ApiError> {
+    let mut g = GroupBy::default();
+    for part in text.unwrap_or("").split(',').map(str::trim) {
+        match part {
+            "" => {}
+            "postcode4" => g.postcode4 = true,
+            "profile" => g.profile = true,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "group_by accepts only postcode4 and profile, comma-separated",
+                ));
+            }
+        }
+    }
+    Ok(g)
+}
+
+/// An RFC 3339 time, or a date meaning local midnight at its start.
+pub fn time(name: &str, text: &str, calendar: &Calendar) -> Result<Timestamp, ApiError> {
+    let bad = || {
+        ApiError::bad_request(format!(
+            "{name}: expected an RFC 3339 time (2026-11-01T00:00:00Z) or a date (2026-11-01)"
+        ))
+    };
+    if text.len() > 64 {
+        return Err(bad());
+    }
+    if let Ok(t) = Timestamp::from_str(text) {
+        return Ok(t);
+    }
+    let date = jiff::civil::Date::from_str(text).map_err(|_| bad())?;
+    calendar.date_start(date).map_err(|_| bad())
+}
+
+/// `from` and `to`, checked for order and against the maximum range of `tier`.
+pub fn range(
+    from: &str,
+    to: &str,
+    tier: Tier,
+    calendar: &Calendar,
+    max: &MaxRange,
+) -> Result<(Timestamp, Timestamp), ApiError> {
+    let from = time("from", from, calendar)?;
+    let to = time("to", to, calendar)?;
+    if from >= to {
+        return Err(ApiError::bad_request("from must be before to"));
+    }
+    let span = to.as_second().saturating_sub(from.as_second());
+    let limit = max.get(tier);
+    if u64::try_from(span).unwrap_or(u64::MAX) > limit.as_secs() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "range_too_large",
+            format!(
+                "a {} query may span at most {} days",
+                tier.as_str(),
+                limit.as_secs() / 86_400
+            ),
+        ));
+    }
+    Ok((from, to))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_local_midnight() {
+        let cal = Calendar::amsterdam();
+        let t = time("from", "2026-07-01", &cal).expect("date");
+        assert_eq!(t.to_string(), "2026-06-30T22:00:00Z");
+        assert!(time("from", "2026-13-01", &cal).is_err());
+        assert!(time("from", "yesterday", &cal).is_err());
+    }
+
+    #[test]
+    fn ranges_are_bounded_per_granularity() {
+        let cal = Calendar::amsterdam();
+        let max = MaxRange::default();
+        assert!(range("2026-01-01", "2026-03-01", Tier::Interval, &cal, &max).is_ok());
+        let err =
+            range("2026-01-01", "2026-06-01", Tier::Interval, &cal, &max).expect_err("too long");
+        assert_eq!(err.code, "range_too_large");
+        assert!(range("2026-01-01", "2026-06-01", Tier::Day, &cal, &max).is_ok());
+        assert!(range("2026-02-01", "2026-01-01", Tier::Day, &cal, &max).is_err());
+    }
+
+    #[test]
+    fn group_by_is_limited_to_connection_attributes() {
+        assert_eq!(
+            group_by(Some("postcode4,profile")).expect("ok"),
+            GroupBy {
+                postcode4: true,
+                profile: true
+            }
+        );
+        assert!(group_by(Some("pseudonym")).is_err());
+        assert_eq!(group_by(None).expect("ok"), GroupBy::default());
+    }
+}

@@ -1,0 +1,387 @@
+//! Command-line clients of the HTTP API (`connections import`, `subject export|erase`) and
+//! `token new`. They take `--server` and `--token-file`; errors show the server's JSON error.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use meterstand_model::{ConsentLevel, Ean, Postcode4, Profile};
+use serde::Deserialize;
+
+/// Where the API is and how to authenticate.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Base URL of the meterstand API (default: http://<api.listen> from the config).
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// File holding the bearer token (one line, mode 0600).
+    #[arg(long, value_name = "FILE", env = "METERSTAND_TOKEN_FILE")]
+    pub token_file: PathBuf,
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorDetail {
+    code: String,
+    message: String,
+}
+
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the token file {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "the token file {} is readable by group or others; run chmod 600 on it",
+            path.display()
+        );
+    }
+    let token = std::fs::read_to_string(path)?.trim().to_string();
+    if token.is_empty() {
+        bail!("the token file {} is empty", path.display());
+    }
+    Ok(token)
+}
+
+impl Client {
+    pub fn new(args: &ServerArgs, default_listen: &str) -> anyhow::Result<Client> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let base = args
+            .server
+            .clone()
+            .unwrap_or_else(|| format!("http://{default_listen}"));
+        Client::with_token(base, read_token(&args.token_file)?)
+    }
+
+    pub fn with_token(base: String, token: String) -> anyhow::Result<Client> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Client {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    /// Sends a request and returns the body of a 2xx answer; otherwise the server's error.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<String> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let response = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the API at {}", self.base))?;
+        let status = response.status();
+        let text = response.text().await?;
+        if status.is_success() {
+            return Ok(text);
+        }
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(e) => bail!("{status}: {} ({})", e.error.message, e.error.code),
+            Err(_) => bail!("{status}"),
+        }
+    }
+}
+
+/// `meterstand connections import FILE.csv`
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// CSV with a header line: ean,consent,postcode4,profile (postcode4 and profile may be empty).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// One parsed row, ready to send.
+#[derive(Debug, PartialEq)]
+pub struct ImportRow {
+    pub line: u64,
+    pub ean: Ean,
+    pub body: serde_json::Value,
+}
+
+/// A refused row: its line number and why, without the EAN's digits.
+pub type BadRow = (u64, String);
+
+/// Parses the CSV into rows to send and rows refused.
+pub fn parse_import(data: &[u8]) -> anyhow::Result<(Vec<ImportRow>, Vec<BadRow>)> {
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .flexible(true)
+        .from_reader(data);
+    let headers = reader
+        .headers()
+        .context("the CSV has no header line")?
+        .clone();
+    let col = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
+    let (Some(ean_col), Some(consent_col)) = (col("ean"), col("consent")) else {
+        bail!(
+            "the CSV header must name the columns ean and consent (postcode4 and profile optional)"
+        );
+    };
+    let (postcode_col, profile_col) = (col("postcode4"), col("profile"));
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for record in reader.records() {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e.position().map(|p| p.line()).unwrap_or(0);
+                bad.push((line, "unreadable CSV row".to_string()));
+                continue;
+            }
+        };
+        let line = record.position().map(|p| p.line()).unwrap_or(0);
+        let field = |i: Option<usize>| i.and_then(|i| record.get(i)).filter(|s| !s.is_empty());
+        let Some(ean) = field(Some(ean_col)).and_then(|s| s.parse::<Ean>().ok()) else {
+            bad.push((
+                line,
+                "bad EAN (18 digits with a valid GS1 check digit)".into(),
+            ));
+            continue;
+        };
+        let Some(consent) = field(Some(consent_col)).and_then(|s| s.parse::<ConsentLevel>().ok())
+        else {
+            bad.push((
+                line,
+                "bad consent (off, standard, daily or interval)".into(),
+            ));
+            continue;
+        };
+        let postcode = field(postcode_col);
+        if postcode.is_some_and(|p| p.parse::<Postcode4>().is_err()) {
+            bad.push((line, "bad postcode4 (four digits, 1000 to 9999)".into()));
+            continue;
+        }
+        let profile = field(profile_col);
+        if profile.is_some_and(|p| p.parse::<Profile>().is_err()) {
+            bad.push((line, "bad profile (1 to 8 letters or digits)".into()));
+            continue;
+        }
+        good.push(ImportRow {
+            line,
+            ean,
+            body: serde_json::json!({
+                "consent": consent.as_str(),
+                "postcode4": postcode,
+                "profile": profile,
+            }),
+        });
+    }
+    Ok((good, bad))
+}
+
+pub async fn import(args: ImportArgs, default_listen: &str) -> anyhow::Result<bool> {
+    let data = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let (rows, mut bad) = parse_import(&data)?;
+    let client = Client::new(&args.server, default_listen)?;
+    let bar = ProgressBar::new(rows.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} connections {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut imported = 0u64;
+    for row in rows {
+        let path = format!("/v1/connections/{}", row.ean.expose());
+        match client
+            .send(reqwest::Method::PUT, &path, Some(row.body))
+            .await
+        {
+            Ok(_) => imported += 1,
+            Err(e) => bad.push((row.line, e.to_string())),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    bad.sort_by_key(|(line, _)| *line);
+    for (line, reason) in &bad {
+        eprintln!("{}:{line}: {reason}", args.file.display());
+    }
+    println!(
+        "imported {imported} connections, {} rows refused",
+        bad.len()
+    );
+    Ok(bad.is_empty())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutFormat {
+    Json,
+    Csv,
+}
+
+/// `meterstand subject export --ean`
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The connection's EAN.
+    #[arg(long)]
+    pub ean: String,
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: OutFormat,
+    /// Write to this file instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// `meterstand subject erase --ean`
+#[derive(Debug, Args)]
+pub struct EraseArgs {
+    /// The connection's EAN.
+    #[arg(long)]
+    pub ean: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+fn checked_ean(text: &str) -> anyhow::Result<Ean> {
+    text.trim()
+        .parse::<Ean>()
+        .map_err(|_| anyhow::anyhow!("--ean must be 18 digits with a valid GS1 check digit"))
+}
+
+pub async fn export(args: ExportArgs, default_listen: &str) -> anyhow::Result<()> {
+    let ean = checked_ean(&args.ean)?;
+    let client = Client::new(&args.server, default_listen)?;
+    let format = match args.format {
+        OutFormat::Json => "json",
+        OutFormat::Csv => "csv",
+    };
+    let body = client
+        .send(
+            reqwest::Method::GET,
+            &format!("/v1/subjects/{}/export?format={format}", ean.expose()),
+            None,
+        )
+        .await?;
+    match args.out {
+        Some(path) => {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            f.write_all(body.as_bytes())?;
+            eprintln!("export written to {}", path.display());
+        }
+        None => println!("{body}"),
+    }
+    Ok(())
+}
+
+pub async fn erase(args: EraseArgs, default_listen: &str) -> anyhow::Result<()> {
+    let ean = checked_ean(&args.ean)?;
+    let client = Client::new(&args.server, default_listen)?;
+    let body = client
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/v1/subjects/{}", ean.expose()),
+            None,
+        )
+        .await?;
+    println!("{body}");
+    Ok(())
+}
+
+/// `meterstand token new`: a random token and its config entry.
+pub fn new_token(id: &str, role: &str, out: Option<&Path>) -> anyhow::Result<()> {
+    let role: meterstand_api::Role = role.parse().map_err(anyhow::Error::msg)?;
+    if id.is_empty()
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        bail!("--id must be letters, digits, - or _");
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let token = format!("mst_{}", hex::encode(bytes));
+    let hash = meterstand_api::hash_token(&token);
+    match out {
+        Some(path) => {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| {
+                    format!("cannot create {} (it must not exist yet)", path.display())
+                })?;
+            writeln!(f, "{token}")?;
+            eprintln!(
+                "token written to {} (mode 0600); give it to the client",
+                path.display()
+            );
+        }
+        None => {
+            println!("# the token; give it to the client and keep it secret (it is not stored):");
+            println!("{token}");
+        }
+    }
+    println!("# add to the server's config:");
+    println!("[[api.tokens]]");
+    println!("id = \"{id}\"");
+    println!("role = \"{}\"", role.as_str());
+    println!("hash = \"{hash}\"");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_keeps_good_rows_and_reports_bad_ones_by_line() {
+        let csv = "ean,consent,postcode4,profile\n\
+                   871687120000000011,interval,1234,E1A\n\
+                   871687120000000012,daily,1234,E1A\n\
+                   871687120000000011,sometimes,1234,E1A\n\
+                   871687120000000011,daily,,\n\
+                   871687120000000011,daily,0123,E1A\n";
+        let (good, bad) = parse_import(csv.as_bytes()).expect("parsed");
+        assert_eq!(good.iter().map(|r| r.line).collect::<Vec<_>>(), vec![2, 5]);
+        assert_eq!(good[1].body["postcode4"], serde_json::Value::Null);
+        assert_eq!(bad.iter().map(|b| b.0).collect::<Vec<_>>(), vec![3, 4, 6]);
+        assert!(bad[0].1.contains("EAN"));
+        assert!(!bad.iter().any(|b| b.1.contains("871687120000000012")));
+        assert!(parse_import(b"id,level\n1,2\n").is_err());
+    }
+}
