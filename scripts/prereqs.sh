@@ -1,14 +1,21 @@
 # Sourced by scripts/test and scripts/demo: installs what a fresh Debian machine lacks, or
-# says exactly what to install. Usage: ensure_prereqs [mosquitto]
+# says exactly what to install. Usage: ensure_prereqs [mosquitto] [promtool]
 ensure_prereqs() {
   local need=()
   command -v cargo >/dev/null 2>&1 || { echo "error: Rust is not installed (https://rustup.rs)"; exit 1; }
   command -v clang >/dev/null 2>&1 || need+=(clang)
   ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
   command -v c++ >/dev/null 2>&1 || need+=(g++)
-  if [ "${1:-}" = mosquitto ] && ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-    need+=(mosquitto)
-  fi
+  local want
+  for want in "$@"; do
+    case "$want" in
+      mosquitto)
+        command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto) ;;
+      promtool)
+        # Debian ships promtool in the prometheus package (the server is not started).
+        command -v promtool >/dev/null 2>&1 || need+=(prometheus) ;;
+    esac
+  done
   [ ${#need[@]} -eq 0 ] && return 0
   echo "installing missing packages: ${need[*]}"
   local sudo=""

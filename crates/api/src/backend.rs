@@ -1,10 +1,12 @@
 //! What the API needs of the store, as an object-safe trait over any [`ReadingStore`].
 
+use std::path::Path;
+
 use jiff::Timestamp;
 use meterstand_model::{Connection, RegisterKind, Tier};
 use meterstand_pseudonym::Pseudonym;
 use meterstand_store::{
-    AggregateCell, AggregateQuery, ErasureReceipt, ReadingStore, SeriesRow, StoreError,
+    AggregateCell, AggregateQuery, BackupInfo, ErasureReceipt, ReadingStore, SeriesRow, StoreError,
     SubjectExport,
 };
 
@@ -23,6 +25,7 @@ pub trait Backend: Send + Sync + 'static {
         to: Timestamp,
     ) -> Result<Vec<SeriesRow>, StoreError>;
     fn aggregate(&self, q: &AggregateQuery) -> Result<Vec<AggregateCell>, StoreError>;
+    fn backup(&self, dir: &Path) -> Result<BackupInfo, StoreError>;
 }
 
 impl<S: ReadingStore> Backend for S {
@@ -53,5 +56,8 @@ impl<S: ReadingStore> Backend for S {
     }
     fn aggregate(&self, q: &AggregateQuery) -> Result<Vec<AggregateCell>, StoreError> {
         ReadingStore::aggregate(self, q)
+    }
+    fn backup(&self, dir: &Path) -> Result<BackupInfo, StoreError> {
+        ReadingStore::backup(self, dir)
     }
 }

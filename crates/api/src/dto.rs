@@ -216,3 +216,20 @@ impl ReceiptOut {
         }
     }
 }
+
+/// Body of `POST /v1/backups`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupRequest {
+    /// Absolute directory on the server's machine, which must not exist yet. On the store's
+    /// file system the backup hard-links the immutable files and takes little space.
+    pub to: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BackupResponse {
+    pub path: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub millis: u64,
+}

@@ -260,21 +260,7 @@ pub async fn put_connection(
         let ean = parse_ean(&ean)?;
         let p = st.pseudonymiser().ean(&ean);
         pseudonym = Some(p);
-        let body = body.map_err(|e| {
-            let status = e.status();
-            if status == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    status,
-                    "payload_too_large",
-                    format!(
-                        "the body may be at most {} bytes",
-                        st.config().max_body_bytes
-                    ),
-                )
-            } else {
-                ApiError::bad_request(e.body_text())
-            }
-        })?;
+        let body = body.map_err(|e| body_error(&st, e))?;
         let connection = connection_from(&body)?;
         let out = ConnectionOut::from(&connection);
         let receipt = st
@@ -415,4 +401,59 @@ pub async fn erase(
     }
     .await;
     st.audit(&caller, "subject.erase", pseudonym, result).await
+}
+
+/// A consistent backup of the whole store (RocksDB checkpoint) while it runs (operator).
+#[utoipa::path(
+    post, path = "/v1/backups", tag = "operator",
+    request_body = BackupRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Backup written", body = BackupResponse),
+        (status = 400, description = "Bad body, relative path or existing directory", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Role is not operator", body = ErrorBody),
+    )
+)]
+pub async fn backup(
+    State(st): State<ApiState>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let who = caller.require(&[Role::Operator])?.id.clone();
+    let body = body.map_err(|e| body_error(&st, e))?;
+    let req: BackupRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+    let dir = std::path::PathBuf::from(&req.to);
+    if !dir.is_absolute() {
+        return Err(ApiError::bad_request("to must be an absolute path"));
+    }
+    let started = std::time::Instant::now();
+    let target = dir.clone();
+    let info = st.blocking(move |b| b.backup(&target)).await??;
+    let millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    tracing::info!(token = %who, path = %dir.display(), files = info.files, bytes = info.bytes, millis, "backup written");
+    Ok(axum::Json(BackupResponse {
+        path: req.to,
+        files: info.files,
+        bytes: info.bytes,
+        millis,
+    })
+    .into_response())
+}
+
+fn body_error(st: &ApiState, e: BytesRejection) -> ApiError {
+    let status = e.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            status,
+            "payload_too_large",
+            format!(
+                "the body may be at most {} bytes",
+                st.config().max_body_bytes
+            ),
+        )
+    } else {
+        ApiError::bad_request(e.body_text())
+    }
 }

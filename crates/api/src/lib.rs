@@ -22,7 +22,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, put};
+use axum::routing::{delete, get, post, put};
 use meterstand_model::Calendar;
 use meterstand_pseudonym::{Pseudonym, Pseudonymiser};
 use tokio::net::TcpListener;
@@ -192,6 +192,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/connections/{ean}", put(handlers::put_connection))
         .route("/v1/subjects/{ean}/export", get(handlers::export))
         .route("/v1/subjects/{ean}", delete(handlers::erase))
+        .route("/v1/backups", post(handlers::backup))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             limit_concurrency,

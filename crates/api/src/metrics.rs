@@ -32,7 +32,7 @@ pub static AUDIT_ENTRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 /// Every route with its method, for exporting each series from the start.
-pub const ROUTES: [(&str, &str); 8] = [
+pub const ROUTES: [(&str, &str); 10] = [
     ("/healthz", "GET"),
     ("/readyz", "GET"),
     ("/metrics", "GET"),
@@ -41,8 +41,9 @@ pub const ROUTES: [(&str, &str); 8] = [
     ("/v1/series/{pseudonym}", "GET"),
     ("/v1/connections/{ean}", "PUT"),
     ("/v1/subjects/{ean}/export", "GET"),
+    ("/v1/subjects/{ean}", "DELETE"),
+    ("/v1/backups", "POST"),
 ];
-const ERASE_ROUTE: (&str, &str) = ("/v1/subjects/{ean}", "DELETE");
 const STATUSES: [&str; 9] = [
     "200", "400", "401", "403", "404", "413", "415", "500", "503",
 ];
@@ -51,7 +52,7 @@ pub const AUDIT_OUTCOMES: [&str; 5] = ["ok", "denied", "invalid", "not_found", "
 
 /// Registers every series at zero.
 pub fn init() {
-    for (route, method) in ROUTES.iter().chain([&ERASE_ROUTE]) {
+    for (route, method) in ROUTES {
         for status in STATUSES {
             REQUESTS.with_label_values(&[route, method, status]);
         }

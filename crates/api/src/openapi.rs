@@ -15,12 +15,12 @@ use crate::handlers;
     paths(
         crate::healthz, crate::readyz, crate::metrics_endpoint, crate::openapi,
         handlers::aggregates, handlers::series, handlers::put_connection,
-        handlers::export, handlers::erase,
+        handlers::export, handlers::erase, handlers::backup,
     ),
     components(schemas(
         AggregateResponse, AggregateRow, SeriesResponse, SeriesRowOut, ConnectionBody,
         ConnectionOut, ConnectionResponse, ExportResponse, ExportReadings, ReadingOut,
-        ReceiptOut, DeletedOut, KeptOut, ErrorBody, ErrorDetail,
+        ReceiptOut, DeletedOut, KeptOut, BackupRequest, BackupResponse, ErrorBody, ErrorDetail,
     )),
     modifiers(&BearerAuth),
 )]

@@ -14,8 +14,8 @@ use meterstand_api::{
 use meterstand_model::{Calendar, Connection, ConsentLevel, Ean, Reading, Register, TieredReading};
 use meterstand_pseudonym::{KeyRing, Pseudonym, Pseudonymiser};
 use meterstand_store::{
-    AggregateCell, AggregateQuery, ErasureReceipt, IngestItem, ManualClock, ReadingStore,
-    RocksStore, SeriesRow, StoreConfig, StoreError, SubjectExport,
+    AggregateCell, AggregateQuery, BackupInfo, ErasureReceipt, IngestItem, ManualClock,
+    ReadingStore, RocksStore, SeriesRow, StoreConfig, StoreError, SubjectExport,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -62,6 +62,9 @@ impl Backend for Gated {
         to: Timestamp,
     ) -> Result<Vec<SeriesRow>, StoreError> {
         ReadingStore::series(self.inner.as_ref(), p, kind, tier, from, to)
+    }
+    fn backup(&self, dir: &std::path::Path) -> Result<BackupInfo, StoreError> {
+        ReadingStore::backup(self.inner.as_ref(), dir)
     }
     fn aggregate(&self, q: &AggregateQuery) -> Result<Vec<AggregateCell>, StoreError> {
         let gate = self.gate.lock().expect("gate").take();
@@ -235,6 +238,10 @@ impl Server {
         .expect("put");
     }
 
+    fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     fn audit_lines(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.audit)
             .unwrap_or_default()
@@ -264,6 +271,7 @@ async fn every_endpoint_admits_exactly_its_roles() {
     let export = format!("/v1/subjects/{}/export", e.expose());
     let erase = format!("/v1/subjects/{}", ean(3).expose());
     let body = r#"{"consent":"daily","postcode4":"1000","profile":"E1A"}"#;
+    let backup_body = format!(r#"{{"to":"{}"}}"#, s.dir().join("backup").display());
     let cases: Vec<(Method, &str, Option<&str>, Option<Role>)> = vec![
         (Method::GET, AGG, None, Some(Role::Analyst)),
         (Method::GET, &series, None, Some(Role::Analyst)),
@@ -271,6 +279,12 @@ async fn every_endpoint_admits_exactly_its_roles() {
         (Method::GET, &export, None, Some(Role::PrivacyOfficer)),
         (Method::DELETE, &erase, None, Some(Role::PrivacyOfficer)),
         (Method::GET, "/metrics", None, Some(Role::Operator)),
+        (
+            Method::POST,
+            "/v1/backups",
+            Some(&backup_body),
+            Some(Role::Operator),
+        ),
         (Method::GET, "/healthz", None, None),
         (Method::GET, "/readyz", None, None),
         (Method::GET, "/openapi.json", None, None),
@@ -564,6 +578,18 @@ async fn bad_input_is_refused_with_a_clear_error() {
             "identifier echoed: {text}"
         );
     }
+    let o = Some(Role::Operator);
+    let existing = format!(r#"{{"to":"{}"}}"#, s.dir().display());
+    for (body, code) in [
+        (r#"{"to":"relative/dir"}"#, "bad_request"),
+        (existing.as_str(), "bad_request"),
+        (r#"{"into":"/tmp/x"}"#, "bad_request"),
+    ] {
+        let (got, text) = s.call(Method::POST, "/v1/backups", o, Some(body)).await;
+        assert_eq!(got, StatusCode::BAD_REQUEST, "{body}: {text}");
+        let v: Value = serde_json::from_str(&text).expect("json error");
+        assert_eq!(v["error"]["code"], code);
+    }
     // A body over the limit.
     let big = format!(
         r#"{{"consent":"daily","profile":"{}"}}"#,
@@ -800,13 +826,14 @@ async fn openapi_documents_every_route() {
         ("/v1/connections/{ean}", "put"),
         ("/v1/subjects/{ean}/export", "get"),
         ("/v1/subjects/{ean}", "delete"),
+        ("/v1/backups", "post"),
     ] {
         assert!(
             v["paths"][path][method].is_object(),
             "{method} {path} undocumented"
         );
     }
-    assert_eq!(v["paths"].as_object().map(|m| m.len()), Some(9));
+    assert_eq!(v["paths"].as_object().map(|m| m.len()), Some(10));
     assert!(v["components"]["securitySchemes"]["bearer"].is_object());
     let params = v["paths"]["/v1/aggregates"]["get"]["parameters"]
         .as_array()

@@ -1,6 +1,7 @@
 //! `meterstand`: ingest smart-meter readings from MQTT, pseudonymise every identifier before
 //! it touches disk, keep readings per consent and retention, and serve them.
 
+mod backup;
 mod client;
 mod config;
 mod demo;
@@ -60,6 +61,10 @@ enum Command {
         #[command(subcommand)]
         command: SubjectCommand,
     },
+    /// Operator client: a consistent backup of the running service's store (role operator).
+    Backup(backup::BackupArgs),
+    /// Put a backup in place of store.path (service stopped) and check that it opens.
+    Restore(backup::RestoreArgs),
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -155,6 +160,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command: TokenCommand::New { role, id, out },
         } => client::new_token(&id, &role, out.as_deref()),
         Command::Connections { .. } => unreachable!("handled in main"),
+        Command::Backup(args) => {
+            let listen = config_listen(cli.config.as_deref())?;
+            runtime()?.block_on(backup::backup(args, &listen))
+        }
+        Command::Restore(args) => {
+            let config = Config::load(cli.config.as_deref(), &env)?;
+            backup::restore(args, &config)
+        }
         Command::Subject { command } => {
             let listen = config_listen(cli.config.as_deref())?;
             match command {

@@ -76,6 +76,10 @@ pub trait ReadingStore: Send + Sync + 'static {
     /// Removes readings past their tier's retention; returns how many per tier.
     fn sweep_retention(&self) -> Result<TierCounts, StoreError>;
 
+    /// A consistent copy of the whole store in `dir` (which must not exist), taken while
+    /// writes go on: everything durable before the call is in it.
+    fn backup(&self, dir: &std::path::Path) -> Result<BackupInfo, StoreError>;
+
     /// Whether the store is open and its writer alive.
     fn is_healthy(&self) -> bool;
 }

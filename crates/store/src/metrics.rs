@@ -66,6 +66,13 @@ pub static EXPORTS: LazyLock<IntCounter> = LazyLock::new(|| {
         "Subject exports carried out.",
     )
 });
+pub static BACKUPS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "meterstand_store_backups_total",
+        "Consistent store checkpoints taken.",
+    )
+});
+
 pub static WRITE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     histogram(
         "meterstand_store_write_seconds",
@@ -111,7 +118,7 @@ pub fn init() {
         SIZE_BYTES.with_label_values(&[t]);
         PENDING_COMPACTION_BYTES.with_label_values(&[t]);
     }
-    for c in [&DUPLICATES, &CONFLICTS, &ERASURES, &EXPORTS] {
+    for c in [&DUPLICATES, &CONFLICTS, &ERASURES, &EXPORTS, &BACKUPS] {
         LazyLock::force(c);
     }
     LazyLock::force(&WRITE_SECONDS);

@@ -21,8 +21,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::layout::{self, MergeResult};
 use crate::{
-    AggregateCell, AggregateQuery, Clock, ErasureReceipt, IngestItem, Kept, ReadingStore,
-    RetentionPolicy, SeriesRow, StoreError, SubjectExport, TierCounts, WriteOutcome, metrics,
+    AggregateCell, AggregateQuery, BackupInfo, Clock, ErasureReceipt, IngestItem, Kept,
+    ReadingStore, RetentionPolicy, SeriesRow, StoreError, SubjectExport, TierCounts, WriteOutcome,
+    metrics,
 };
 
 const CF_CONNECTIONS: &str = "connections";
@@ -992,6 +993,25 @@ impl ReadingStore for RocksStore {
 
     fn sweep_retention(&self) -> Result<TierCounts, StoreError> {
         self.call_blocking(|reply| Command::Sweep { reply })
+    }
+
+    fn backup(&self, dir: &Path) -> Result<BackupInfo, StoreError> {
+        if dir.exists() {
+            return Err(StoreError::InvalidQuery(
+                "the backup directory must not exist yet".into(),
+            ));
+        }
+        self.checkpoint(dir)?;
+        let mut info = BackupInfo::default();
+        let entries = std::fs::read_dir(dir).map_err(|e| StoreError::Engine(e.to_string()))?;
+        for entry in entries.flatten() {
+            if let Ok(meta) = entry.metadata() {
+                info.files += 1;
+                info.bytes += meta.len();
+            }
+        }
+        metrics::BACKUPS.inc();
+        Ok(info)
     }
 
     fn is_healthy(&self) -> bool {

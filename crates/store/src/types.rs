@@ -166,6 +166,13 @@ impl SubjectExport {
     }
 }
 
+/// What a backup wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackupInfo {
+    pub files: u64,
+    pub bytes: u64,
+}
+
 /// One period of a connection's consumption (register units: Wh or dm³).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeriesRow {

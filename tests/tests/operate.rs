@@ -1,0 +1,536 @@
+//! What operators, the CRM and the privacy officer do through the binary: the CLI clients
+//! against a running service, exact counters on `/metrics`, `promtool check metrics`, and a
+//! backup taken under load, restored and compared.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+use jiff::Timestamp;
+use meterstand_model::{Calendar, ConsentLevel, Ean, Reading, Register, Tier};
+use meterstand_store::{ReadingStore, TierCounts};
+
+fn ean(n: u64) -> Ean {
+    Ean::from_body(87_100_000_000_200_000 + n).expect("fits")
+}
+
+fn cli(dirs: &ServiceDirs, args: &[&str]) -> Output {
+    Command::new(meterstand_binary())
+        .args(["--config".as_ref(), dirs.config.as_os_str()])
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("METERSTAND__STORE__PATH", &dirs.data)
+        .env("METERSTAND__STORE__COMPRESSION", "none")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run meterstand")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn token_arg(dirs: &ServiceDirs, role: &str) -> String {
+    token_file(&dirs.root, role).display().to_string()
+}
+
+/// A recent local midnight that is not the 1st, so its readings are interval and day ones.
+fn recent_midnight(cal: &Calendar) -> Timestamp {
+    let mut day = cal.date_of(Timestamp::now()).yesterday().expect("date");
+    if day.day() == 1 {
+        day = day.yesterday().expect("date");
+    }
+    cal.date_start(day).expect("midnight")
+}
+
+#[test]
+fn cli_clients_exact_metrics_and_promtool() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let broker = Mosquitto::start(&tmp.path().join("mosquitto"));
+    let dirs = ServiceDirs::new(&tmp.path().join("svc"));
+    let svc = ServiceProcess::start(
+        &dirs,
+        &broker.url(),
+        &[("METERSTAND__CONSENT__DEFAULT", "standard")],
+    );
+    let server = format!("http://{}", svc.api);
+
+    // The CRM imports connections; two bad rows are reported by line and skipped.
+    let csv = tmp.path().join("connections.csv");
+    let mut bad = ean(9).expose().to_string();
+    bad.replace_range(17.., if bad.ends_with('0') { "1" } else { "0" });
+    std::fs::write(
+        &csv,
+        format!(
+            "ean,consent,postcode4,profile\n{},interval,1234,E1A\n{},daily,1234,E1A\n{},standard,,\n{bad},daily,1234,E1A\n{},always,1234,E1A\n",
+            ean(1).expose(),
+            ean(2).expose(),
+            ean(3).expose(),
+            ean(5).expose()
+        ),
+    )
+    .expect("csv");
+    let crm = token_arg(&dirs, "crm");
+    let out = cli(
+        &dirs,
+        &[
+            "connections",
+            "import",
+            &csv.display().to_string(),
+            "--server",
+            &server,
+            "--token-file",
+            &crm,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("imported 3 connections, 2 rows refused"));
+    let err = text(&out.stderr);
+    assert!(err.contains("connections.csv:5: bad EAN"), "{err}");
+    assert!(err.contains("connections.csv:6: bad consent"), "{err}");
+    assert!(!err.contains(&bad), "the refused EAN is echoed: {err}");
+
+    // Known readings: four quarter-hours from a local midnight for each of four connections
+    // (the fourth unregistered: default consent standard), one duplicate message, two rejects.
+    let cal = Calendar::amsterdam();
+    let t0 = recent_midnight(&cal);
+    let readings: Vec<Reading> = (0..4)
+        .map(|i| Reading {
+            register: Register::ImportT1,
+            time: Timestamp::from_second(t0.as_second() + i * 900).expect("time"),
+            value: 5_000_000 + i as u64 * 100,
+        })
+        .collect();
+    let mut publisher = Publisher::connect(broker.port, "operate-publisher");
+    let mut stored = TierCounts::default();
+    let mut dropped = TierCounts::default();
+    for (n, consent) in [
+        (1, ConsentLevel::Interval),
+        (2, ConsentLevel::Daily),
+        (3, ConsentLevel::Standard),
+        (4, ConsentLevel::Standard),
+    ] {
+        publisher.publish(
+            &format!("meters/{}/json", ean(n).expose()),
+            json_payload("E0031003262700001", &readings),
+        );
+        for r in &readings {
+            for tier in cal.tiers_of(r.register, r.time).iter() {
+                if consent.allowed_tiers().contains(tier) {
+                    stored.add(tier, 1);
+                } else {
+                    dropped.add(tier, 1);
+                }
+            }
+        }
+    }
+    publisher.publish(
+        &format!("meters/{}/json", ean(1).expose()),
+        json_payload("E0031003262700001", &readings),
+    );
+    publisher.publish(
+        &format!("meters/{}/json", ean(1).expose()),
+        b"{broken".to_vec(),
+    );
+    publisher.publish(
+        &format!("meters/{bad}/json"),
+        json_payload("E0031003262700001", &readings),
+    );
+    publisher.wait_acked();
+    svc.wait_acked(7, Duration::from_secs(30));
+    assert_eq!((stored.interval, stored.day, stored.month), (4, 2, 0));
+    assert_eq!((dropped.interval, dropped.day), (12, 2));
+
+    let (status, exposition) =
+        http(svc.api, "GET", "/metrics", Some(&token("operator")), None).expect("metrics");
+    assert_eq!(status, 200);
+    let metrics: BTreeMap<&str, f64> = exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k, v.parse().ok()?))
+        })
+        .collect();
+    let m = |name: &str| {
+        *metrics
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+    };
+    assert_eq!(m("meterstand_ingest_messages_total"), 7.0);
+    assert_eq!(m("meterstand_ingest_readings_total"), 20.0);
+    assert_eq!(
+        m(r#"meterstand_ingest_rejected_total{reason="malformed"}"#),
+        1.0
+    );
+    assert_eq!(
+        m(r#"meterstand_ingest_rejected_total{reason="bad_ean"}"#),
+        1.0
+    );
+    assert_eq!(
+        m(r#"meterstand_ingest_rejected_total{reason="unknown_obis"}"#),
+        0.0
+    );
+    for tier in Tier::ALL {
+        let t = tier.as_str();
+        assert_eq!(
+            m(&format!(
+                r#"meterstand_store_readings_stored_total{{tier="{t}"}}"#
+            )),
+            stored.get(tier) as f64,
+            "stored {t}"
+        );
+        // Connection 1 has interval consent: its repeated message is all duplicates.
+        assert_eq!(
+            m(&format!(
+                r#"meterstand_store_dropped_by_consent_total{{tier="{t}"}}"#
+            )),
+            dropped.get(tier) as f64,
+            "dropped {t}"
+        );
+        assert_eq!(
+            m(&format!(
+                r#"meterstand_retention_deleted_total{{tier="{t}"}}"#
+            )),
+            0.0
+        );
+    }
+    assert_eq!(m("meterstand_store_duplicates_total"), 5.0);
+    assert_eq!(m("meterstand_store_conflicts_total"), 0.0);
+    assert_eq!(m("meterstand_ingest_unacked_messages"), 0.0);
+    assert_eq!(m("meterstand_mqtt_connected"), 1.0);
+    assert_eq!(
+        m(
+            r#"meterstand_api_requests_total{method="PUT",route="/v1/connections/{ean}",status="200"}"#
+        ),
+        3.0
+    );
+    assert_eq!(m("meterstand_store_erasures_total"), 0.0);
+    assert!(m("meterstand_ingest_reading_lag_seconds_count") >= 5.0);
+    assert!(m(r#"meterstand_store_size_bytes{tier="interval"}"#) >= 0.0);
+
+    // promtool accepts the exposition.
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is installed by scripts/test");
+    std::io::Write::write_all(
+        promtool.stdin.as_mut().expect("stdin"),
+        exposition.as_bytes(),
+    )
+    .expect("write");
+    let checked = promtool.wait_with_output().expect("promtool");
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}",
+        text(&checked.stdout),
+        text(&checked.stderr)
+    );
+
+    // The privacy officer exports and erases through the CLI.
+    let po = token_arg(&dirs, "privacy_officer");
+    let e1 = ean(1);
+    let out = cli(
+        &dirs,
+        &[
+            "subject",
+            "export",
+            "--ean",
+            e1.expose(),
+            "--server",
+            &server,
+            "--token-file",
+            &po,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("export json");
+    assert_eq!(v["connection"]["consent"], "interval");
+    assert_eq!(v["readings"]["interval"].as_array().map(Vec::len), Some(4));
+    assert_eq!(v["readings"]["day"][0]["value"], "5000.000");
+    let csv_out = tmp.path().join("export.csv");
+    let out = cli(
+        &dirs,
+        &[
+            "subject",
+            "export",
+            "--ean",
+            e1.expose(),
+            "--format",
+            "csv",
+            "--out",
+            &csv_out.display().to_string(),
+            "--server",
+            &server,
+            "--token-file",
+            &po,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let csv_text = std::fs::read_to_string(&csv_out).expect("csv");
+    assert_eq!(
+        csv_text
+            .lines()
+            .filter(|l| l.starts_with("reading,"))
+            .count(),
+        5
+    );
+    let out = cli(
+        &dirs,
+        &[
+            "subject",
+            "erase",
+            "--ean",
+            e1.expose(),
+            "--server",
+            &server,
+            "--token-file",
+            &po,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("receipt json");
+    assert_eq!(v["deleted"]["interval"], 4);
+    assert_eq!(v["deleted"]["day"], 1);
+    assert_eq!(v["deleted"]["connection"], 1);
+
+    // The wrong role, a bad EAN and a readable token file are clear errors.
+    let out = cli(
+        &dirs,
+        &[
+            "subject",
+            "erase",
+            "--ean",
+            e1.expose(),
+            "--server",
+            &server,
+            "--token-file",
+            &crm,
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("403"), "{}", text(&out.stderr));
+    let out = cli(
+        &dirs,
+        &[
+            "subject",
+            "export",
+            "--ean",
+            "123",
+            "--server",
+            &server,
+            "--token-file",
+            &po,
+        ],
+    );
+    assert!(text(&out.stderr).contains("--ean must be 18 digits"));
+    let loose = tmp.path().join("loose.token");
+    std::fs::write(&loose, token("privacy_officer")).expect("token");
+    let out = cli(
+        &dirs,
+        &[
+            "subject",
+            "export",
+            "--ean",
+            e1.expose(),
+            "--server",
+            &server,
+            "--token-file",
+            &loose.display().to_string(),
+        ],
+    );
+    assert!(
+        text(&out.stderr).contains("chmod 600"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let (_, exposition) =
+        http(svc.api, "GET", "/metrics", Some(&token("operator")), None).expect("metrics");
+    assert!(exposition.contains("meterstand_store_erasures_total 1\n"));
+    assert!(exposition.contains(
+        r#"meterstand_api_requests_total{method="DELETE",route="/v1/subjects/{ean}",status="403"} 1"#
+    ));
+    svc.stop();
+
+    // Audit: 3 puts, 2 exports, 1 erasure, 1 refused erasure; no EAN anywhere in it or the log.
+    let audit = std::fs::read_to_string(&dirs.audit).expect("audit log");
+    let actions: Vec<String> = audit
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+            format!(
+                "{} {}",
+                v["action"].as_str().unwrap_or(""),
+                v["outcome"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "connection.put ok",
+            "connection.put ok",
+            "connection.put ok",
+            "subject.export ok",
+            "subject.export ok",
+            "subject.erase ok",
+            "subject.erase denied",
+        ]
+    );
+    let log = std::fs::read_to_string(&dirs.log).expect("service log");
+    for n in [1, 2, 3, 4, 5] {
+        assert!(!audit.contains(ean(n).expose()) && !log.contains(ean(n).expose()));
+    }
+}
+
+fn publish_stream(port: u16, id: &str, from: u64, to: u64) -> Vec<(Ean, Reading)> {
+    let mut publisher = Publisher::connect(port, id);
+    let start = quarters_ago(400);
+    let mut sent = Vec::new();
+    for i in from..to {
+        let e = ean(1_000 + i % 50);
+        let r = Reading {
+            register: Register::ImportT1,
+            time: Timestamp::from_second(start.as_second() + (i / 50) as i64 * 900).expect("t"),
+            value: 1_000_000 + i,
+        };
+        publisher.publish(
+            &format!("meters/{}/json", e.expose()),
+            json_payload("E0031003262700002", &[r]),
+        );
+        sent.push((e, r));
+    }
+    publisher.wait_acked();
+    sent
+}
+
+fn interval_readings(
+    store: &meterstand_store::RocksStore,
+    p: &meterstand_pseudonym::Pseudonymiser,
+    sent: &[(Ean, Reading)],
+) -> BTreeMap<(String, i64), u64> {
+    let mut eans: Vec<&Ean> = sent.iter().map(|(e, _)| e).collect();
+    eans.sort_by_key(|e| e.expose().to_string());
+    eans.dedup_by_key(|e| e.expose().to_string());
+    let mut out = BTreeMap::new();
+    for e in eans {
+        let export = store.export(&[p.ean(e)]).expect("export");
+        for r in export.interval {
+            out.insert((e.expose().to_string(), r.time.as_second()), r.value);
+        }
+    }
+    out
+}
+
+#[test]
+fn backup_under_load_restores_to_a_consistent_store() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let broker = Mosquitto::start(&tmp.path().join("mosquitto"));
+    let dirs = ServiceDirs::new(&tmp.path().join("svc"));
+    let svc = ServiceProcess::start(&dirs, &broker.url(), &[]);
+    let server = format!("http://{}", svc.api);
+
+    let before = publish_stream(broker.port, "backup-a", 0, 500);
+    svc.wait_acked(500, Duration::from_secs(60));
+    let port = broker.port;
+    let during = std::thread::spawn(move || publish_stream(port, "backup-b", 500, 5_500));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while svc
+        .metric("meterstand_ingest_messages_total")
+        .unwrap_or(0.0)
+        < 1_000.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let backup = tmp.path().join("backup");
+    let op = token_arg(&dirs, "operator");
+    let out = cli(
+        &dirs,
+        &[
+            "backup",
+            "--to",
+            &backup.display().to_string(),
+            "--server",
+            &server,
+            "--token-file",
+            &op,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("backup written to"));
+    let during = during.join().expect("publisher");
+    svc.wait_acked(5_500, Duration::from_secs(120));
+
+    // Restoring over a store in use is refused, with or without --force.
+    let out = cli(&dirs, &["restore", "--from", &backup.display().to_string()]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("is not empty"), "{}", text(&out.stderr));
+    let out = cli(&dirs, &["restore", "--from", &backup.display().to_string(), "--force"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("stop the service first"), "{}", text(&out.stderr));
+    svc.stop();
+
+    let restored_path = tmp.path().join("restored");
+    let out = Command::new(meterstand_binary())
+        .args(["--config".as_ref(), dirs.config.as_os_str()])
+        .args(["restore", "--from", &backup.display().to_string()])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("METERSTAND__STORE__PATH", &restored_path)
+        .env("METERSTAND__STORE__COMPRESSION", "none")
+        .output()
+        .expect("restore");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("opens cleanly"));
+
+    let p = dirs.pseudonymiser();
+    let mut all = before.clone();
+    all.extend(during);
+    let live = {
+        let store = dirs.open_store();
+        interval_readings(&store, &p, &all)
+    };
+    let restored = {
+        let mut config = meterstand_store::StoreConfig::new(&restored_path);
+        config.compression = meterstand_store::Compression::None;
+        let store = meterstand_store::RocksStore::open(
+            config,
+            std::sync::Arc::new(meterstand_store::ManualClock::new(Timestamp::now())),
+        )
+        .expect("open restored");
+        interval_readings(&store, &p, &all)
+    };
+    assert_eq!(
+        live.len(),
+        5_500,
+        "every published reading is in the live store"
+    );
+    for (e, r) in &before {
+        assert_eq!(
+            restored.get(&(e.expose().to_string(), r.time.as_second())),
+            Some(&r.value),
+            "a reading acked before the backup is missing from it"
+        );
+    }
+    assert!(restored.len() >= 1_000 && restored.len() <= 5_500);
+    for (k, v) in &restored {
+        assert_eq!(
+            live.get(k),
+            Some(v),
+            "the backup holds what the store never had"
+        );
+    }
+    eprintln!("backup held {} of 5500 readings", restored.len());
+}
