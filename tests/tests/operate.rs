@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -55,7 +56,10 @@ fn cli_clients_exact_metrics_and_promtool() {
     let svc = ServiceProcess::start(
         &dirs,
         &broker.url(),
-        &[("METERSTAND__CONSENT__DEFAULT", "standard")],
+        &[
+            ("METERSTAND__CONSENT__DEFAULT", "standard"),
+            ("METERSTAND__LOG__FORMAT", "json"),
+        ],
     );
     let server = format!("http://{}", svc.api);
 
@@ -234,6 +238,55 @@ fn cli_clients_exact_metrics_and_promtool() {
         text(&checked.stderr)
     );
 
+    // Every metric the dashboard and the alert rules use is exported.
+    let families: std::collections::BTreeSet<&str> = exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for file in [
+        "config/grafana/meterstand.json",
+        "config/prometheus/alerts.yml",
+    ] {
+        let body = std::fs::read_to_string(repo.join(file)).expect("read");
+        let mut used = 0;
+        for (i, _) in body.match_indices("meterstand_") {
+            let name: String = body[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            assert!(
+                families.contains(family),
+                "{file} uses {name}, which is not exported"
+            );
+            used += 1;
+        }
+        assert!(used > 5, "{file} uses almost no meterstand metric");
+    }
+    // The alert rules are valid and fire as their unit tests expect.
+    let rules = repo.join("config/prometheus");
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&rules)
+            .output()
+            .expect("promtool");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+
     // The privacy officer exports and erases through the CLI.
     let po = token_arg(&dirs, "privacy_officer");
     let e1 = ean(1);
@@ -386,6 +439,15 @@ fn cli_clients_exact_metrics_and_promtool() {
         ]
     );
     let log = std::fs::read_to_string(&dirs.log).expect("service log");
+    assert!(log.lines().count() > 3);
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("log.format = json, yet a line is not JSON ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+    }
     for n in [1, 2, 3, 4, 5] {
         assert!(!audit.contains(ean(n).expose()) && !log.contains(ean(n).expose()));
     }
@@ -476,10 +538,26 @@ fn backup_under_load_restores_to_a_consistent_store() {
     // Restoring over a store in use is refused, with or without --force.
     let out = cli(&dirs, &["restore", "--from", &backup.display().to_string()]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("is not empty"), "{}", text(&out.stderr));
-    let out = cli(&dirs, &["restore", "--from", &backup.display().to_string(), "--force"]);
+    assert!(
+        text(&out.stderr).contains("is not empty"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = cli(
+        &dirs,
+        &[
+            "restore",
+            "--from",
+            &backup.display().to_string(),
+            "--force",
+        ],
+    );
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("stop the service first"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("stop the service first"),
+        "{}",
+        text(&out.stderr)
+    );
     svc.stop();
 
     let restored_path = tmp.path().join("restored");
