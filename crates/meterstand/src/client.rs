@@ -321,6 +321,26 @@ pub async fn erase(args: EraseArgs, default_listen: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// A random bearer token: 256 bits, hex, with a recognisable prefix.
+pub fn generate_token() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(format!("mst_{}", hex::encode(bytes)))
+}
+
+/// Writes a token to a new file with mode 0600.
+pub fn write_token_file(path: &Path, token: &str) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(f, "{token}")?;
+    Ok(())
+}
+
 /// `meterstand token new`: a random token and its config entry.
 pub fn new_token(id: &str, role: &str, out: Option<&Path>) -> anyhow::Result<()> {
     let role: meterstand_api::Role = role.parse().map_err(anyhow::Error::msg)?;
@@ -331,9 +351,7 @@ pub fn new_token(id: &str, role: &str, out: Option<&Path>) -> anyhow::Result<()>
     {
         bail!("--id must be letters, digits, - or _");
     }
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    let token = format!("mst_{}", hex::encode(bytes));
+    let token = generate_token()?;
     let hash = meterstand_api::hash_token(&token);
     match out {
         Some(path) => {

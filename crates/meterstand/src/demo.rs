@@ -5,11 +5,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use meterstand_model::{Calendar, Connection, Postcode4, RegisterKind, Tier};
+use meterstand_api::dto::AggregateResponse;
+use meterstand_model::Calendar;
 use meterstand_pseudonym::KeyRing;
-use meterstand_store::{AggregateQuery, GroupBy, ReadingStore};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 
+use crate::client::Client;
 use crate::config::Config;
 use crate::service::Service;
 use crate::simulate::{self, SimulateArgs};
@@ -64,11 +65,28 @@ pub async fn run(
     );
     env.insert("METERSTAND_KEY_FILE".into(), key_file.display().to_string());
     env.entry("METERSTAND__LOG__LEVEL".into())
-        .or_insert_with(|| "warn".into());
+        .or_insert_with(|| "warn,rumqttd::router=off".into());
     let mut config = Config::load(config_file, &env)?;
     if std::net::TcpListener::bind(&config.api.listen).is_err() {
         config.api.listen = "127.0.0.1:0".into();
     }
+    // One token per role, in files beside the data, so the API can be tried by hand.
+    let token_dir = dir.join("tokens");
+    std::fs::create_dir_all(&token_dir)?;
+    let mut tokens = BTreeMap::new();
+    for role in ["crm", "analyst", "privacy_officer", "operator"] {
+        let token = crate::client::generate_token()?;
+        crate::client::write_token_file(&token_dir.join(format!("{role}.token")), &token)?;
+        config.api.tokens.push(crate::config::TokenEntry {
+            id: format!("demo-{role}"),
+            role: role.into(),
+            hash: meterstand_api::hash_token(&token),
+            file: None,
+        });
+        tokens.insert(role, token);
+    }
+    config.api.metrics_require_token = false;
+    config.api.audit_log = dir.join("audit.jsonl");
     crate::service::init_logging(&config)?;
 
     println!(
@@ -102,24 +120,34 @@ pub async fn run(
         seed: 1,
         quiet: false,
     };
-    // The CRM's part: register each simulated connection's consent, postcode and profile.
+    // The CRM's part, through the API: each connection's consent, postcode and profile.
+    let api_base = format!("http://{}", service.api_addr);
     let population = simulate::population(&sim);
-    let store = service.store.clone();
-    let p = service.pseudonymiser.clone();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        for m in &population {
-            let connection = Connection {
-                consent: m.consent,
-                postcode4: Some(Postcode4::new(m.postcode4)?),
-                profile: Some(m.profile.parse()?),
-            };
-            store.put_connection(p.ean(&m.ean), connection)?;
+    let crm = std::sync::Arc::new(Client::with_token(api_base.clone(), tokens["crm"].clone())?);
+    let mut pending = tokio::task::JoinSet::new();
+    for m in &population {
+        if pending.len() >= 16
+            && let Some(done) = pending.join_next().await
+        {
+            done??;
         }
-        Ok(())
-    })
-    .await??;
+        let (crm, path) = (crm.clone(), format!("/v1/connections/{}", m.ean.expose()));
+        let body = serde_json::json!({
+            "consent": m.consent.as_str(),
+            "postcode4": m.postcode4.to_string(),
+            "profile": m.profile,
+        });
+        pending.spawn(async move {
+            crm.send(reqwest::Method::PUT, &path, Some(body))
+                .await
+                .map(|_| ())
+        });
+    }
+    while let Some(done) = pending.join_next().await {
+        done??;
+    }
     println!(
-        "registered {} connections (consent mix: 10% off, 30% standard, 30% daily, 30% interval)",
+        "registered {} connections through PUT /v1/connections (consent mix: 10% off, 30% standard, 30% daily, 30% interval)",
         args.meters
     );
 
@@ -146,7 +174,32 @@ pub async fn run(
                 .load(std::sync::atomic::Ordering::SeqCst)
         );
     }
-    print_summary(&service, &config, &sim, report.readings).await?;
+    let analyst = Client::with_token(api_base, tokens["analyst"].clone())?;
+    print_summary(&service, &config, &sim, report.readings, &analyst).await?;
+    let sample = population
+        .first()
+        .map(|m| m.ean.expose().to_string())
+        .unwrap_or_default();
+    let api = service.api_addr;
+    let t = token_dir.display();
+    let (from, to) = sim_range(&config, &sim)?;
+    println!("\n== where to look");
+    println!("api        http://{api}/openapi.json");
+    println!(
+        "metrics    http://{api}/metrics   readiness http://{api}/readyz   health http://{api}/healthz"
+    );
+    println!(
+        "aggregate  curl -H \"Authorization: Bearer $(cat {t}/analyst.token)\" 'http://{api}/v1/aggregates?from={}&to={}&group_by=postcode4,profile&format=csv'",
+        from, to
+    );
+    println!(
+        "export     meterstand subject export --ean {sample} --server http://{api} --token-file {t}/privacy_officer.token"
+    );
+    println!(
+        "broker     {} (publish to {}/<ean>/json)",
+        sim.broker, sim.prefix
+    );
+    println!("audit log  {}", dir.join("audit.jsonl").display());
 
     if args.exit {
         return service.shutdown().await;
@@ -226,11 +279,23 @@ async fn publish_bad_messages(broker: &str, prefix: &str) -> anyhow::Result<u64>
     Ok(count)
 }
 
+/// The simulated days as local dates: `[from, to)`.
+fn sim_range(
+    config: &Config,
+    sim: &SimulateArgs,
+) -> anyhow::Result<(jiff::civil::Date, jiff::civil::Date)> {
+    let calendar = Calendar::new(&config.privacy.timezone)?;
+    let today = calendar.date_of(jiff::Timestamp::now());
+    let from = today.checked_sub(jiff::Span::new().days(i64::from(sim.days)))?;
+    Ok((from, today))
+}
+
 async fn print_summary(
     service: &Service,
     config: &Config,
     sim: &SimulateArgs,
     published: u64,
+    analyst: &Client,
 ) -> anyhow::Result<()> {
     let totals = service.status.totals();
     println!("\n== ingested");
@@ -260,72 +325,48 @@ async fn print_summary(
     }
     println!();
 
-    let calendar = Calendar::new(&config.privacy.timezone)?;
-    let today = calendar.date_of(jiff::Timestamp::now());
-    let from =
-        calendar.date_start(today.checked_sub(jiff::Span::new().days(i64::from(sim.days)))?)?;
-    let to = calendar.date_start(today)?;
-    let store = service.store.clone();
-    let query = AggregateQuery {
-        kind: RegisterKind::Import,
-        tier: Tier::Day,
-        from,
-        to,
-        group_by: GroupBy {
-            postcode4: true,
-            profile: false,
-        },
-    };
-    let cells = tokio::task::spawn_blocking(move || store.aggregate(&query)).await??;
-    let k = u64::from(config.privacy.min_group_size);
+    let (from, to) = sim_range(config, sim)?;
+    let body = analyst
+        .send(
+            reqwest::Method::GET,
+            &format!("/v1/aggregates?from={from}&to={to}&granularity=day&register=import&group_by=postcode4"),
+            None,
+        )
+        .await?;
+    let agg: AggregateResponse = serde_json::from_str(&body).context("aggregate answer")?;
     println!(
-        "\n== sample aggregate: import per day by postcode area (cells under {k} connections suppressed)"
+        "\n== sample aggregate (GET /v1/aggregates): import per day by postcode area, cells under {} connections suppressed",
+        config.privacy.min_group_size
     );
     println!(
         "{:<22} {:>8} {:>11} {:>14}",
-        "day (local)", "postcode", "connections", "consumption"
+        "day starts (UTC)", "postcode", "connections", "consumption"
     );
-    let mut suppressed = 0;
-    for c in cells.iter().take(12) {
-        let day = calendar.date_of(c.period_start);
-        let postcode = c
+    for row in agg.rows.iter().take(12) {
+        let postcode = row
             .group
-            .postcode4
-            .map(|p| p.to_string())
+            .get("postcode4")
+            .cloned()
+            .flatten()
             .unwrap_or_else(|| "-".into());
-        if c.connections < k {
-            suppressed += 1;
-            println!(
-                "{:<22} {:>8} {:>11} {:>14}",
-                day.to_string(),
-                postcode,
-                "suppressed",
-                "suppressed"
-            );
-        } else {
-            println!(
+        match (row.connections, row.consumption) {
+            (Some(n), Some(wh)) => println!(
                 "{:<22} {:>8} {:>11} {:>10.1} kWh",
-                day.to_string(),
+                row.period_start,
                 postcode,
-                c.connections,
-                c.consumption as f64 / 1000.0
-            );
+                n,
+                wh as f64 / 1000.0
+            ),
+            _ => println!(
+                "{:<22} {:>8} {:>11} {:>14}",
+                row.period_start, postcode, "suppressed", "suppressed"
+            ),
         }
     }
-    let total_suppressed = cells.iter().filter(|c| c.connections < k).count();
     println!(
-        "({} cells, {} suppressed; first 12 shown, {suppressed} of them suppressed)",
-        cells.len(),
-        total_suppressed
-    );
-    let api = service.api_addr;
-    println!("\n== where to look");
-    println!("metrics    http://{api}/metrics");
-    println!("readiness  http://{api}/readyz");
-    println!("health     http://{api}/healthz");
-    println!(
-        "broker     {} (publish to {}/<ean>/json)",
-        sim.broker, sim.prefix
+        "({} cells, {} suppressed; the first 12 shown)",
+        agg.rows.len(),
+        agg.suppressed_cells
     );
     Ok(())
 }

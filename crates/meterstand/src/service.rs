@@ -99,7 +99,6 @@ impl Readiness for ServiceReadiness {
 pub struct Service {
     pub store: Arc<RocksStore>,
     pub status: Arc<IngestStatus>,
-    pub pseudonymiser: Arc<Pseudonymiser>,
     pub api_addr: std::net::SocketAddr,
     intake: CancellationToken,
     background: CancellationToken,
@@ -166,7 +165,7 @@ impl Service {
                 ingest: status.clone(),
             }),
             backend: store.clone(),
-            pseudonymiser: pseudonymiser.clone(),
+            pseudonymiser,
             tokens,
             audit,
             calendar: Calendar::new(&config.privacy.timezone).context("privacy.timezone")?,
@@ -209,7 +208,6 @@ impl Service {
         Ok(Service {
             store,
             status,
-            pseudonymiser,
             api_addr,
             intake,
             background,
