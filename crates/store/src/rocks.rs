@@ -3,6 +3,8 @@
 //! keeps them race-free and lets many small batches share one WAL sync (group commit).
 
 use std::collections::{HashMap, HashSet};
+
+use rustc_hash::FxHashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -221,7 +223,7 @@ impl RocksStore {
             .spawn(move || {
                 Writer {
                     shared: writer_shared.clone(),
-                    blocks: HashMap::new(),
+                    blocks: Default::default(),
                     meters_seen: HashSet::new(),
                 }
                 .run(rx);
@@ -340,6 +342,7 @@ fn tier_options(tier: Tier, config: &StoreConfig, horizons: Arc<Horizons>) -> Op
     };
     o.set_compression_type(compression);
     o.set_bottommost_compression_type(compression);
+    o.set_write_buffer_size(8 << 20);
     let mut table = BlockBasedOptions::default();
     table.set_block_size(16 * 1024);
     table.set_bloom_filter(10.0, false);
@@ -420,13 +423,19 @@ const BLOCK_CACHE_ENTRIES: usize = 262_144;
 
 struct Writer {
     shared: Arc<Shared>,
-    blocks: HashMap<(Tier, [u8; layout::KEY_LEN]), layout::Entries>,
+    /// Decoded blocks per tier, as last written: spares a read and a decode per reading.
+    blocks: [FxHashMap<[u8; layout::KEY_LEN], layout::Entries>; 3],
     /// (connection, meter) pairs known to be recorded, to spare a read per message.
     meters_seen: HashSet<(Pseudonym, Pseudonym)>,
 }
 
-/// Block key → readings to merge into it: (slot, value, index of the request in the group).
-type TouchedBlocks = HashMap<[u8; layout::KEY_LEN], Vec<(u32, u64, usize)>>;
+/// One reading bound for one block: its slot, value and the index of its request.
+struct Touch {
+    key: [u8; layout::KEY_LEN],
+    slot: u32,
+    value: u64,
+    idx: usize,
+}
 
 struct Pending {
     items: Vec<IngestItem>,
@@ -465,14 +474,19 @@ impl Writer {
                     connection,
                     reply,
                 } => {
-                    let _ = reply.send(self.put_connection(p, connection));
+                    let result = self.put_connection(p, connection);
+                    // Lowered consent deleted blocks: cached copies must not resurrect them.
+                    if result.as_ref().map_or(true, |r| r.deleted.total() > 0) {
+                        self.clear_cache();
+                    }
+                    let _ = reply.send(result);
                 }
                 Command::Erase { pseudonyms, reply } => {
-                    self.blocks.clear();
+                    self.clear_cache();
                     let _ = reply.send(self.erase(&pseudonyms));
                 }
                 Command::Sweep { reply } => {
-                    self.blocks.clear();
+                    self.clear_cache();
                     let _ = reply.send(self.sweep());
                 }
                 Command::CompactAll { reply } => {
@@ -512,58 +526,86 @@ impl Writer {
         let shared = self.shared.clone();
         shared.refresh_horizons();
         let mut outcomes = vec![WriteOutcome::default(); group.len()];
-        let mut touched: [TouchedBlocks; 3] = Default::default();
+        // Per tier: (block key, slot, value, request index), in arrival order.
+        let mut touched: [Vec<Touch>; 3] = Default::default();
         let mut batch = WriteBatch::default();
         let meters_cf = shared.cf(CF_METERS)?;
-
-        for (idx, pending) in group.iter().enumerate() {
-            for item in &pending.items {
-                let allowed = shared.consent_of(item.connection).allowed_tiers();
-                let mut stored_any = false;
-                for tr in &item.readings {
-                    let Some(q) = layout::quarter_of(tr.reading.time) else {
-                        continue;
-                    };
-                    for tier in tr.tiers.iter() {
-                        if !allowed.contains(tier) {
-                            outcomes[idx].dropped_by_consent.add(tier, 1);
-                        } else if tr.reading.time.as_second() < shared.horizons.get(tier) {
-                            outcomes[idx].expired.add(tier, 1);
-                        } else {
-                            let (bucket, slot) = layout::bucket_of(tier, q);
-                            let key =
-                                layout::block_key(item.connection, tr.reading.register, bucket);
-                            touched[tier as usize].entry(key).or_default().push((
-                                slot,
-                                tr.reading.value,
-                                idx,
-                            ));
-                            stored_any = true;
+        let horizons = Tier::ALL.map(|t| shared.horizons.get(t));
+        {
+            let connections = shared
+                .connections
+                .read()
+                .map_err(|_| StoreError::Engine("connection table lock poisoned".into()))?;
+            for (idx, pending) in group.iter().enumerate() {
+                for item in &pending.items {
+                    let allowed = connections
+                        .get(&item.connection)
+                        .map_or(shared.config.default_consent, |c| c.consent)
+                        .allowed_tiers();
+                    let mut stored_any = false;
+                    for tr in &item.readings {
+                        let Some(q) = layout::quarter_of(tr.reading.time) else {
+                            continue;
+                        };
+                        for tier in tr.tiers.iter() {
+                            if !allowed.contains(tier) {
+                                outcomes[idx].dropped_by_consent.add(tier, 1);
+                            } else if tr.reading.time.as_second() < horizons[tier as usize] {
+                                outcomes[idx].expired.add(tier, 1);
+                            } else {
+                                let (bucket, slot) = layout::bucket_of(tier, q);
+                                touched[tier as usize].push(Touch {
+                                    key: layout::block_key(
+                                        item.connection,
+                                        tr.reading.register,
+                                        bucket,
+                                    ),
+                                    slot,
+                                    value: tr.reading.value,
+                                    idx,
+                                });
+                                stored_any = true;
+                            }
                         }
                     }
-                }
-                if stored_any && self.meters_seen.insert((item.connection, item.meter)) {
-                    let mut key = item.connection.to_bytes().to_vec();
-                    key.extend_from_slice(&item.meter.to_bytes());
-                    batch.put_cf(meters_cf, key, []);
+                    if stored_any && self.meters_seen.insert((item.connection, item.meter)) {
+                        let mut key = item.connection.to_bytes().to_vec();
+                        key.extend_from_slice(&item.meter.to_bytes());
+                        batch.put_cf(meters_cf, key, []);
+                    }
                 }
             }
         }
 
         for tier in Tier::ALL {
-            let blocks = std::mem::take(&mut touched[tier as usize]);
-            if blocks.is_empty() {
+            let mut touches = std::mem::take(&mut touched[tier as usize]);
+            if touches.is_empty() {
                 continue;
             }
+            // Key order: the memtable inserts each key next to the previous one (its skip
+            // list reuses the last insert position), and equal keys meet. The sort is stable,
+            // so within one key the first arrival is merged first and wins a conflict.
+            touches.sort_by_key(|t| t.key);
             let cf = shared.tier_cf(tier)?;
-            let missing: Vec<&[u8; layout::KEY_LEN]> = blocks
-                .keys()
-                .filter(|k| !self.blocks.contains_key(&(tier, **k)))
-                .collect();
+            let cache = &mut self.blocks[tier as usize];
+            let mut missing: Vec<[u8; layout::KEY_LEN]> = Vec::new();
+            for t in &touches {
+                if missing.last() != Some(&t.key) && !cache.contains_key(&t.key) {
+                    missing.push(t.key);
+                }
+            }
+            if cache.len() + missing.len() > BLOCK_CACHE_ENTRIES {
+                cache.clear();
+                missing.clear();
+                for t in &touches {
+                    if missing.last() != Some(&t.key) {
+                        missing.push(t.key);
+                    }
+                }
+            }
             let fetched = shared
                 .db
-                .batched_multi_get_cf(cf, missing.iter().map(|k| &k[..]), false);
-            let mut loaded = HashMap::with_capacity(missing.len());
+                .batched_multi_get_cf(cf, missing.iter().map(|k| &k[..]), true);
             for (key, old) in missing.iter().zip(fetched) {
                 let entries = match old? {
                     Some(bytes) => {
@@ -571,41 +613,41 @@ impl Writer {
                     }
                     None => Vec::new(),
                 };
-                loaded.insert(**key, entries);
+                cache.insert(*key, entries);
             }
-            if self.blocks.len() + blocks.len() > BLOCK_CACHE_ENTRIES {
-                self.blocks.clear();
-            }
-            for (key, new) in &blocks {
-                let mut entries = match loaded.remove(key) {
-                    Some(e) => e,
-                    None => self.blocks.remove(&(tier, *key)).unwrap_or_default(),
-                };
+            for run in touches.chunk_by(|a, b| a.key == b.key) {
+                let key = run[0].key;
+                let entries = cache.entry(key).or_default();
                 let mut changed = false;
-                for &(slot, value, idx) in new {
-                    match layout::merge_entry(&mut entries, slot, value) {
+                for t in run {
+                    match layout::merge_entry(entries, t.slot, t.value) {
                         MergeResult::Inserted => {
                             changed = true;
-                            outcomes[idx].stored.add(tier, 1);
+                            outcomes[t.idx].stored.add(tier, 1);
                         }
-                        MergeResult::Duplicate => outcomes[idx].duplicates += 1,
-                        MergeResult::Conflict => outcomes[idx].conflicts += 1,
+                        MergeResult::Duplicate => outcomes[t.idx].duplicates += 1,
+                        MergeResult::Conflict => outcomes[t.idx].conflicts += 1,
                     }
                 }
                 if changed {
-                    batch.put_cf(cf, key, layout::encode_block(&entries));
+                    batch.put_cf(cf, key, layout::encode_block(entries));
                 }
-                self.blocks.insert((tier, *key), entries);
             }
         }
         if !batch.is_empty()
             && let Err(e) = shared.db.write_opt(batch, &shared.write_opts())
         {
             // The cache already holds the merged blocks; the disk does not.
-            self.blocks.clear();
+            self.clear_cache();
             return Err(e.into());
         }
         Ok(outcomes)
+    }
+
+    fn clear_cache(&mut self) {
+        for cache in &mut self.blocks {
+            cache.clear();
+        }
     }
 
     fn put_connection(

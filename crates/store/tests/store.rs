@@ -471,9 +471,17 @@ fn lowering_consent_removes_tiers_no_longer_allowed() {
     );
     // Raising consent again removes nothing.
     let receipt = store
-        .put_connection(p, connection(ConsentLevel::Daily, "1234"))
+        .put_connection(p, connection(ConsentLevel::Interval, "1234"))
         .expect("raise");
     assert_eq!(receipt.deleted.total(), 0);
+    // A new reading in a block whose readings were removed does not bring them back.
+    rt().block_on(store.write(vec![item(
+        p,
+        quarter_hours(ts("2026-11-30T22:00:00Z"), 1, 1000, 50),
+    )]))
+    .expect("write again");
+    let export = store.export(&[p]).expect("export");
+    assert_eq!(export.interval.len(), 2, "one reading, two registers");
 }
 
 #[test]
