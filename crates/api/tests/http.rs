@@ -31,10 +31,16 @@ impl Readiness for AlwaysReady {
     }
 }
 
-/// A backend whose aggregate waits until released, to hold a request in flight.
+/// A backend whose first aggregate call says it has entered, then waits until released, to
+/// hold a request in flight.
 struct Gated {
     inner: Arc<RocksStore>,
-    gate: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    gate: Mutex<Option<Gate>>,
+}
+
+struct Gate {
+    entered: std::sync::mpsc::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
 }
 
 impl Backend for Gated {
@@ -68,8 +74,9 @@ impl Backend for Gated {
     }
     fn aggregate(&self, q: &AggregateQuery) -> Result<Vec<AggregateCell>, StoreError> {
         let gate = self.gate.lock().expect("gate").take();
-        if let Some(rx) = gate {
-            let _ = rx.recv_timeout(Duration::from_secs(10));
+        if let Some(g) = gate {
+            let _ = g.entered.send(());
+            let _ = g.release.recv_timeout(Duration::from_secs(10));
         }
         ReadingStore::aggregate(self.inner.as_ref(), q)
     }
@@ -97,7 +104,7 @@ fn ean(n: u64) -> Ean {
 const NOW: &str = "2026-11-20T12:00:00Z";
 
 impl Server {
-    async fn start(config: ApiConfig, gate: Option<std::sync::mpsc::Receiver<()>>) -> Server {
+    async fn start(config: ApiConfig, gate: Option<Gate>) -> Server {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
         let clock = Arc::new(ManualClock::new(NOW.parse().expect("now")));
@@ -117,9 +124,9 @@ impl Server {
         .expect("tokens");
         let audit = dir.path().join("audit").join("audit.jsonl");
         let backend: Arc<dyn Backend> = match gate {
-            Some(rx) => Arc::new(Gated {
+            Some(g) => Arc::new(Gated {
                 inner: store.clone(),
-                gate: Mutex::new(Some(rx)),
+                gate: Mutex::new(Some(g)),
             }),
             None => store.clone(),
         };
@@ -779,27 +786,28 @@ async fn export_erasure_consent_and_audit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_beyond_the_concurrency_limit_are_refused_not_queued() {
-    let (release, gate) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let (entered_tx, entered) = std::sync::mpsc::channel();
     let config = ApiConfig {
         max_concurrent: 1,
         ..ApiConfig::default()
+    };
+    let gate = Gate {
+        entered: entered_tx,
+        release: release_rx,
     };
     let s = Arc::new(Server::start(config, Some(gate)).await);
     let first = {
         let s = s.clone();
         tokio::spawn(async move { s.call(Method::GET, AGG, Some(Role::Analyst), None).await })
     };
-    // Wait until the first request holds the only permit.
-    let mut refused = None;
-    for _ in 0..100 {
-        let (status, text) = s.call(Method::GET, AGG, Some(Role::Analyst), None).await;
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            refused = Some(text);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let text = refused.expect("a second request while one is in flight is refused");
+    // The first request now holds the only permit, inside the store.
+    tokio::task::spawn_blocking(move || entered.recv_timeout(Duration::from_secs(10)))
+        .await
+        .expect("join")
+        .expect("the first request reaches the store");
+    let (status, text) = s.call(Method::GET, AGG, Some(Role::Analyst), None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
     let v: Value = serde_json::from_str(&text).expect("json");
     assert_eq!(v["error"]["code"], "overloaded");
     release.send(()).expect("release");

@@ -248,14 +248,23 @@ async fn poll_loop(
     mut eventloop: EventLoop,
     client: AsyncClient,
     config: Arc<IngestConfig>,
-    received: mpsc::UnboundedSender<(Publish, Instant)>,
+    received: mpsc::UnboundedSender<Vec<(Publish, Instant)>>,
     status: Arc<IngestStatus>,
     shutdown: CancellationToken,
     done: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
     let mut failures = 0u64;
+    // Publishes are handed on per network read, not one by one: rumqttc parses a whole read
+    // into its event queue, and one hand-off per read spares a task wake-up per message.
+    let mut chunk: Vec<(Publish, Instant)> = Vec::new();
     loop {
+        if !chunk.is_empty() && eventloop.state.events.is_empty() {
+            let n = chunk.len() as i64;
+            if received.send(std::mem::take(&mut chunk)).is_err() {
+                metrics::UNACKED.sub(n);
+            }
+        }
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 tracing::info!(
@@ -278,9 +287,7 @@ async fn poll_loop(
                     continue;
                 }
                 metrics::UNACKED.inc();
-                if received.send((publish, Instant::now())).is_err() {
-                    metrics::UNACKED.dec();
-                }
+                chunk.push((publish, Instant::now()));
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 done.cancel();
@@ -333,9 +340,10 @@ fn entry(
     pseudonymiser: &Pseudonymiser,
     publish: Publish,
     received: Instant,
+    now: Timestamp,
 ) -> Entry {
     metrics::MESSAGES.inc();
-    let item = match process(config, pseudonymiser, &publish, Timestamp::now()) {
+    let item = match process(config, pseudonymiser, &publish, now) {
         Ok(item) => {
             metrics::READINGS.inc_by(item.readings.len() as u64);
             Some(item)
@@ -365,22 +373,38 @@ fn entry(
 async fn batch_loop(
     config: Arc<IngestConfig>,
     pseudonymiser: Arc<Pseudonymiser>,
-    mut received: mpsc::UnboundedReceiver<(Publish, Instant)>,
+    mut received: mpsc::UnboundedReceiver<Vec<(Publish, Instant)>>,
     commit: mpsc::Sender<Vec<Entry>>,
     shutdown: CancellationToken,
 ) {
+    // Messages of a chunk that did not fit the batch being closed start the next one.
+    let mut carried: std::collections::VecDeque<(Publish, Instant)> = Default::default();
     loop {
-        let first = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            m = received.recv() => match m { Some(m) => m, None => break },
-        };
-        let mut batch = vec![entry(&config, &pseudonymiser, first.0, first.1)];
+        if carried.is_empty() {
+            let chunk = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                m = received.recv() => match m { Some(m) => m, None => break },
+            };
+            carried.extend(chunk);
+        }
+        let mut batch = Vec::with_capacity(config.batch_max_messages.min(carried.len().max(64)));
+        // Decoding checks "too far in the future" against one clock reading per batch.
+        let now = Timestamp::now();
         let deadline = tokio::time::Instant::now() + config.batch_max_delay;
-        while batch.len() < config.batch_max_messages {
+        loop {
+            while batch.len() < config.batch_max_messages {
+                let Some((p, t)) = carried.pop_front() else {
+                    break;
+                };
+                batch.push(entry(&config, &pseudonymiser, p, t, now));
+            }
+            if batch.len() >= config.batch_max_messages {
+                break;
+            }
             tokio::select! {
                 m = received.recv() => match m {
-                    Some((p, t)) => batch.push(entry(&config, &pseudonymiser, p, t)),
+                    Some(chunk) => carried.extend(chunk),
                     None => break,
                 },
                 _ = tokio::time::sleep_until(deadline) => break,
@@ -393,14 +417,25 @@ async fn batch_loop(
         }
     }
     // Shutdown: what was already received still gets written and acknowledged.
-    let mut rest = Vec::new();
-    while let Ok((p, t)) = received.try_recv() {
-        rest.push(entry(&config, &pseudonymiser, p, t));
+    let now = Timestamp::now();
+    let mut rest: Vec<Entry> = carried
+        .drain(..)
+        .map(|(p, t)| entry(&config, &pseudonymiser, p, t, now))
+        .collect();
+    while let Ok(chunk) = received.try_recv() {
+        rest.extend(
+            chunk
+                .into_iter()
+                .map(|(p, t)| entry(&config, &pseudonymiser, p, t, now)),
+        );
     }
     if !rest.is_empty() {
         let _ = commit.send(rest).await;
     }
 }
+
+/// Batches being written at once: while the store syncs one, it applies the next.
+const WRITES_IN_FLIGHT: usize = 2;
 
 async fn commit_loop<S: ReadingStore>(
     store: Arc<S>,
@@ -409,62 +444,143 @@ async fn commit_loop<S: ReadingStore>(
     status: Arc<IngestStatus>,
     shutdown: CancellationToken,
 ) {
-    while let Some(batch) = batches.recv().await {
-        let newest: Vec<Timestamp> = batch
-            .iter()
-            .filter_map(|e| {
-                e.item
-                    .as_ref()?
-                    .readings
-                    .iter()
-                    .map(|r| r.reading.time)
-                    .max()
-            })
-            .collect();
-        let outcome = if batch.iter().all(|e| e.item.is_none()) {
-            Ok(WriteOutcome::default())
-        } else {
-            write_with_retry(
-                &*store,
-                || batch.iter().filter_map(|e| e.item.clone()).collect(),
-                &shutdown,
-            )
-            .await
-        };
-        match outcome {
-            Ok(outcome) => {
-                if let Ok(mut total) = status.outcome.lock() {
-                    total.merge(&outcome);
-                }
-                let now = Timestamp::now();
-                for t in newest {
-                    metrics::LAG.observe((now.as_second() - t.as_second()).max(0) as f64);
-                }
-                let rejected = batch.iter().filter(|e| e.item.is_none()).count() as u64;
-                status.rejected.fetch_add(rejected, Ordering::Relaxed);
-                status
-                    .messages
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                // Durable: acknowledge, in arrival order.
-                for e in &batch {
-                    if client.ack(&e.publish).await.is_err() {
-                        // The event loop is gone (shutdown): these stay unacknowledged and the
-                        // broker redelivers them to our next session.
-                        metrics::UNACKED.set(0);
-                        break;
+    let mut in_flight: std::collections::VecDeque<Flight> = Default::default();
+    let mut open = true;
+    // After a failed batch nothing later is acknowledged either: acks stay in arrival order
+    // (the broker redelivers the rest to our next session).
+    let mut failed = false;
+    loop {
+        // Start writes until the pipeline is full; then finish the oldest, in order.
+        if open && in_flight.len() < WRITES_IN_FLIGHT {
+            let next = if in_flight.is_empty() {
+                batches.recv().await
+            } else {
+                match batches.try_recv() {
+                    Ok(b) => Some(b),
+                    Err(mpsc::error::TryRecvError::Empty) => None,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        open = false;
+                        None
                     }
-                    metrics::UNACKED.dec();
-                    metrics::PUBLISH_TO_ACK.observe(e.received.elapsed().as_secs_f64());
                 }
-                status
-                    .acked
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            };
+            match next {
+                Some(mut batch) => {
+                    let newest: Vec<Timestamp> = batch
+                        .iter()
+                        .filter_map(|e| {
+                            e.item
+                                .as_ref()?
+                                .readings
+                                .iter()
+                                .map(|r| r.reading.time)
+                                .max()
+                        })
+                        .collect();
+                    let rejected = batch.iter().filter(|e| e.item.is_none()).count() as u64;
+                    let items: Vec<IngestItem> =
+                        batch.iter_mut().filter_map(|e| e.item.take()).collect();
+                    let (store, shutdown) = (store.clone(), shutdown.clone());
+                    let writing = tokio::spawn(async move {
+                        if items.is_empty() {
+                            return Ok(WriteOutcome::default());
+                        }
+                        write_with_retry(&*store, items, &shutdown).await
+                    });
+                    in_flight.push_back(Flight {
+                        batch,
+                        newest,
+                        rejected,
+                        writing,
+                    });
+                    continue;
+                }
+                None if in_flight.is_empty() => break,
+                None => {}
             }
-            Err(e) => {
-                // Not acknowledged: the broker redelivers these to our next session.
-                tracing::error!(error = %e, messages = batch.len(), "batch not stored; leaving it unacknowledged");
+        }
+        let Some(mut flight) = in_flight.pop_front() else {
+            if !open {
+                break;
+            }
+            continue;
+        };
+        let outcome = (&mut flight.writing)
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Engine(format!("write task failed: {e}"))));
+        let outcome = match outcome {
+            Ok(_) if failed => Err(StoreError::Engine(
+                "an earlier batch failed; acknowledgements stay in order".into(),
+            )),
+            other => other,
+        };
+        failed |= outcome.is_err();
+        finish_batch(&client, &status, flight, outcome).await;
+    }
+}
+
+/// A batch whose write is under way.
+struct Flight {
+    batch: Vec<Entry>,
+    /// The newest reading time of each accepted message, for the lag histogram.
+    newest: Vec<Timestamp>,
+    rejected: u64,
+    writing: tokio::task::JoinHandle<Result<WriteOutcome, StoreError>>,
+}
+
+/// Acknowledges a durably written batch in arrival order, or leaves a failed one unacked.
+async fn finish_batch(
+    client: &AsyncClient,
+    status: &IngestStatus,
+    flight: Flight,
+    outcome: Result<WriteOutcome, StoreError>,
+) {
+    let batch = flight.batch;
+    match outcome {
+        Ok(outcome) => {
+            if let Ok(mut total) = status.outcome.lock() {
+                total.merge(&outcome);
+            }
+            let now = Timestamp::now();
+            for newest in flight.newest {
+                metrics::LAG.observe((now.as_second() - newest.as_second()).max(0) as f64);
+            }
+            status
+                .rejected
+                .fetch_add(flight.rejected, Ordering::Relaxed);
+            status
+                .messages
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            // Durable: acknowledge, in arrival order. `try_ack` queues without a task
+            // switch; only a full request channel makes us wait.
+            let acked_at = Instant::now();
+            let mut all_queued = true;
+            for e in &batch {
+                let queued = match client.try_ack(&e.publish) {
+                    Ok(()) => true,
+                    Err(_) => client.ack(&e.publish).await.is_ok(),
+                };
+                if !queued {
+                    // The event loop is gone (shutdown): these stay unacknowledged and the
+                    // broker redelivers them to our next session.
+                    metrics::UNACKED.set(0);
+                    all_queued = false;
+                    break;
+                }
+                metrics::PUBLISH_TO_ACK
+                    .observe(acked_at.saturating_duration_since(e.received).as_secs_f64());
+            }
+            if all_queued {
                 metrics::UNACKED.sub(batch.len() as i64);
             }
+            status
+                .acked
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+        Err(e) => {
+            // Not acknowledged: the broker redelivers these to our next session.
+            tracing::error!(error = %e, messages = batch.len(), "batch not stored; leaving it unacknowledged");
+            metrics::UNACKED.sub(batch.len() as i64);
         }
     }
 }
@@ -472,12 +588,13 @@ async fn commit_loop<S: ReadingStore>(
 /// Retries a failed write with backoff until it succeeds or shutdown is requested.
 async fn write_with_retry<S: ReadingStore>(
     store: &S,
-    items: impl Fn() -> Vec<IngestItem>,
+    items: Vec<IngestItem>,
     shutdown: &CancellationToken,
 ) -> Result<WriteOutcome, StoreError> {
     let mut backoff = Duration::from_millis(50);
     loop {
-        match store.write(items()).await {
+        // The store takes the items; a copy stays for a retry.
+        match store.write(items.clone()).await {
             Ok(o) => return Ok(o),
             Err(StoreError::Closed) => return Err(StoreError::Closed),
             Err(e) if shutdown.is_cancelled() => return Err(e),

@@ -185,6 +185,9 @@ impl RocksStore {
         db_opts.set_max_background_jobs(2);
         db_opts.set_keep_log_file_num(4);
         db_opts.set_bytes_per_sync(1 << 20);
+        // One writer thread: no concurrent memtable inserts, so RocksDB inserts each key with
+        // the previous insert's position as hint, which our key-sorted batches make cheap.
+        db_opts.set_allow_concurrent_memtable_write(false);
 
         let mut cfs = Vec::new();
         for tier in Tier::ALL {
@@ -225,6 +228,7 @@ impl RocksStore {
                     shared: writer_shared.clone(),
                     blocks: Default::default(),
                     meters_seen: HashSet::new(),
+                    syncer: None,
                 }
                 .run(rx);
                 writer_shared.writer_alive.store(false, Ordering::SeqCst);
@@ -420,6 +424,8 @@ fn load_connections(shared: &Shared) -> Result<(), StoreError> {
 /// writer mutates blocks, so the cache stays exact; commands that delete or trim blocks
 /// clear it. Bounded: cleared whole when full.
 const BLOCK_CACHE_ENTRIES: usize = 262_144;
+/// Written groups waiting for a WAL sync, at most.
+const SYNC_QUEUE: usize = 64;
 
 struct Writer {
     shared: Arc<Shared>,
@@ -427,6 +433,59 @@ struct Writer {
     blocks: [FxHashMap<[u8; layout::KEY_LEN], layout::Entries>; 3],
     /// (connection, meter) pairs known to be recorded, to spare a read per message.
     meters_seen: HashSet<(Pseudonym, Pseudonym)>,
+    /// Groups written and waiting for a WAL sync (None when the store does not sync).
+    syncer: Option<std::sync::mpsc::SyncSender<Written>>,
+}
+
+/// A group in the memtable and WAL, waiting for the sync that makes it durable.
+struct Written {
+    replies: Vec<(
+        oneshot::Sender<Result<WriteOutcome, StoreError>>,
+        WriteOutcome,
+    )>,
+    started: Instant,
+    readings: usize,
+}
+
+impl Written {
+    fn finish(self, synced: Result<(), StoreError>) {
+        match synced {
+            Ok(()) => {
+                metrics::WRITE_SECONDS.observe(self.started.elapsed().as_secs_f64());
+                metrics::GROUP_READINGS.observe(self.readings as f64);
+                for (reply, outcome) in self.replies {
+                    record_outcome(&outcome);
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                for (reply, _) in self.replies {
+                    let _ = reply.send(Err(StoreError::Engine(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// Group commit, second half: one WAL sync covers every group written before it. Replies
+/// leave in write order, so acknowledgements stay in arrival order.
+fn sync_loop(shared: Arc<Shared>, rx: std::sync::mpsc::Receiver<Written>) {
+    while let Ok(first) = rx.recv() {
+        let mut groups = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            groups.push(more);
+        }
+        let synced = shared.db.flush_wal(true).map_err(StoreError::from);
+        if let Err(e) = &synced {
+            tracing::error!(error = %e, "WAL sync failed; batches are not acknowledged");
+        }
+        for g in groups {
+            g.finish(match &synced {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StoreError::Engine(e.to_string())),
+            });
+        }
+    }
 }
 
 /// One reading bound for one block: its slot, value and the index of its request.
@@ -444,6 +503,32 @@ struct Pending {
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut sync_thread = None;
+        if self.shared.config.sync {
+            let (tx, sync_rx) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
+            let shared = self.shared.clone();
+            match std::thread::Builder::new()
+                .name("meterstand-store-sync".into())
+                .spawn(move || sync_loop(shared, sync_rx))
+            {
+                Ok(handle) => {
+                    self.syncer = Some(tx);
+                    sync_thread = Some(handle);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the WAL sync thread; syncing inline");
+                }
+            }
+        }
+        self.run_commands(&mut rx);
+        // Pending syncs finish before the store closes.
+        self.syncer = None;
+        if let Some(handle) = sync_thread {
+            let _ = handle.join();
+        }
+    }
+
+    fn run_commands(&mut self, rx: &mut mpsc::Receiver<Command>) {
         let mut carried: Option<Command> = None;
         loop {
             let Some(first) = carried.take().or_else(|| rx.blocking_recv()) else {
@@ -505,11 +590,31 @@ impl Writer {
             .sum();
         match self.apply(&group) {
             Ok(outcomes) => {
-                metrics::WRITE_SECONDS.observe(started.elapsed().as_secs_f64());
-                metrics::GROUP_READINGS.observe(total as f64);
-                for (pending, outcome) in group.into_iter().zip(outcomes) {
-                    record_outcome(&outcome);
-                    let _ = pending.reply.send(Ok(outcome));
+                let written = Written {
+                    replies: group
+                        .into_iter()
+                        .zip(outcomes)
+                        .map(|(p, o)| (p.reply, o))
+                        .collect(),
+                    started,
+                    readings: total,
+                };
+                match &self.syncer {
+                    // Durable once the syncer's next WAL sync covers it; meanwhile this thread
+                    // already applies the next group.
+                    Some(syncer) => {
+                        if let Err(std::sync::mpsc::SendError(w)) = syncer.send(written) {
+                            w.finish(Err(StoreError::Closed));
+                        }
+                    }
+                    None => {
+                        let synced = if self.shared.config.sync {
+                            self.shared.db.flush_wal(true).map_err(StoreError::from)
+                        } else {
+                            Ok(())
+                        };
+                        written.finish(synced);
+                    }
                 }
             }
             Err(e) => {
@@ -634,8 +739,11 @@ impl Writer {
                 }
             }
         }
+        // Not synced here: the syncer thread syncs the WAL for every group written so far.
+        let mut unsynced = WriteOptions::default();
+        unsynced.set_sync(false);
         if !batch.is_empty()
-            && let Err(e) = shared.db.write_opt(batch, &shared.write_opts())
+            && let Err(e) = shared.db.write_opt(batch, &unsynced)
         {
             // The cache already holds the merged blocks; the disk does not.
             self.clear_cache();
