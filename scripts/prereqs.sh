@@ -10,7 +10,9 @@ ensure_prereqs() {
   for want in "$@"; do
     case "$want" in
       mosquitto)
-        command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto) ;;
+        command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+        # The TLS test makes its certificates with the openssl command.
+        command -v openssl >/dev/null 2>&1 || need+=(openssl) ;;
       promtool)
         # Debian ships promtool in the prometheus package (the server is not started).
         command -v promtool >/dev/null 2>&1 || need+=(prometheus) ;;

@@ -63,15 +63,23 @@ pub struct Mosquitto {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// More listeners, each with its own settings (per_listener_settings is on).
+    extra: String,
 }
 
 impl Mosquitto {
     pub fn start(dir: &Path) -> Mosquitto {
+        Mosquitto::start_with(dir, "")
+    }
+
+    /// With more configuration after the plain listener, e.g. a TLS listener.
+    pub fn start_with(dir: &Path, extra: &str) -> Mosquitto {
         let port = free_port();
         let mut m = Mosquitto {
             port,
             dir: dir.to_path_buf(),
             child: None,
+            extra: extra.to_string(),
         };
         m.spawn();
         m
@@ -83,14 +91,15 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "user {user}\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {dir}/\n\
+                "user {user}\nper_listener_settings true\npersistence true\npersistence_location {dir}/\n\
                  autosave_interval 1\nmax_inflight_messages 1000\nmax_queued_messages 0\nmessage_size_limit 0\n\
-                 log_dest file {dir}/mosquitto.log\n",
+                 log_dest file {dir}/mosquitto.log\nlistener {port} 127.0.0.1\nallow_anonymous true\n{extra}\n",
                 // Started as root, mosquitto would switch to user `mosquitto`, which cannot
                 // write persistence into this test's private directory.
                 user = current_user(),
                 port = self.port,
-                dir = self.dir.display()
+                dir = self.dir.display(),
+                extra = self.extra
             ),
         )
         .expect("write conf");
@@ -235,6 +244,13 @@ pub struct ServiceProcess {
 
 impl ServiceProcess {
     pub fn start(dirs: &ServiceDirs, broker_url: &str, extra: &[(&str, &str)]) -> ServiceProcess {
+        let svc = ServiceProcess::spawn(dirs, broker_url, extra);
+        svc.wait_ready(Duration::from_secs(30));
+        svc
+    }
+
+    /// Starts the service without waiting for it to be ready.
+    pub fn spawn(dirs: &ServiceDirs, broker_url: &str, extra: &[(&str, &str)]) -> ServiceProcess {
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -262,7 +278,16 @@ impl ServiceProcess {
         }
         let child = cmd.spawn().expect("start meterstand");
         let svc = ServiceProcess { child, api };
-        svc.wait_ready(Duration::from_secs(30));
+        // Wait until HTTP answers (not necessarily ready).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(svc.api, "/healthz").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "meterstand did not start on {}",
+                svc.api
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         svc
     }
 
