@@ -5,7 +5,6 @@
 
 mod audit;
 mod auth;
-mod backend;
 pub mod dto;
 mod error;
 mod handlers;
@@ -25,13 +24,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use meterstand_model::Calendar;
 use meterstand_pseudonym::{Pseudonym, Pseudonymiser};
+use meterstand_store::ReadingStore;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub use audit::{AuditEntry, AuditLog};
 pub use auth::{Caller, Identity, Role, TokenError, TokenTable, hash_token, parse_hash};
-pub use backend::Backend;
 pub use error::{ApiError, ErrorBody};
 pub use kanon::{Released, suppress};
 pub use openapi::openapi_json;
@@ -75,7 +74,7 @@ impl Default for ApiConfig {
 #[allow(missing_debug_implementations)]
 pub struct ApiParts {
     pub readiness: Arc<dyn Readiness>,
-    pub backend: Arc<dyn Backend>,
+    pub backend: Arc<dyn ReadingStore>,
     pub pseudonymiser: Arc<Pseudonymiser>,
     pub tokens: TokenTable,
     pub audit: AuditLog,
@@ -124,7 +123,7 @@ impl ApiState {
     /// Runs store work on a blocking thread.
     pub(crate) async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&dyn Backend) -> T + Send + 'static,
+        f: impl FnOnce(&dyn ReadingStore) -> T + Send + 'static,
     ) -> Result<T, ApiError> {
         let backend = self.inner.parts.backend.clone();
         tokio::task::spawn_blocking(move || f(backend.as_ref()))

@@ -9,13 +9,13 @@ use std::time::Duration;
 use jiff::Timestamp;
 use jiff::civil::date;
 use meterstand_api::{
-    ApiConfig, ApiParts, ApiState, AuditLog, Backend, Readiness, Role, TokenTable, hash_token,
+    ApiConfig, ApiParts, ApiState, AuditLog, Readiness, Role, TokenTable, hash_token,
 };
 use meterstand_model::{Calendar, Connection, ConsentLevel, Ean, Reading, Register, TieredReading};
 use meterstand_pseudonym::{KeyRing, Pseudonym, Pseudonymiser};
 use meterstand_store::{
     AggregateCell, AggregateQuery, BackupInfo, ErasureReceipt, IngestItem, ManualClock,
-    ReadingStore, RocksStore, SeriesRow, StoreConfig, StoreError, SubjectExport,
+    ReadingStore, ReadingWriter, RocksStore, SeriesRow, StoreConfig, StoreError, SubjectExport,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -43,7 +43,7 @@ struct Gate {
     release: std::sync::mpsc::Receiver<()>,
 }
 
-impl Backend for Gated {
+impl ReadingStore for Gated {
     fn connection(&self, p: Pseudonym) -> Option<Connection> {
         ReadingStore::connection(self.inner.as_ref(), p)
     }
@@ -71,6 +71,21 @@ impl Backend for Gated {
     }
     fn backup(&self, dir: &std::path::Path) -> Result<BackupInfo, StoreError> {
         ReadingStore::backup(self.inner.as_ref(), dir)
+    }
+    fn readings(
+        &self,
+        p: Pseudonym,
+        tier: meterstand_model::Tier,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<Reading>, StoreError> {
+        ReadingStore::readings(self.inner.as_ref(), p, tier, from, to)
+    }
+    fn sweep_retention(&self) -> Result<meterstand_store::TierCounts, StoreError> {
+        ReadingStore::sweep_retention(self.inner.as_ref())
+    }
+    fn is_healthy(&self) -> bool {
+        ReadingStore::is_healthy(self.inner.as_ref())
     }
     fn aggregate(&self, q: &AggregateQuery) -> Result<Vec<AggregateCell>, StoreError> {
         let gate = self.gate.lock().expect("gate").take();
@@ -123,7 +138,7 @@ impl Server {
         )
         .expect("tokens");
         let audit = dir.path().join("audit").join("audit.jsonl");
-        let backend: Arc<dyn Backend> = match gate {
+        let backend: Arc<dyn ReadingStore> = match gate {
             Some(g) => Arc::new(Gated {
                 inner: store.clone(),
                 gate: Mutex::new(Some(g)),
@@ -222,7 +237,7 @@ impl Server {
                 .meter(&"E0031003262764316".parse().expect("meter")),
             readings,
         };
-        ReadingStore::write(self.store.as_ref(), vec![item])
+        ReadingWriter::write(self.store.as_ref(), vec![item])
             .await
             .expect("write");
     }

@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use meterstand_codec::{Limits, Reject, decode, parse_topic};
 use meterstand_model::Calendar;
 use meterstand_pseudonym::Pseudonymiser;
-use meterstand_store::{IngestItem, ReadingStore, StoreError, WriteOutcome};
+use meterstand_store::{IngestItem, ReadingWriter, StoreError, WriteOutcome};
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, TlsConfiguration,
     Transport,
@@ -125,7 +125,7 @@ const COMMIT_QUEUE: usize = 2;
 impl Ingest {
     /// Runs until `shutdown` is cancelled, then finishes in order: stop taking messages,
     /// write and acknowledge what was received, disconnect.
-    pub async fn run<S: ReadingStore>(
+    pub async fn run<S: ReadingWriter>(
         config: IngestConfig,
         store: Arc<S>,
         pseudonymiser: Arc<Pseudonymiser>,
@@ -437,7 +437,7 @@ async fn batch_loop(
 /// Batches being written at once: while the store syncs one, it applies the next.
 const WRITES_IN_FLIGHT: usize = 2;
 
-async fn commit_loop<S: ReadingStore>(
+async fn commit_loop<S: ReadingWriter>(
     store: Arc<S>,
     client: AsyncClient,
     mut batches: mpsc::Receiver<Vec<Entry>>,
@@ -586,7 +586,7 @@ async fn finish_batch(
 }
 
 /// Retries a failed write with backoff until it succeeds or shutdown is requested.
-async fn write_with_retry<S: ReadingStore>(
+async fn write_with_retry<S: ReadingWriter>(
     store: &S,
     items: Vec<IngestItem>,
     shutdown: &CancellationToken,

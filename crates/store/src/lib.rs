@@ -20,16 +20,9 @@ use jiff::Timestamp;
 use meterstand_model::{Connection, RegisterKind, Tier};
 use meterstand_pseudonym::Pseudonym;
 
-/// The store as the rest of meterstand sees it. Writes are async (they wait for a durable
-/// group commit); everything else blocks and belongs on a blocking thread.
+/// The store as the API and the service see it: every method blocks and belongs on a
+/// blocking thread. Object-safe, so the HTTP layer holds an `Arc<dyn ReadingStore>`.
 pub trait ReadingStore: Send + Sync + 'static {
-    /// Gates `items` by consent and retention, stores what remains and returns once it is
-    /// durable (WAL synced).
-    fn write(
-        &self,
-        items: Vec<IngestItem>,
-    ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send;
-
     fn connection(&self, p: Pseudonym) -> Option<Connection>;
 
     /// Registers or updates a connection. Lowering consent removes the readings of the tiers
@@ -82,4 +75,14 @@ pub trait ReadingStore: Send + Sync + 'static {
 
     /// Whether the store is open and its writer alive.
     fn is_healthy(&self) -> bool;
+}
+
+/// Ingest's side: the durable write, async because it waits for a group commit.
+pub trait ReadingWriter: ReadingStore {
+    /// Gates `items` by consent and retention, stores what remains and returns once it is
+    /// durable (WAL synced).
+    fn write(
+        &self,
+        items: Vec<IngestItem>,
+    ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send;
 }

@@ -24,8 +24,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::layout::{self, MergeResult};
 use crate::{
     AggregateCell, AggregateQuery, BackupInfo, Clock, ErasureReceipt, IngestItem, Kept,
-    ReadingStore, RetentionPolicy, SeriesRow, StoreError, SubjectExport, TierCounts, WriteOutcome,
-    metrics,
+    ReadingStore, ReadingWriter, RetentionPolicy, SeriesRow, StoreError, SubjectExport, TierCounts,
+    WriteOutcome, metrics,
 };
 
 const CF_CONNECTIONS: &str = "connections";
@@ -1010,7 +1010,7 @@ fn record_outcome(o: &WriteOutcome) {
     metrics::CONFLICTS.inc_by(o.conflicts);
 }
 
-impl ReadingStore for RocksStore {
+impl ReadingWriter for RocksStore {
     async fn write(&self, items: Vec<IngestItem>) -> Result<WriteOutcome, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.commands
@@ -1019,7 +1019,9 @@ impl ReadingStore for RocksStore {
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
+}
 
+impl ReadingStore for RocksStore {
     fn connection(&self, p: Pseudonym) -> Option<Connection> {
         self.shared
             .connections

@@ -8,8 +8,8 @@ use meterstand_model::{
 };
 use meterstand_pseudonym::Pseudonym;
 use meterstand_store::{
-    AggregateQuery, Compression, GroupBy, IngestItem, ManualClock, ReadingStore, RocksStore,
-    StoreConfig,
+    AggregateQuery, Compression, GroupBy, IngestItem, ManualClock, ReadingStore, ReadingWriter,
+    RocksStore, StoreConfig,
 };
 
 fn ts(s: &str) -> Timestamp {
