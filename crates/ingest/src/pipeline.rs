@@ -41,8 +41,8 @@ pub struct IngestConfig {
     pub batch_max_messages: usize,
     /// …or when its first message has waited this long.
     pub batch_max_delay: Duration,
-    /// Messages received and not yet acknowledged at most (the broker's inflight window
-    /// should not exceed it).
+    /// Messages expected to be received and not yet acknowledged: the broker's in-flight
+    /// window bounds them (see DESIGN.md); this sizes the acknowledgement queue for it.
     pub max_unacked: usize,
     pub keep_alive: Duration,
     pub calendar: Calendar,

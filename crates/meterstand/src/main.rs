@@ -120,23 +120,8 @@ fn process_env() -> BTreeMap<String, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Connections {
-        command: ConnectionsCommand::Import(args),
-    } = cli.command
-    {
-        return match config_listen(cli.config.as_deref())
-            .and_then(|listen| runtime()?.block_on(client::import(args, &listen)))
-        {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::from(2),
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
-    }
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -153,13 +138,25 @@ fn config_listen(file: Option<&std::path::Path>) -> anyhow::Result<String> {
     Ok(Config::load(file, &process_env())?.api.listen)
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs a command; its exit code is 0 unless it says otherwise (import: 2 when rows were
+/// refused).
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let env = process_env();
-    match cli.command {
+    let done = match cli.command {
+        Command::Connections {
+            command: ConnectionsCommand::Import(args),
+        } => {
+            let listen = config_listen(cli.config.as_deref())?;
+            let all_good = runtime()?.block_on(client::import(args, &listen))?;
+            return Ok(if all_good {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            });
+        }
         Command::Token {
             command: TokenCommand::New { role, id, out },
         } => client::new_token(&id, &role, out.as_deref()),
-        Command::Connections { .. } => unreachable!("handled in main"),
         Command::Backup(args) => {
             let listen = config_listen(cli.config.as_deref())?;
             runtime()?.block_on(backup::backup(args, &listen))
@@ -208,7 +205,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(simulate::run(args)).map(|_| ())
         }
-    }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 fn keygen(out: &std::path::Path, rotate: bool) -> anyhow::Result<()> {
