@@ -303,7 +303,13 @@ async fn poll_loop(
                     metrics::RECONNECTS.inc();
                 }
                 metrics::CONNECTED.set(0);
-                tracing::warn!(error = %e, attempt = failures, retry_in_ms = backoff.as_millis() as u64, "mqtt broker unreachable");
+                // One refusal right at start is normal (an embedded broker still binding); from
+                // the second attempt on it is worth a warning.
+                if failures == 1 {
+                    tracing::debug!(error = %e, retry_in_ms = backoff.as_millis() as u64, "mqtt broker not reachable yet");
+                } else {
+                    tracing::warn!(error = %e, attempt = failures, retry_in_ms = backoff.as_millis() as u64, "mqtt broker unreachable");
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = done.cancelled() => return,

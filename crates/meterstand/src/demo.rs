@@ -65,7 +65,7 @@ pub async fn run(
     );
     env.insert("METERSTAND_KEY_FILE".into(), key_file.display().to_string());
     env.entry("METERSTAND__LOG__LEVEL".into())
-        .or_insert_with(|| "warn,rumqttd::router=off".into());
+        .or_insert_with(|| "warn,rumqttd=off".into());
     let mut config = Config::load(config_file, &env)?;
     if std::net::TcpListener::bind(&config.api.listen).is_err() {
         config.api.listen = "127.0.0.1:0".into();
