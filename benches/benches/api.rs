@@ -52,6 +52,7 @@ fn fill(store: &RocksStore, p: &Pseudonymiser, cal: &Calendar) {
         }
         items.push(IngestItem {
             connection: ps,
+            previous: Vec::new(),
             meter,
             readings,
         });

@@ -612,3 +612,84 @@ fn backup_under_load_restores_to_a_consistent_store() {
     }
     eprintln!("backup held {} of 5500 readings", restored.len());
 }
+
+#[test]
+fn after_a_key_rotation_connection_records_follow_their_ean() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let broker = Mosquitto::start(&tmp.path().join("mosquitto"));
+    let dirs = ServiceDirs::new(&tmp.path().join("svc"));
+    let standard = [("METERSTAND__CONSENT__DEFAULT", "standard")];
+    let e = ean(77);
+    let svc = ServiceProcess::start(&dirs, &broker.url(), &standard);
+    let (status, body) = http(
+        svc.api,
+        "PUT",
+        &format!("/v1/connections/{}", e.expose()),
+        Some(&token("crm")),
+        Some(r#"{"consent":"interval","postcode4":"1234"}"#),
+    )
+    .expect("put");
+    assert_eq!(status, 200, "{body}");
+    svc.stop();
+
+    // The operator rotates the key; the service starts under version 2.
+    let out = cli(
+        &dirs,
+        &[
+            "keygen",
+            "--out",
+            &dirs.key_file.display().to_string(),
+            "--rotate",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let svc = ServiceProcess::start(&dirs, &broker.url(), &standard);
+    let t0 = quarters_ago(8);
+    let readings: Vec<Reading> = (0..4)
+        .map(|i| Reading {
+            register: Register::ImportT1,
+            time: Timestamp::from_second(t0.as_second() + i * 900).expect("time"),
+            value: 9_000_000 + i as u64,
+        })
+        .collect();
+    let mut publisher = Publisher::connect(broker.port, "rotation-publisher");
+    publisher.publish(
+        &format!("meters/{}/json", e.expose()),
+        json_payload("E0031003262700004", &readings),
+    );
+    publisher.wait_acked();
+    svc.wait_acked(1, Duration::from_secs(30));
+    // The interval consent registered under version 1 still applies.
+    assert_eq!(
+        svc.metric(r#"meterstand_store_readings_stored_total{tier="interval"}"#),
+        Some(4.0)
+    );
+    assert_eq!(
+        svc.metric(r#"meterstand_store_dropped_by_consent_total{tier="interval"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        svc.metric("meterstand_store_rekeyed_connections_total"),
+        Some(1.0)
+    );
+    let (status, body) = http(
+        svc.api,
+        "GET",
+        &format!("/v1/subjects/{}/export", e.expose()),
+        Some(&token("privacy_officer")),
+        None,
+    )
+    .expect("export");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert!(
+        v["pseudonym"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("v2-")),
+        "{v}"
+    );
+    assert_eq!(v["pseudonyms"].as_array().map(Vec::len), Some(2));
+    assert_eq!(v["connection"]["consent"], "interval");
+    assert_eq!(v["readings"]["interval"].as_array().map(Vec::len), Some(4));
+    svc.stop();
+}

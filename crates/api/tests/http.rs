@@ -232,6 +232,7 @@ impl Server {
         }
         let item = IngestItem {
             connection: self.pseudonymiser.ean(e),
+            previous: Vec::new(),
             meter: self
                 .pseudonymiser
                 .meter(&"E0031003262764316".parse().expect("meter")),

@@ -336,6 +336,7 @@ fn process(
     )?;
     Ok(IngestItem {
         connection: pseudonymiser.ean(&ean),
+        previous: pseudonymiser.ean_older_versions(&ean),
         meter: pseudonymiser.meter(&decoded.meter),
         readings: decoded.readings,
     })

@@ -125,6 +125,16 @@ impl Pseudonymiser {
         }
     }
 
+    /// The EAN's pseudonyms under the older key versions, newest first; empty with one key.
+    pub fn ean_older_versions(&self, ean: &Ean) -> Vec<Pseudonym> {
+        self.keys
+            .iter()
+            .rev()
+            .filter(|(v, _)| **v != self.current)
+            .map(|(v, k)| hash(*v, &k.ean, ean.as_bytes()))
+            .collect()
+    }
+
     /// The EAN's pseudonym under every key version, current first: where its data may lie.
     pub fn ean_all_versions(&self, ean: &Ean) -> Vec<Pseudonym> {
         self.keys

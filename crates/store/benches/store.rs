@@ -73,6 +73,7 @@ fn store_writes(p: &Pseudonymiser, sync: bool) -> f64 {
             let tiers = cal.tiers_of(reading.register, reading.time);
             items.push(IngestItem {
                 connection: pseudonyms[c],
+                previous: Vec::new(),
                 meter,
                 readings: vec![TieredReading { reading, tiers }],
             });
@@ -119,6 +120,7 @@ fn bytes_per_reading(p: &Pseudonymiser) -> (f64, u64, f64) {
             }
             items.push(IngestItem {
                 connection: ps,
+                previous: Vec::new(),
                 meter,
                 readings,
             });
@@ -177,6 +179,7 @@ fn aggregate_ms(p: &Pseudonymiser) -> (f64, f64) {
         }
         items.push(IngestItem {
             connection: ps,
+            previous: Vec::new(),
             meter,
             readings,
         });

@@ -66,6 +66,13 @@ pub static EXPORTS: LazyLock<IntCounter> = LazyLock::new(|| {
         "Subject exports carried out.",
     )
 });
+pub static REKEYED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "meterstand_store_rekeyed_connections_total",
+        "Connection records moved to the current key version when their EAN was seen again.",
+    )
+});
+
 pub static BACKUPS: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
         "meterstand_store_backups_total",
@@ -118,7 +125,14 @@ pub fn init() {
         SIZE_BYTES.with_label_values(&[t]);
         PENDING_COMPACTION_BYTES.with_label_values(&[t]);
     }
-    for c in [&DUPLICATES, &CONFLICTS, &ERASURES, &EXPORTS, &BACKUPS] {
+    for c in [
+        &DUPLICATES,
+        &CONFLICTS,
+        &ERASURES,
+        &EXPORTS,
+        &BACKUPS,
+        &REKEYED,
+    ] {
         LazyLock::force(c);
     }
     LazyLock::force(&WRITE_SECONDS);

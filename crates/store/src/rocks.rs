@@ -636,6 +636,7 @@ impl Writer {
         let mut batch = WriteBatch::default();
         let meters_cf = shared.cf(CF_METERS)?;
         let horizons = Tier::ALL.map(|t| shared.horizons.get(t));
+        self.rekey_connections(group, &mut batch)?;
         {
             let connections = shared
                 .connections
@@ -750,6 +751,55 @@ impl Writer {
             return Err(e.into());
         }
         Ok(outcomes)
+    }
+
+    /// Re-keying after a key rotation: a connection whose record lies only under an older
+    /// pseudonym gets it moved to the current one the first time it is seen again, in the
+    /// same batch as its readings.
+    fn rekey_connections(
+        &mut self,
+        group: &[Pending],
+        batch: &mut WriteBatch,
+    ) -> Result<(), StoreError> {
+        let shared = &self.shared;
+        let mut moves = Vec::new();
+        {
+            let connections = shared
+                .connections
+                .read()
+                .map_err(|_| StoreError::Engine("connection table lock poisoned".into()))?;
+            for item in group.iter().flat_map(|p| &p.items) {
+                if item.previous.is_empty() || connections.contains_key(&item.connection) {
+                    continue;
+                }
+                if let Some((old, c)) = item
+                    .previous
+                    .iter()
+                    .find_map(|old| connections.get(old).map(|c| (*old, c.clone())))
+                {
+                    moves.push((old, item.connection, c));
+                }
+            }
+        }
+        if moves.is_empty() {
+            return Ok(());
+        }
+        let cf = shared.cf(CF_CONNECTIONS)?;
+        let mut connections = shared
+            .connections
+            .write()
+            .map_err(|_| StoreError::Engine("connection table lock poisoned".into()))?;
+        for (old, new, c) in moves {
+            if connections.contains_key(&new) {
+                continue;
+            }
+            batch.delete_cf(cf, old.to_bytes());
+            batch.put_cf(cf, new.to_bytes(), encode_connection(&c));
+            connections.remove(&old);
+            connections.insert(new, c);
+            metrics::REKEYED.inc();
+        }
+        Ok(())
     }
 
     fn clear_cache(&mut self) {

@@ -12,6 +12,9 @@ pub struct IngestItem {
     pub connection: Pseudonym,
     pub meter: Pseudonym,
     pub readings: Vec<TieredReading>,
+    /// The connection's pseudonyms under older key versions (empty with one key): a
+    /// connection record found under one of them moves to `connection` (re-keying).
+    pub previous: Vec<Pseudonym>,
 }
 
 /// A count per tier.

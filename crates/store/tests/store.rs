@@ -56,6 +56,7 @@ fn quarter_hours(start: Timestamp, n: i64, base: u64, step: u64) -> Vec<TieredRe
 fn item(p: Pseudonym, readings: Vec<TieredReading>) -> IngestItem {
     IngestItem {
         connection: p,
+        previous: Vec::new(),
         meter: Pseudonym {
             version: 1,
             hash: [0xee; 16],
@@ -435,6 +436,46 @@ fn full_erasure_without_holds_leaves_no_pseudonym_bytes_in_any_file() {
         !files_contain(dir.path(), &other.to_bytes(), true).is_empty(),
         "the other connection stays"
     );
+}
+
+#[test]
+fn a_connection_record_moves_to_the_current_key_when_its_ean_is_seen_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(ts("2026-12-02T00:00:00Z"));
+    let old = pseudo(30);
+    let new = Pseudonym {
+        version: 2,
+        hash: [31; 16],
+    };
+    {
+        let store = open(dir.path(), &clock);
+        store
+            .put_connection(old, connection(ConsentLevel::Interval, "1234"))
+            .expect("put");
+        // After a rotation ingest sends the current pseudonym and the older ones.
+        let mut it = item(new, quarter_hours(ts("2026-11-30T22:00:00Z"), 4, 1000, 50));
+        it.previous = vec![old];
+        let outcome = rt().block_on(store.write(vec![it])).expect("write");
+        // Interval readings are kept: the consent came along (the default is standard).
+        assert_eq!(outcome.stored.interval, 8);
+        assert_eq!(outcome.dropped_by_consent.total(), 0);
+        assert_eq!(
+            store.connection(new).map(|c| c.consent),
+            Some(ConsentLevel::Interval)
+        );
+        assert!(store.connection(old).is_none());
+        store.close().expect("close");
+    }
+    let store = open(dir.path(), &clock);
+    assert_eq!(
+        store
+            .connection(new)
+            .and_then(|c| c.postcode4)
+            .map(|p| p.get()),
+        Some(1234),
+        "the move is durable"
+    );
+    assert!(store.connection(old).is_none());
 }
 
 #[test]
