@@ -384,6 +384,28 @@ fn cli_clients_exact_metrics_and_promtool() {
         ],
     );
     assert!(text(&out.stderr).contains("--ean must be 18 digits"));
+    // A server that is not there: a clear error that does not echo the EAN (reqwest's errors
+    // name the URL, whose path holds it).
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let out = cli(
+        &dirs,
+        &[
+            "subject",
+            "export",
+            "--ean",
+            e1.expose(),
+            "--server",
+            &nowhere,
+            "--token-file",
+            &po,
+        ],
+    );
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cannot reach the API"),
+        "{err}"
+    );
+    assert!(!err.contains(e1.expose()), "the EAN is in the error: {err}");
     let loose = tmp.path().join("loose.token");
     std::fs::write(&loose, token("privacy_officer")).expect("token");
     let out = cli(

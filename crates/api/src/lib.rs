@@ -32,7 +32,6 @@ use tokio_util::sync::CancellationToken;
 pub use audit::{AuditEntry, AuditLog};
 pub use auth::{Caller, Identity, Role, TokenError, TokenTable, hash_token, parse_hash};
 pub use error::{ApiError, ErrorBody};
-pub use kanon::{Released, suppress};
 pub use openapi::openapi_json;
 pub use params::MaxRange;
 

@@ -101,12 +101,15 @@ impl Client {
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let response = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the API at {}", self.base))?;
+        // reqwest's errors name the URL, whose path holds the EAN: drop it.
+        let response = req.send().await.map_err(|e| {
+            anyhow::anyhow!("cannot reach the API at {}: {}", self.base, e.without_url())
+        })?;
         let status = response.status();
-        let text = response.text().await?;
+        let text = response
+            .text()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the API's answer: {}", e.without_url()))?;
         if status.is_success() {
             return Ok(text);
         }
@@ -292,14 +295,7 @@ pub async fn export(args: ExportArgs, default_listen: &str) -> anyhow::Result<()
         .await?;
     match args.out {
         Some(path) => {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            f.write_all(body.as_bytes())?;
+            write_private(&path, body.as_bytes(), false)?;
             eprintln!("export written to {}", path.display());
         }
         None => println!("{body}"),
@@ -328,16 +324,24 @@ pub fn generate_token() -> anyhow::Result<String> {
     Ok(format!("mst_{}", hex::encode(bytes)))
 }
 
-/// Writes a token to a new file with mode 0600.
-pub fn write_token_file(path: &Path, token: &str) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    writeln!(f, "{token}")?;
+/// Writes `bytes` to a file only its owner can read (mode 0600); with `must_be_new` an
+/// existing file is refused instead of replaced.
+pub fn write_private(path: &Path, bytes: &[u8], must_be_new: bool) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(0o600);
+    if must_be_new {
+        options.create_new(true);
+    } else {
+        options.create(true).truncate(true);
+    }
+    let mut f = options.open(path).with_context(|| {
+        if must_be_new {
+            format!("cannot create {} (it must not exist yet)", path.display())
+        } else {
+            format!("cannot write {}", path.display())
+        }
+    })?;
+    f.write_all(bytes)?;
     Ok(())
 }
 
@@ -355,15 +359,7 @@ pub fn new_token(id: &str, role: &str, out: Option<&Path>) -> anyhow::Result<()>
     let hash = meterstand_api::hash_token(&token);
     match out {
         Some(path) => {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| {
-                    format!("cannot create {} (it must not exist yet)", path.display())
-                })?;
-            writeln!(f, "{token}")?;
+            write_private(path, format!("{token}\n").as_bytes(), true)?;
             eprintln!(
                 "token written to {} (mode 0600); give it to the client",
                 path.display()

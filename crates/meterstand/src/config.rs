@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context;
 use meterstand_model::{ConsentLevel, Tier, TierSet};
 use serde::{Deserialize, Serialize};
 
@@ -413,25 +414,15 @@ impl Config {
 
     /// The token table: hashes as configured, token files read and hashed.
     pub fn token_table(&self) -> anyhow::Result<meterstand_api::TokenTable> {
-        use std::os::unix::fs::PermissionsExt;
         let mut entries = Vec::new();
         for t in &self.api.tokens {
             let role: meterstand_api::Role = t.role.parse().map_err(anyhow::Error::msg)?;
             let hash = match &t.file {
                 None => t.hash.clone(),
                 Some(path) => {
-                    let meta = std::fs::metadata(path).map_err(|e| {
-                        anyhow::anyhow!("api token {:?}: cannot read {}: {e}", t.id, path.display())
-                    })?;
-                    if meta.permissions().mode() & 0o077 != 0 {
-                        anyhow::bail!(
-                            "api token {:?}: {} is readable by group or others; run chmod 600 on it",
-                            t.id,
-                            path.display()
-                        );
-                    }
-                    let token = std::fs::read_to_string(path)?;
-                    meterstand_api::hash_token(token.trim())
+                    let token = crate::client::read_token(path)
+                        .with_context(|| format!("api token {:?}", t.id))?;
+                    meterstand_api::hash_token(&token)
                 }
             };
             entries.push((t.id.clone(), role, hash));

@@ -76,7 +76,11 @@ pub async fn run(
     let mut tokens = BTreeMap::new();
     for role in ["crm", "analyst", "privacy_officer", "operator"] {
         let token = crate::client::generate_token()?;
-        crate::client::write_token_file(&token_dir.join(format!("{role}.token")), &token)?;
+        crate::client::write_private(
+            &token_dir.join(format!("{role}.token")),
+            format!("{token}\n").as_bytes(),
+            false,
+        )?;
         config.api.tokens.push(crate::config::TokenEntry {
             id: format!("demo-{role}"),
             role: role.into(),

@@ -761,6 +761,14 @@ impl Writer {
         group: &[Pending],
         batch: &mut WriteBatch,
     ) -> Result<(), StoreError> {
+        // With one key version (the usual case) no item names an older pseudonym.
+        if group
+            .iter()
+            .flat_map(|p| &p.items)
+            .all(|i| i.previous.is_empty())
+        {
+            return Ok(());
+        }
         let shared = &self.shared;
         let mut moves = Vec::new();
         {
