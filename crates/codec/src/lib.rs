@@ -2,10 +2,12 @@
 //! EAN, meter id and validated readings, or into a reject with a reason. Everything here
 //! treats its input as hostile: sizes are bounded before parsing and nothing panics.
 //!
-//! The wire structure is the same for both formats (`WirePayload`); bincode (2, standard
-//! config, through serde) is confined to the `binary` module.
+//! The wire structure is the same for JSON and bincode (`WirePayload`); bincode (2, standard
+//! config, through serde) is confined to the `binary` module. Raw DSMR P1 telegrams have
+//! their own parser in `p1`; every format gives its readings their tiers through `tiered`.
 
 mod binary;
+pub mod p1;
 mod reject;
 mod topic;
 mod wire;
@@ -17,7 +19,8 @@ pub use wire::{WirePayload, WireReading};
 use jiff::{SignedDuration, Timestamp};
 use meterstand_model::{Calendar, MeterId, Reading, Register, Unit};
 
-/// Bounds on what one message may hold.
+/// Bounds on what one message may hold. A P1 telegram is bounded by `max_payload_bytes`
+/// and, line by line, by `p1::MAX_LINE_BYTES` and `p1::MAX_LINES`.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_payload_bytes: usize,
@@ -62,6 +65,7 @@ pub fn decode(
             serde_json::from_slice::<WirePayload<'_>>(payload).map_err(|_| Reject::Malformed)?
         }
         Format::Bincode => binary::decode(payload)?,
+        Format::P1 => return p1::decode(payload, now, calendar, limits),
     };
     validate(&wire, now, calendar, limits)
 }
@@ -76,7 +80,7 @@ fn validate(
     if wire.readings.len() > limits.max_readings {
         return Err(Reject::TooManyReadings);
     }
-    let latest = now.checked_add(limits.max_future).unwrap_or(Timestamp::MAX);
+    let latest = latest_allowed(now, limits);
     let mut readings = Vec::with_capacity(wire.readings.len());
     for r in &wire.readings {
         let register = Register::from_obis(&r.obis).ok_or(Reject::UnknownObis)?;
@@ -89,30 +93,49 @@ fn validate(
             return Err(Reject::BadTime);
         }
         let time: Timestamp = r.time.parse().map_err(|_| Reject::BadTime)?;
-        if time > latest {
-            return Err(Reject::FutureTime);
-        }
-        let tiers = calendar.tiers_of(register, time);
-        if tiers.is_empty() {
-            return Err(Reject::OffBoundary);
-        }
-        readings.push(DecodedReading {
-            reading: Reading {
+        readings.push(tiered(
+            Reading {
                 register,
                 time,
                 value,
             },
-            tiers,
-        });
+            latest,
+            calendar,
+        )?);
     }
     Ok(Decoded { meter, readings })
 }
 
-/// Encodes a payload (simulator, tests, benchmarks).
+/// The latest reading time accepted when the receiver's clock shows `now`.
+pub(crate) fn latest_allowed(now: Timestamp, limits: &Limits) -> Timestamp {
+    now.checked_add(limits.max_future).unwrap_or(Timestamp::MAX)
+}
+
+/// The one place a reading's time is checked and given its tiers, for every format: not
+/// after `latest`, and on at least one tier boundary of its register.
+pub(crate) fn tiered(
+    reading: Reading,
+    latest: Timestamp,
+    calendar: &Calendar,
+) -> Result<DecodedReading, Reject> {
+    if reading.time > latest {
+        return Err(Reject::FutureTime);
+    }
+    let tiers = calendar.tiers_of(reading.register, reading.time);
+    if tiers.is_empty() {
+        return Err(Reject::OffBoundary);
+    }
+    Ok(DecodedReading { reading, tiers })
+}
+
+/// Encodes a JSON or bincode payload (simulator, tests, benchmarks). A P1 telegram is not
+/// a `WirePayload` (it holds one time, not a list of readings): `Format::P1` gives an
+/// empty payload here, and `p1::encode_dsmr5` writes telegrams.
 pub fn encode(format: Format, payload: &WirePayload<'_>) -> Vec<u8> {
     match format {
         Format::Json => serde_json::to_vec(payload).unwrap_or_default(),
         Format::Bincode => binary::encode(payload),
+        Format::P1 => Vec::new(),
     }
 }
 

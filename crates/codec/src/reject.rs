@@ -4,7 +4,7 @@ use meterstand_model::ValueError;
 /// no variant carries any part of the input, so a reject can be logged as it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum Reject {
-    #[error("topic is not {{prefix}}/{{ean}}/{{json|bincode}}")]
+    #[error("topic is not {{prefix}}/{{ean}}/{{json|bincode|p1}}")]
     BadTopic,
     #[error("EAN in the topic is not 18 digits with a valid check digit")]
     BadEan,
@@ -32,10 +32,14 @@ pub enum Reject {
     FutureTime,
     #[error("time lies on no quarter-hour, hour, day or month boundary")]
     OffBoundary,
+    #[error("P1 telegram CRC is missing or does not match its contents")]
+    CrcMismatch,
+    #[error("P1 telegram is truncated, malformed, over its line bounds or repeats a register")]
+    BadTelegram,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 14] = [
+    pub const ALL: [Reject; 16] = [
         Reject::BadTopic,
         Reject::BadEan,
         Reject::Oversize,
@@ -50,6 +54,8 @@ impl Reject {
         Reject::BadTime,
         Reject::FutureTime,
         Reject::OffBoundary,
+        Reject::CrcMismatch,
+        Reject::BadTelegram,
     ];
 
     /// The metric label.
@@ -69,6 +75,8 @@ impl Reject {
             Reject::BadTime => "bad_time",
             Reject::FutureTime => "future_time",
             Reject::OffBoundary => "off_boundary",
+            Reject::CrcMismatch => "crc_mismatch",
+            Reject::BadTelegram => "bad_telegram",
         }
     }
 }

@@ -7,6 +7,8 @@ use crate::Reject;
 pub enum Format {
     Json,
     Bincode,
+    /// A raw DSMR P1 telegram (`p1` module).
+    P1,
 }
 
 impl Format {
@@ -14,6 +16,7 @@ impl Format {
         match self {
             Format::Json => "json",
             Format::Bincode => "bincode",
+            Format::P1 => "p1",
         }
     }
 }
@@ -28,6 +31,7 @@ pub fn parse_topic(prefix: &str, topic: &str) -> Result<(Ean, Format), Reject> {
     let format = match format {
         "json" => Format::Json,
         "bincode" => Format::Bincode,
+        "p1" => Format::P1,
         _ => return Err(Reject::BadTopic),
     };
     let ean: Ean = ean.parse().map_err(|_| Reject::BadEan)?;
