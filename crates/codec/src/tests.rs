@@ -138,6 +138,15 @@ fn every_reject_reason() {
     let good = format!("meters/{}/json", ean.expose());
     assert_eq!(parse_topic("meters", &good), Ok((ean, Format::Json)));
     assert_eq!(
+        parse_topic("meters", &good.replace("json", "p1")),
+        Ok((ean, Format::P1))
+    );
+    // Correction topics are not decoded here yet.
+    assert_eq!(
+        parse_topic("meters", &good.replace("json", "correction/json")),
+        Err(Reject::BadTopic)
+    );
+    assert_eq!(
         parse_topic("meters", "meters/871000000000000010/json"),
         Err(Reject::BadEan)
     );
