@@ -300,7 +300,12 @@ impl Parser {
             Pending::Nothing => {}
             Pending::Gas(channel, time) => {
                 let [value] = groups(line).ok_or(Reject::BadTelegram)?;
-                let value = milli(value)?;
+                // The unit was named on the line before; some meters repeat it here.
+                let value = match split_unit(value) {
+                    None => milli(value)?,
+                    Some((number, b"m3")) => milli(number)?,
+                    Some(_) => return Err(Reject::WrongUnit),
+                };
                 return set_once(&mut self.gas[channel], (time, value));
             }
             Pending::Skip if line.first() == Some(&b'(') => return Ok(()),

@@ -256,6 +256,12 @@ fn dsmr22_telegram() {
     // Either side of the repeated hour is fine.
     assert!(decode_bytes(dsmr22("261025013000").as_bytes()).is_ok());
     assert!(decode_bytes(dsmr22("261025033000").as_bytes()).is_ok());
+    // The value line may repeat its unit; another unit is refused.
+    let with_unit = dsmr22("261126160000").replace("(00001.001)", "(00001.001*m3)");
+    let t = decode_bytes(with_unit.as_bytes()).expect("valid");
+    assert_eq!(t.gas, Some((ts("2026-11-26T15:00:00Z"), 1_001)));
+    let wrong = dsmr22("261126160000").replace("(00001.001)", "(00001.001*GJ)");
+    assert_eq!(decode_bytes(wrong.as_bytes()), Err(Reject::WrongUnit));
     // A missing value line after the two-line gas object.
     let cut = dsmr22("261126160000").replace("(00001.001)\r\n", "");
     assert_eq!(decode_bytes(cut.as_bytes()), Err(Reject::BadTelegram));
