@@ -64,6 +64,9 @@ mod log;
 mod report;
 mod verify;
 
+#[cfg(test)]
+mod tests;
+
 use std::path::PathBuf;
 
 pub use chain::{ChainHead, GENESIS_HASH};
