@@ -164,19 +164,12 @@ pub(crate) fn check_line(bytes: &[u8]) -> Result<CheckedLine, (ProblemKind, Stri
     let malformed = |why: String| (ProblemKind::Malformed, why);
     let value: Value =
         serde_json::from_slice(bytes).map_err(|e| malformed(format!("not JSON ({e})")))?;
-    let mut canon = Vec::with_capacity(bytes.len());
-    canonical(&value, &mut canon).map_err(|e| malformed(format!("cannot re-encode ({e})")))?;
     let Value::Object(mut fields) = value else {
         return Err(malformed("not a JSON object".into()));
     };
-    if canon != bytes {
-        return Err((
-            ProblemKind::Edited,
-            "the line is not in canonical form: bytes were changed".into(),
-        ));
-    }
-    let hash = match fields.remove("hash") {
-        Some(Value::String(s)) => parse_hash(&s),
+    // The chain fields first: a line without them is not a chained entry at all.
+    let hash = match fields.get("hash") {
+        Some(Value::String(s)) => parse_hash(s),
         _ => None,
     }
     .ok_or_else(|| malformed("no valid `hash`".into()))?;
@@ -189,6 +182,16 @@ pub(crate) fn check_line(bytes: &[u8]) -> Result<CheckedLine, (ProblemKind, Stri
         .get("seq")
         .and_then(Value::as_u64)
         .ok_or_else(|| malformed("no valid `seq`".into()))?;
+    let mut canon = Vec::with_capacity(bytes.len());
+    canonical_object(&fields, &mut canon)
+        .map_err(|e| malformed(format!("cannot re-encode ({e})")))?;
+    if canon != bytes {
+        return Err((
+            ProblemKind::Edited,
+            "the line is not in canonical form: bytes were changed".into(),
+        ));
+    }
+    fields.remove("hash");
     canon.clear();
     canonical_object(&fields, &mut canon)
         .map_err(|e| malformed(format!("cannot re-encode ({e})")))?;

@@ -69,7 +69,7 @@ mod tests;
 
 use std::path::PathBuf;
 
-pub use chain::{ChainHead, GENESIS_HASH};
+pub use chain::{ChainHead, ChainHeadParseError, GENESIS_HASH};
 pub use entry::{Actor, AuditEntry, Outcome, action};
 pub use log::AuditLog;
 pub use report::{

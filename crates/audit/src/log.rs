@@ -212,8 +212,13 @@ fn last_line_head(file: &File, end: u64) -> Result<ChainHead, TailError> {
     let mut line = vec![0u8; (end - start) as usize];
     file.read_exact_at(&mut line, start)?;
     let checked = check_line(&line).map_err(|(_, why)| {
+        let hint = if why.contains("`hash`") {
+            " (an audit log from before the hash chain? move it aside)"
+        } else {
+            ""
+        };
         TailError::Corrupt(format!(
-            "the last complete line is not a valid entry: {why}"
+            "the last complete line is not a valid entry: {why}{hint}"
         ))
     })?;
     let lines = checked.seq.checked_add(1).ok_or_else(|| {

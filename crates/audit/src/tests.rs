@@ -646,3 +646,18 @@ proptest! {
         prop_assert!(!report.is_ok(), "undetected: {:?}", tamper);
     }
 }
+
+#[test]
+fn a_log_from_before_the_chain_is_refused_with_a_hint() {
+    let f = fixture();
+    std::fs::create_dir_all(f.path.parent().expect("parent")).expect("mkdir");
+    let legacy = concat!(
+        r#"{"time":"2026-11-20T10:00:00Z","role":"crm","token_id":"crm-1","#,
+        r#""action":"connection.put","pseudonym":null,"outcome":"ok","status":200}"#,
+        "\n"
+    );
+    std::fs::write(&f.path, legacy).expect("write");
+    std::fs::set_permissions(&f.path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let err = AuditLog::open(&f.path).expect_err("refused");
+    assert!(err.to_string().contains("move it aside"), "{err}");
+}

@@ -55,7 +55,7 @@ impl fmt::Display for Problem {
 }
 
 /// The result of [`verify`]. `head` is where the chain ends (from the last line that is valid
-/// on its own); `problems` holds the first [`MAX_PROBLEMS`], `problem_count` all of them.
+/// on its own); `problems` holds the first 100, `problem_count` all of them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyReport {
     pub lines: u64,
@@ -107,7 +107,8 @@ pub fn verify(path: &Path, expected: Option<&ChainHead>) -> Result<VerifyReport,
 }
 
 /// Walks the log, verifying as [`verify`] does, and hands every line that is an audit entry
-/// (valid or not: the report says) to `on_entry` with its line number.
+/// intact on its own to `on_entry` with its line number, even where the chain around it is
+/// broken (the report says so); edited or malformed lines are not handed on.
 pub(crate) fn walk(
     path: &Path,
     expected: Option<&ChainHead>,
