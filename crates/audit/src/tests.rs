@@ -1,0 +1,663 @@
+//! Tests of the log as a whole: appending, tampering with the file, recovery, reports.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use proptest::prelude::*;
+
+use crate::chain::{ChainHead, GENESIS_HASH, encode_line};
+use crate::*;
+
+const T0: i64 = 1_795_000_000; // 2026-11-18T11:06:40Z
+
+fn at(offset: i64) -> Timestamp {
+    Timestamp::from_second(T0 + offset).expect("in range")
+}
+
+fn pseudonym(n: u32) -> String {
+    format!("v1-{:032x}", u128::from(n) * 0x0101_0101)
+}
+
+fn export(token: &str, subject: &str, time: Timestamp) -> AuditEntry {
+    AuditEntry::call(
+        Actor::token(token, "privacy_officer"),
+        action::SUBJECT_EXPORT,
+        "/v1/subjects/{ean}/export",
+        200,
+    )
+    .with_time(time)
+    .with_subject(subject)
+    .with_rows(3)
+    .with_param("format", "json")
+    .with_remote("127.0.0.1:50000")
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit").join("audit.log");
+    Fixture { _dir: dir, path }
+}
+
+/// A log of `n` lines with a mix of actors, actions and awkward characters.
+fn write_log(path: &Path, n: u32) -> ChainHead {
+    let log = AuditLog::open(path).expect("open");
+    for i in 0..n {
+        let entry = match i % 4 {
+            0 => export("po-1", &pseudonym(i), at(i64::from(i))),
+            1 => AuditEntry::call(
+                Actor::token("analyst-1", "analyst"),
+                action::STATISTICS_READ,
+                "/v1/statistics",
+                200,
+            )
+            .with_time(at(i64::from(i)))
+            .with_param("group_by", "postcode4,profile")
+            .with_param("note", "quote \" backslash \\ tab \t é ✓ \u{1}")
+            .with_rows(120),
+            2 => AuditEntry::correction(
+                pseudonym(i),
+                "1-0:1.8.1",
+                at(-900),
+                "12345.678",
+                "12345.679",
+            )
+            .with_time(at(i64::from(i))),
+            _ => AuditEntry::refused(Actor::Unauthenticated, "/v1/subjects/{ean}", 401)
+                .with_time(at(i64::from(i))),
+        };
+        log.append(&entry).expect("append");
+    }
+    log.head().expect("head")
+}
+
+fn lines(path: &Path) -> Vec<Vec<u8>> {
+    let bytes = std::fs::read(path).expect("read");
+    bytes
+        .split_inclusive(|&b| b == b'\n')
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+fn write_lines(path: &Path, lines: &[Vec<u8>]) {
+    std::fs::write(path, lines.concat()).expect("write");
+}
+
+fn first(report: &VerifyReport) -> &Problem {
+    report.first_problem().expect("a problem")
+}
+
+#[test]
+fn appended_lines_verify() {
+    let f = fixture();
+    let head = write_log(&f.path, 50);
+    assert_eq!(head.lines, 50);
+    let report = verify(&f.path, Some(&head)).expect("verify");
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.lines, 50);
+    assert_eq!(report.head, head);
+
+    let mode = std::fs::metadata(&f.path)
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let dir = f.path.parent().expect("parent");
+    let mode = std::fs::metadata(dir).expect("stat").permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+
+    // Reopening continues the chain.
+    let log = AuditLog::open(&f.path).expect("reopen");
+    assert_eq!(log.head().expect("head"), head);
+    log.append(&export("po-1", &pseudonym(7), at(100)))
+        .expect("append");
+    assert!(verify(&f.path, Some(&head)).expect("verify").is_ok());
+}
+
+#[test]
+fn the_hash_rule_is_what_the_documentation_says() {
+    // Rebuilt here from the crate documentation, independent of `chain`.
+    let entry = AuditEntry::call(
+        Actor::token("po-1", "privacy_officer"),
+        action::SUBJECT_ERASE,
+        "/v1/subjects/{ean}",
+        200,
+    )
+    .with_time(at(0))
+    .with_subject(pseudonym(1))
+    .with_param("b", "é\"\n\u{1f}")
+    .with_param("a", "1");
+    let without_hash = format!(
+        concat!(
+            r#"{{"action":"subject.erase","actor":{{"kind":"token","role":"privacy_officer","token_id":"po-1"}},"#,
+            r#""outcome":"ok","params":{{"a":"1","b":"é\"\n\u001f"}},"prev":"{zeros}","remote":null,"#,
+            r#""route":"/v1/subjects/{{ean}}","rows":null,"seq":0,"status":200,"#,
+            r#""subjects":["{p}"],"time":"2026-11-18T11:06:40Z"}}"#
+        ),
+        zeros = "0".repeat(64),
+        p = pseudonym(1),
+    );
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&GENESIS_HASH);
+    hasher.update(without_hash.as_bytes());
+    let hash = hasher.finalize().to_hex().to_string();
+    let expected =
+        without_hash.replacen(r#""outcome""#, &format!(r#""hash":"{hash}","outcome""#), 1) + "\n";
+
+    let (line, raw) = encode_line(&entry, 0, &GENESIS_HASH).expect("encode");
+    assert_eq!(String::from_utf8(line).expect("utf-8"), expected);
+    assert_eq!(hex::encode(raw), hash);
+}
+
+#[test]
+fn a_deleted_middle_line_is_named() {
+    let f = fixture();
+    write_log(&f.path, 30);
+    let mut all = lines(&f.path);
+    all.remove(19); // line 20
+    write_lines(&f.path, &all);
+    let report = verify(&f.path, None).expect("verify");
+    assert_eq!(report.problem_count, 1, "{report}");
+    let problem = first(&report);
+    assert_eq!(problem.line, 20);
+    assert_eq!(problem.kind, ProblemKind::Deleted);
+    assert!(problem.detail.contains("1 line(s)"), "{problem}");
+}
+
+#[test]
+fn an_edited_byte_is_detected() {
+    let f = fixture();
+    write_log(&f.path, 12);
+    let original = lines(&f.path);
+
+    // A value changed, the JSON still valid: "rows":3 → "rows":4 on line 9 (an export).
+    let mut all = original.clone();
+    let text = String::from_utf8(all[8].clone()).expect("utf-8");
+    assert!(text.contains(r#""rows":3"#));
+    all[8] = text.replacen(r#""rows":3"#, r#""rows":4"#, 1).into_bytes();
+    write_lines(&f.path, &all);
+    let report = verify(&f.path, None).expect("verify");
+    assert_eq!(report.problem_count, 1, "{report}");
+    assert_eq!(first(&report).line, 9);
+    assert_eq!(first(&report).kind, ProblemKind::Edited);
+
+    // Harmless-looking whitespace is an edit too.
+    let mut all = original.clone();
+    let text = String::from_utf8(all[3].clone()).expect("utf-8");
+    all[3] = text.replacen(r#""rows":"#, r#""rows": "#, 1).into_bytes();
+    write_lines(&f.path, &all);
+    let report = verify(&f.path, None).expect("verify");
+    assert_eq!(
+        (first(&report).line, first(&report).kind),
+        (4, ProblemKind::Edited)
+    );
+
+    // Garbage.
+    let mut all = original.clone();
+    all[0][1] = b'#';
+    write_lines(&f.path, &all);
+    let report = verify(&f.path, None).expect("verify");
+    assert_eq!(
+        (first(&report).line, first(&report).kind),
+        (1, ProblemKind::Malformed)
+    );
+}
+
+#[test]
+fn a_rehashed_edit_breaks_the_next_link() {
+    let f = fixture();
+    write_log(&f.path, 6);
+    let mut all = lines(&f.path);
+    // Someone who knows the rule rewrites line 3 with a new subject and a valid hash.
+    let prev: [u8; 32] = {
+        let text = String::from_utf8(all[2].clone()).expect("utf-8");
+        let value: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let prev = value["prev"].as_str().expect("prev");
+        crate::chain::parse_hash(prev).expect("hash")
+    };
+    let forged = export("po-1", &pseudonym(999), at(2));
+    let (line, _) = encode_line(&forged, 2, &prev).expect("encode");
+    all[2] = line;
+    write_lines(&f.path, &all);
+    let report = verify(&f.path, None).expect("verify");
+    assert_eq!(report.problem_count, 1, "{report}");
+    assert_eq!(first(&report).line, 4);
+    assert_eq!(first(&report).kind, ProblemKind::BrokenLink);
+}
+
+#[test]
+fn reordered_lines_are_detected() {
+    let f = fixture();
+    write_log(&f.path, 8);
+    let mut all = lines(&f.path);
+    all.swap(4, 5);
+    write_lines(&f.path, &all);
+    let report = verify(&f.path, None).expect("verify");
+    assert!(!report.is_ok());
+    assert_eq!(first(&report).line, 5);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::Reordered),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_removed_tail_needs_the_recorded_head() {
+    let f = fixture();
+    let head = write_log(&f.path, 10);
+    let mut all = lines(&f.path);
+    all.truncate(8);
+    write_lines(&f.path, &all);
+    // On its own the shorter chain is valid: that is the documented limit.
+    assert!(verify(&f.path, None).expect("verify").is_ok());
+    let report = verify(&f.path, Some(&head)).expect("verify");
+    assert_eq!(first(&report).kind, ProblemKind::Truncated, "{report}");
+    assert_eq!(first(&report).line, 9);
+
+    // A whole new chain of the same length does not carry the recorded hash.
+    std::fs::remove_file(&f.path).expect("rm");
+    let log = AuditLog::open(&f.path).expect("open");
+    for i in 0..10 {
+        log.append(&export("po-2", &pseudonym(i), at(i64::from(i))))
+            .expect("append");
+    }
+    let report = verify(&f.path, Some(&head)).expect("verify");
+    assert_eq!(first(&report).kind, ProblemKind::HeadMismatch, "{report}");
+
+    let parsed: ChainHead = head.to_string().parse().expect("parse head");
+    assert_eq!(parsed, head);
+    assert!("10:abc".parse::<ChainHead>().is_err());
+}
+
+#[test]
+fn a_torn_last_line_is_cut_off_and_recorded() {
+    let f = fixture();
+    write_log(&f.path, 3);
+    let mut all = lines(&f.path);
+    let torn = all[2][..40].to_vec();
+    all.push(torn);
+    write_lines(&f.path, &all);
+
+    let report = verify(&f.path, None).expect("verify");
+    assert_eq!(
+        (first(&report).line, first(&report).kind),
+        (4, ProblemKind::TornTail)
+    );
+
+    let log = AuditLog::open(&f.path).expect("open recovers");
+    assert_eq!(log.head().expect("head").lines, 4);
+    let report = verify(&f.path, None).expect("verify");
+    assert!(report.is_ok(), "{report}");
+    let last = lines(&f.path).pop().expect("a line");
+    let value: serde_json::Value = serde_json::from_slice(&last).expect("json");
+    assert_eq!(value["action"], "audit.recovered");
+    assert_eq!(value["actor"]["kind"], "system");
+    assert_eq!(value["params"]["discarded_bytes"], "40");
+    assert_eq!(value["seq"], 3);
+    log.append(&export("po-1", &pseudonym(1), at(5)))
+        .expect("append");
+    assert!(verify(&f.path, None).expect("verify").is_ok());
+}
+
+#[test]
+fn a_file_of_only_a_torn_line_starts_over() {
+    let f = fixture();
+    std::fs::create_dir_all(f.path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&f.path, b"{\"act").expect("write");
+    std::fs::set_permissions(&f.path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let log = AuditLog::open(&f.path).expect("open");
+    assert_eq!(log.head().expect("head").lines, 1);
+    let report = verify(&f.path, None).expect("verify");
+    assert!(report.is_ok(), "{report}");
+}
+
+#[test]
+fn open_refuses_a_damaged_last_line_and_an_open_mode() {
+    let f = fixture();
+    write_log(&f.path, 3);
+    let mut all = lines(&f.path);
+    let n = all[2].len();
+    all[2][n - 10] ^= 0x01;
+    write_lines(&f.path, &all);
+    let err = AuditLog::open(&f.path).expect_err("refused");
+    assert!(matches!(err, AuditError::Corrupt { .. }), "{err}");
+
+    let g = fixture();
+    write_log(&g.path, 1);
+    std::fs::set_permissions(&g.path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let err = AuditLog::open(&g.path).expect_err("refused");
+    assert!(
+        matches!(err, AuditError::TooOpen { mode: 0o644, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn open_survives_hostile_files() {
+    for content in [
+        &b"\n"[..],
+        b"\n\n\n",
+        b"not json\n",
+        b"[1,2,3]\n",
+        b"{\"seq\":18446744073709551615}\n",
+        &[0xff, 0xfe, b'\n'],
+    ] {
+        let f = fixture();
+        std::fs::create_dir_all(f.path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&f.path, content).expect("write");
+        std::fs::set_permissions(&f.path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert!(AuditLog::open(&f.path).is_err());
+        let report = verify(&f.path, None).expect("verify");
+        assert!(!report.is_ok());
+        report::report(&f.path, at(0), at(10), None).expect("report");
+    }
+}
+
+#[test]
+fn concurrent_appends_keep_the_chain() {
+    let f = fixture();
+    let log = AuditLog::open(&f.path).expect("open");
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for i in 0..40 {
+                    let entry = export(&format!("po-{t}"), &pseudonym(t * 100 + i), at(0));
+                    log.append(&entry).expect("append");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
+    let head = log.head().expect("head");
+    assert_eq!(head.lines, 320);
+    let report = verify(&f.path, Some(&head)).expect("verify");
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.lines, 320);
+}
+
+#[test]
+fn a_second_writer_is_refused() {
+    let f = fixture();
+    let a = AuditLog::open(&f.path).expect("open");
+    let b = AuditLog::open(&f.path).expect("open");
+    a.append(&export("po-1", &pseudonym(1), at(0)))
+        .expect("append");
+    let err = b
+        .append(&export("po-1", &pseudonym(2), at(1)))
+        .expect_err("refused");
+    assert!(matches!(err, AuditError::Changed { .. }), "{err}");
+    assert!(verify(&f.path, None).expect("verify").is_ok());
+}
+
+#[test]
+fn entries_with_identifiers_are_not_written() {
+    let f = fixture();
+    let log = AuditLog::open(&f.path).expect("open");
+    let ean = "871234567890123456";
+    assert!(log.append(&export("po-1", ean, at(0))).is_err());
+    assert!(
+        log.append(&export("po-1", &pseudonym(1), at(0)).with_param("q", ean))
+            .is_err()
+    );
+    assert_eq!(log.head().expect("head").lines, 0);
+    assert_eq!(std::fs::read(&f.path).expect("read").len(), 0);
+}
+
+/// Tokens po-1 and po-2, inside and outside a window, refused and not.
+fn report_fixture(path: &Path) {
+    let log = AuditLog::open(path).expect("open");
+    let append = |e: AuditEntry| {
+        log.append(&e).expect("append");
+    };
+    append(export("po-1", &pseudonym(1), at(-10))); // before the window
+    append(export("po-1", &pseudonym(2), at(0))); // first second of the window
+    append(export("po-1", &pseudonym(3), at(50)));
+    append(export("po-1", &pseudonym(3), at(51))); // again: one subject
+    append(export("po-2", &pseudonym(4), at(60))); // another token
+    append(
+        AuditEntry::refused(
+            Actor::Token {
+                token_id: "po-1".into(),
+                role: Some("analyst".into()),
+            },
+            "/v1/subjects/{ean}",
+            403,
+        )
+        .with_time(at(70))
+        .with_subject(pseudonym(5)), // refused: not touched
+    );
+    append(
+        AuditEntry::call(
+            Actor::token("po-1", "privacy_officer"),
+            action::SUBJECT_ERASE,
+            "/v1/subjects/{ean}",
+            200,
+        )
+        .with_time(at(80))
+        .with_subject(pseudonym(6))
+        .with_rows(10),
+    );
+    append(AuditEntry::refused(Actor::Unauthenticated, "/v1/statistics", 401).with_time(at(90)));
+    append(
+        AuditEntry::correction(pseudonym(7), "1-0:1.8.1", at(0), "1.000", "2.000")
+            .with_time(at(95)),
+    );
+    append(export("po-1", &pseudonym(8), at(100))); // `to` is exclusive
+}
+
+#[test]
+fn the_report_lists_exactly_what_a_token_touched_in_the_window() {
+    let f = fixture();
+    report_fixture(&f.path);
+    let report = report::report(&f.path, at(0), at(100), Some("po-1")).expect("report");
+    assert!(report.integrity.ok);
+    assert_eq!(report.entries, 5);
+    assert_eq!(report.actors.len(), 1);
+    let po1 = &report.actors[0];
+    assert_eq!(po1.kind, ActorKind::Token);
+    assert_eq!(po1.id.as_deref(), Some("po-1"));
+    assert_eq!(po1.subjects, vec![pseudonym(2), pseudonym(3), pseudonym(6)]);
+    assert_eq!(report.subjects, po1.subjects);
+    assert_eq!(po1.calls, 5);
+    assert_eq!(po1.refused, 1);
+    assert_eq!(po1.rows, 3 + 3 + 3 + 10);
+    assert_eq!(
+        po1.roles,
+        vec!["analyst".to_string(), "privacy_officer".into()]
+    );
+    assert_eq!(po1.actions.get("subject.export"), Some(&3));
+    assert_eq!(po1.actions.get("auth.refused"), Some(&1));
+    assert_eq!(po1.actions.get("subject.erase"), Some(&1));
+
+    let all = report::report(&f.path, at(0), at(100), None).expect("report");
+    let kinds: Vec<_> = all
+        .actors
+        .iter()
+        .map(|a| (a.kind, a.id.as_deref()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (ActorKind::Token, Some("po-1")),
+            (ActorKind::Token, Some("po-2")),
+            (ActorKind::System, Some("ingest")),
+            (ActorKind::Unauthenticated, None),
+        ]
+    );
+    assert_eq!(
+        all.subjects,
+        vec![
+            pseudonym(2),
+            pseudonym(3),
+            pseudonym(4),
+            pseudonym(6),
+            pseudonym(7)
+        ]
+    );
+
+    let none = report::report(&f.path, at(0), at(100), Some("nobody")).expect("report");
+    assert!(none.actors.is_empty() && none.subjects.is_empty());
+    assert!(report::report(&f.path, at(1), at(0), None).is_err());
+}
+
+#[test]
+fn report_json_and_csv_parse_back() {
+    let f = fixture();
+    report_fixture(&f.path);
+    let mut report = report::report(&f.path, at(0), at(100), None).expect("report");
+    let json = report.to_json().expect("json");
+    assert!(!json.contains("\"eans\""));
+    let back: Report = serde_json::from_str(&json).expect("parse json");
+    assert_eq!(back, report);
+
+    // A stand-in for the key ring: an EAN's pseudonyms under two key versions.
+    let ean_of = |n: u32| format!("87{:016}", n);
+    let pseudonyms_of = |ean: &str| -> Vec<String> {
+        let n: u32 = ean[2..].parse().expect("test EAN");
+        vec![pseudonym(n), format!("v2-{:032x}", n)]
+    };
+    report.map_eans([ean_of(2), ean_of(3), ean_of(9), ean_of(3)], pseudonyms_of);
+    let mapping = report.eans.as_ref().expect("mapped");
+    assert_eq!(
+        mapping.subjects,
+        vec![
+            EanSubject {
+                ean: ean_of(2),
+                pseudonyms: vec![pseudonym(2)]
+            },
+            EanSubject {
+                ean: ean_of(3),
+                pseudonyms: vec![pseudonym(3)]
+            },
+        ]
+    );
+    assert_eq!(
+        mapping.unmapped,
+        vec![pseudonym(4), pseudonym(6), pseudonym(7)]
+    );
+    let json = report.to_json().expect("json");
+    let back: Report = serde_json::from_str(&json).expect("parse json");
+    assert_eq!(back, report);
+
+    let csv = report.to_csv().expect("csv");
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let rows: Vec<CsvRow> = reader
+        .deserialize()
+        .collect::<Result<_, _>>()
+        .expect("parse csv");
+    assert_eq!(rows, report.csv_rows());
+    // po-1 ×3 subjects, po-2 ×1, ingest ×1, unauthenticated ×1 (no subject).
+    assert_eq!(rows.len(), 6);
+    let row3 = rows
+        .iter()
+        .find(|r| r.subject == pseudonym(3))
+        .expect("row");
+    assert_eq!(row3.eans, ean_of(3));
+    assert_eq!(row3.actor_id, "po-1");
+    let anon = rows.last().expect("row");
+    assert_eq!(
+        (anon.actor_kind, anon.subject.as_str()),
+        (ActorKind::Unauthenticated, "")
+    );
+
+    // Empty reports still have a header.
+    let empty = report::report(&f.path, at(1000), at(2000), None).expect("report");
+    let csv = empty.to_csv().expect("csv");
+    assert!(csv.starts_with("actor_kind,actor_id,"));
+}
+
+#[derive(Debug, Clone)]
+enum Tamper {
+    Replace { at: usize, xor: u8 },
+    Delete { at: usize },
+    Insert { at: usize, byte: u8 },
+    DeleteLine { index: usize },
+    SwapLines { index: usize },
+    DuplicateLine { index: usize },
+}
+
+fn tamper() -> impl Strategy<Value = Tamper> {
+    prop_oneof![
+        (any::<usize>(), 1..=255u8).prop_map(|(at, xor)| Tamper::Replace { at, xor }),
+        any::<usize>().prop_map(|at| Tamper::Delete { at }),
+        (any::<usize>(), any::<u8>()).prop_map(|(at, byte)| Tamper::Insert { at, byte }),
+        any::<usize>().prop_map(|index| Tamper::DeleteLine { index }),
+        any::<usize>().prop_map(|index| Tamper::SwapLines { index }),
+        any::<usize>().prop_map(|index| Tamper::DuplicateLine { index }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn any_tampering_is_detected(tamper in tamper()) {
+        let f = fixture();
+        let head = write_log(&f.path, 9);
+        let bytes = std::fs::read(&f.path).expect("read");
+        let mut all = lines(&f.path);
+        let n = all.len();
+        let (tampered, with_head) = match tamper {
+            Tamper::Replace { at, xor } => {
+                let mut b = bytes.clone();
+                b[at % bytes.len()] ^= xor;
+                (b, false)
+            }
+            Tamper::Delete { at } => {
+                let mut b = bytes.clone();
+                b.remove(at % bytes.len());
+                (b, false)
+            }
+            Tamper::Insert { at, byte } => {
+                let mut b = bytes.clone();
+                b.insert(at % (bytes.len() + 1), byte);
+                (b, false)
+            }
+            // Only these can shorten the chain at its end, which needs the recorded head.
+            Tamper::DeleteLine { index } => {
+                all.remove(index % n);
+                (all.concat(), true)
+            }
+            Tamper::SwapLines { index } => {
+                let i = index % (n - 1);
+                all.swap(i, i + 1);
+                (all.concat(), false)
+            }
+            Tamper::DuplicateLine { index } => {
+                let i = index % n;
+                let line = all[i].clone();
+                all.insert(i, line);
+                (all.concat(), false)
+            }
+        };
+        std::fs::write(&f.path, &tampered).expect("write");
+        let report = verify(&f.path, with_head.then_some(&head)).expect("verify");
+        prop_assert!(!report.is_ok(), "undetected: {:?}", tamper);
+    }
+}
+
+#[test]
+fn a_log_from_before_the_chain_is_refused_with_a_hint() {
+    let f = fixture();
+    std::fs::create_dir_all(f.path.parent().expect("parent")).expect("mkdir");
+    let legacy = concat!(
+        r#"{"time":"2026-11-20T10:00:00Z","role":"crm","token_id":"crm-1","#,
+        r#""action":"connection.put","pseudonym":null,"outcome":"ok","status":200}"#,
+        "\n"
+    );
+    std::fs::write(&f.path, legacy).expect("write");
+    std::fs::set_permissions(&f.path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let err = AuditLog::open(&f.path).expect_err("refused");
+    assert!(err.to_string().contains("move it aside"), "{err}");
+}
