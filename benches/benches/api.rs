@@ -10,7 +10,8 @@ use meterstand_api::{ApiConfig, ApiParts, ApiState, AuditLog, Readiness, Role, T
 use meterstand_model::sim::SimMeter;
 use meterstand_model::{Calendar, Connection, ConsentLevel, Postcode4, TieredReading};
 use meterstand_pseudonym::{KeyRing, Pseudonymiser};
-use meterstand_store::{IngestItem, ReadingStore, RocksStore, StoreConfig, SystemClock};
+use meterstand_store::{IngestItem, ReadingStore, SystemClock};
+use meterstand_store_rocks::{RocksStore, StoreConfig};
 use tokio_util::sync::CancellationToken;
 
 const CONNECTIONS: u64 = 10_000;
@@ -37,7 +38,7 @@ fn fill(store: &RocksStore, p: &Pseudonymiser, cal: &Calendar) {
             postcode4: Some(Postcode4::new(m.postcode4).expect("valid")),
             profile: Some(m.profile.parse().expect("valid")),
         };
-        store.put_connection(ps, c).expect("put");
+        store.put_connection(&[ps], c).expect("put");
         let mut readings = Vec::new();
         for d in 0..=31 {
             let day = date(2026, 10, 1)

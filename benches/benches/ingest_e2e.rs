@@ -16,7 +16,8 @@ use jiff::Timestamp;
 use meterstand_ingest::{Ingest, IngestConfig, IngestStatus};
 use meterstand_model::{ConsentLevel, Ean, Reading, Register};
 use meterstand_pseudonym::{KeyRing, Pseudonymiser};
-use meterstand_store::{RocksStore, StoreConfig, SystemClock};
+use meterstand_store::SystemClock;
+use meterstand_store_rocks::{RocksStore, StoreConfig};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 

@@ -497,7 +497,7 @@ fn publish_stream(port: u16, id: &str, from: u64, to: u64) -> Vec<(Ean, Reading)
 }
 
 fn interval_readings(
-    store: &meterstand_store::RocksStore,
+    store: &meterstand_store_rocks::RocksStore,
     p: &meterstand_pseudonym::Pseudonymiser,
     sent: &[(Ean, Reading)],
 ) -> BTreeMap<(String, i64), u64> {
@@ -603,9 +603,9 @@ fn backup_under_load_restores_to_a_consistent_store() {
         interval_readings(&store, &p, &all)
     };
     let restored = {
-        let mut config = meterstand_store::StoreConfig::new(&restored_path);
-        config.compression = meterstand_store::Compression::None;
-        let store = meterstand_store::RocksStore::open(
+        let mut config = meterstand_store_rocks::StoreConfig::new(&restored_path);
+        config.compression = meterstand_store_rocks::Compression::None;
+        let store = meterstand_store_rocks::RocksStore::open(
             config,
             std::sync::Arc::new(meterstand_store::ManualClock::new(Timestamp::now())),
         )

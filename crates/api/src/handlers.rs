@@ -259,12 +259,15 @@ pub async fn put_connection(
         caller.require(&[Role::Crm])?;
         let ean = parse_ean(&ean)?;
         let p = st.pseudonymiser().ean(&ean);
+        // Current pseudonym first, then the older key versions': a lowered consent reaches
+        // readings stored before a key rotation too.
+        let all = st.pseudonymiser().ean_all_versions(&ean);
         pseudonym = Some(p);
         let body = body.map_err(|e| body_error(&st, e))?;
         let connection = connection_from(&body)?;
         let out = ConnectionOut::from(&connection);
         let receipt = st
-            .blocking(move |b| b.put_connection(p, connection))
+            .blocking(move |b| b.put_connection(&all, connection))
             .await??;
         let removed =
             (receipt.deleted.total() > 0).then(|| ReceiptOut::new(p, &receipt, st.calendar()));

@@ -1,9 +1,9 @@
-//! The API over HTTP: a real server on 127.0.0.1:0 over a real RocksDB store in a temporary
-//! directory, driven by a real HTTP client.
+//! The API over HTTP: a real server on 127.0.0.1:0 over the in-memory store (held to the
+//! RocksDB engine's behaviour by the store's conformance suite), driven by a real HTTP client.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -12,11 +12,8 @@ use meterstand_api::{
     ApiConfig, ApiParts, ApiState, AuditLog, Readiness, Role, TokenTable, hash_token,
 };
 use meterstand_model::{Calendar, Connection, ConsentLevel, Ean, Reading, Register, TieredReading};
-use meterstand_pseudonym::{KeyRing, Pseudonym, Pseudonymiser};
-use meterstand_store::{
-    AggregateCell, AggregateQuery, BackupInfo, ErasureReceipt, IngestItem, ManualClock,
-    ReadingStore, ReadingWriter, RocksStore, SeriesRow, StoreConfig, StoreError, SubjectExport,
-};
+use meterstand_pseudonym::{KeyRing, Pseudonymiser};
+use meterstand_store::{IngestItem, ManualClock, MemStore, ReadingStore, ReadingWriter};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -31,76 +28,10 @@ impl Readiness for AlwaysReady {
     }
 }
 
-/// A backend whose first aggregate call says it has entered, then waits until released, to
-/// hold a request in flight.
-struct Gated {
-    inner: Arc<RocksStore>,
-    gate: Mutex<Option<Gate>>,
-}
-
-struct Gate {
-    entered: std::sync::mpsc::Sender<()>,
-    release: std::sync::mpsc::Receiver<()>,
-}
-
-impl ReadingStore for Gated {
-    fn connection(&self, p: Pseudonym) -> Option<Connection> {
-        ReadingStore::connection(self.inner.as_ref(), p)
-    }
-    fn put_connection(&self, p: Pseudonym, c: Connection) -> Result<ErasureReceipt, StoreError> {
-        ReadingStore::put_connection(self.inner.as_ref(), p, c)
-    }
-    fn erase(&self, ps: &[Pseudonym]) -> Result<ErasureReceipt, StoreError> {
-        ReadingStore::erase(self.inner.as_ref(), ps)
-    }
-    fn export(&self, ps: &[Pseudonym]) -> Result<SubjectExport, StoreError> {
-        ReadingStore::export(self.inner.as_ref(), ps)
-    }
-    fn knows(&self, p: Pseudonym) -> Result<bool, StoreError> {
-        ReadingStore::knows(self.inner.as_ref(), p)
-    }
-    fn series(
-        &self,
-        p: Pseudonym,
-        kind: meterstand_model::RegisterKind,
-        tier: meterstand_model::Tier,
-        from: Timestamp,
-        to: Timestamp,
-    ) -> Result<Vec<SeriesRow>, StoreError> {
-        ReadingStore::series(self.inner.as_ref(), p, kind, tier, from, to)
-    }
-    fn backup(&self, dir: &std::path::Path) -> Result<BackupInfo, StoreError> {
-        ReadingStore::backup(self.inner.as_ref(), dir)
-    }
-    fn readings(
-        &self,
-        p: Pseudonym,
-        tier: meterstand_model::Tier,
-        from: Timestamp,
-        to: Timestamp,
-    ) -> Result<Vec<Reading>, StoreError> {
-        ReadingStore::readings(self.inner.as_ref(), p, tier, from, to)
-    }
-    fn sweep_retention(&self) -> Result<meterstand_store::TierCounts, StoreError> {
-        ReadingStore::sweep_retention(self.inner.as_ref())
-    }
-    fn is_healthy(&self) -> bool {
-        ReadingStore::is_healthy(self.inner.as_ref())
-    }
-    fn aggregate(&self, q: &AggregateQuery) -> Result<Vec<AggregateCell>, StoreError> {
-        let gate = self.gate.lock().expect("gate").take();
-        if let Some(g) = gate {
-            let _ = g.entered.send(());
-            let _ = g.release.recv_timeout(Duration::from_secs(10));
-        }
-        ReadingStore::aggregate(self.inner.as_ref(), q)
-    }
-}
-
 struct Server {
     addr: SocketAddr,
     http: reqwest::Client,
-    store: Arc<RocksStore>,
+    store: Arc<MemStore>,
     pseudonymiser: Arc<Pseudonymiser>,
     audit: PathBuf,
     calendar: Calendar,
@@ -119,13 +50,11 @@ fn ean(n: u64) -> Ean {
 const NOW: &str = "2026-11-20T12:00:00Z";
 
 impl Server {
-    async fn start(config: ApiConfig, gate: Option<Gate>) -> Server {
+    async fn start(config: ApiConfig) -> Server {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
         let clock = Arc::new(ManualClock::new(NOW.parse().expect("now")));
-        let store = Arc::new(
-            RocksStore::open(StoreConfig::new(dir.path().join("data")), clock).expect("store"),
-        );
+        let store = Arc::new(MemStore::new(clock));
         let pseudonymiser = Arc::new(Pseudonymiser::new(&KeyRing::generate().expect("key")));
         let hashes: Vec<(String, Role, String)> = Role::ALL
             .iter()
@@ -138,13 +67,7 @@ impl Server {
         )
         .expect("tokens");
         let audit = dir.path().join("audit").join("audit.jsonl");
-        let backend: Arc<dyn ReadingStore> = match gate {
-            Some(g) => Arc::new(Gated {
-                inner: store.clone(),
-                gate: Mutex::new(Some(g)),
-            }),
-            None => store.clone(),
-        };
+        let backend: Arc<dyn ReadingStore> = store.clone();
         let state = ApiState::new(ApiParts {
             readiness: Arc::new(AlwaysReady),
             backend,
@@ -251,7 +174,7 @@ impl Server {
     fn register_blocking(&self, e: &Ean, consent: ConsentLevel, postcode: u16, profile: &str) {
         ReadingStore::put_connection(
             self.store.as_ref(),
-            self.pseudonymiser.ean(e),
+            &[self.pseudonymiser.ean(e)],
             Connection {
                 consent,
                 postcode4: Some(meterstand_model::Postcode4::new(postcode).expect("pc")),
@@ -284,7 +207,7 @@ const AGG: &str = "/v1/aggregates?from=2026-11-01&to=2026-11-04&granularity=day&
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_admits_exactly_its_roles() {
-    let s = Server::start(ApiConfig::default(), None).await;
+    let s = Server::start(ApiConfig::default()).await;
     let e = ean(1);
     s.register(&e, ConsentLevel::Daily, 1000, "E1A");
     s.write_days(&e, &[1, 2], 1_000_000, 0).await;
@@ -343,7 +266,7 @@ async fn every_endpoint_admits_exactly_its_roles() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregates_suppress_groups_under_the_minimum_size() {
-    let s = Server::start(ApiConfig::default(), None).await;
+    let s = Server::start(ApiConfig::default()).await;
     // 10 connections in 1000, 9 in 2000, 9 in 3000: the two nines hide each other.
     let mut n = 0;
     for (postcode, count) in [(1000u16, 10u64), (2000, 9), (3000, 9)] {
@@ -410,7 +333,7 @@ async fn aggregates_suppress_groups_under_the_minimum_size() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_with_a_clear_error() {
-    let s = Server::start(ApiConfig::default(), None).await;
+    let s = Server::start(ApiConfig::default()).await;
     let e = ean(7);
     s.register(&e, ConsentLevel::Daily, 1000, "E1A");
     s.write_days(&e, &[1, 2, 3], 1_000, 0).await;
@@ -633,7 +556,7 @@ async fn bad_input_is_refused_with_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn series_gives_one_pseudonymous_connection() {
-    let s = Server::start(ApiConfig::default(), None).await;
+    let s = Server::start(ApiConfig::default()).await;
     let e = ean(9);
     s.register(&e, ConsentLevel::Daily, 1000, "E1A");
     s.write_days(&e, &[1, 2, 3], 1_000, 500).await;
@@ -656,7 +579,7 @@ async fn series_gives_one_pseudonymous_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_erasure_consent_and_audit() {
-    let s = Server::start(ApiConfig::default(), None).await;
+    let s = Server::start(ApiConfig::default()).await;
     let e = ean(11);
     let put = format!("/v1/connections/{}", e.expose());
     let v = s
@@ -802,17 +725,12 @@ async fn export_erasure_consent_and_audit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_beyond_the_concurrency_limit_are_refused_not_queued() {
-    let (release, release_rx) = std::sync::mpsc::channel();
-    let (entered_tx, entered) = std::sync::mpsc::channel();
     let config = ApiConfig {
         max_concurrent: 1,
         ..ApiConfig::default()
     };
-    let gate = Gate {
-        entered: entered_tx,
-        release: release_rx,
-    };
-    let s = Arc::new(Server::start(config, Some(gate)).await);
+    let s = Arc::new(Server::start(config).await);
+    let (entered, release) = s.store.pause_next_aggregate();
     let first = {
         let s = s.clone();
         tokio::spawn(async move { s.call(Method::GET, AGG, Some(Role::Analyst), None).await })
@@ -835,7 +753,7 @@ async fn requests_beyond_the_concurrency_limit_are_refused_not_queued() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_documents_every_route() {
-    let s = Server::start(ApiConfig::default(), None).await;
+    let s = Server::start(ApiConfig::default()).await;
     let (status, text) = s.call(Method::GET, "/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK);
     let v: Value = serde_json::from_str(&text).expect("json");

@@ -514,10 +514,11 @@ async fn commit_loop<S: ReadingWriter>(
         };
         let outcome = (&mut flight.writing)
             .await
-            .unwrap_or_else(|e| Err(StoreError::Engine(format!("write task failed: {e}"))));
+            .unwrap_or_else(|e| Err(StoreError::engine("running the write task", e)));
         let outcome = match outcome {
-            Ok(_) if failed => Err(StoreError::Engine(
-                "an earlier batch failed; acknowledgements stay in order".into(),
+            Ok(_) if failed => Err(StoreError::engine(
+                "acknowledging in order",
+                std::io::Error::other("an earlier batch failed"),
             )),
             other => other,
         };

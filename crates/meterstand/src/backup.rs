@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use meterstand_store::{RocksStore, SystemClock};
+use meterstand_store::SystemClock;
+use meterstand_store_rocks::RocksStore;
 
 use crate::client::{Client, ServerArgs};
 use crate::config::Config;

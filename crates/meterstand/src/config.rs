@@ -468,11 +468,11 @@ impl Config {
         })
     }
 
-    pub fn compression(&self) -> Result<meterstand_store::Compression, ConfigError> {
+    pub fn compression(&self) -> Result<meterstand_store_rocks::Compression, ConfigError> {
         match self.store.compression.as_str() {
-            "zstd" => Ok(meterstand_store::Compression::Zstd),
-            "lz4" => Ok(meterstand_store::Compression::Lz4),
-            "none" => Ok(meterstand_store::Compression::None),
+            "zstd" => Ok(meterstand_store_rocks::Compression::Zstd),
+            "lz4" => Ok(meterstand_store_rocks::Compression::Lz4),
+            "none" => Ok(meterstand_store_rocks::Compression::None),
             other => Err(ConfigError::Value {
                 key: "store.compression",
                 value: other.into(),

@@ -48,6 +48,7 @@ pub struct TierSet(u8);
 
 impl TierSet {
     pub const EMPTY: TierSet = TierSet(0);
+    pub const ALL: TierSet = TierSet(0b111);
 
     pub fn with(self, tier: Tier) -> TierSet {
         TierSet(self.0 | tier.bit())

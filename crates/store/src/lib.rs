@@ -1,17 +1,18 @@
-//! Storage of pseudonymous readings. Owns the key and value layout, the tiers (one column
-//! family each), the consent gate, durable group-committed writes, retention, erasure, export
-//! and the query primitives the API builds on. The [`ReadingStore`] trait carries no RocksDB
-//! types, so another backend could sit behind it. Layout and reasons: `DESIGN.md` here.
+//! The store as the rest of meterstand sees it: the [`ReadingStore`] and [`ReadingWriter`]
+//! traits, the types they speak, the period arithmetic every backend shares, and
+//! [`MemStore`], an in-memory backend for unit tests. Nothing here knows RocksDB: the
+//! engine lives in `meterstand-store-rocks`, so the API and ingest compile without it.
+//! Why the split: `docs/design.md` §5.
 
 mod clock;
-pub mod layout;
-pub mod metrics;
-mod query;
-mod rocks;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+mod mem;
+pub mod periods;
 mod types;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use rocks::{Compression, RocksStore, StoreConfig};
+pub use mem::MemStore;
 pub use types::*;
 
 use std::future::Future;
@@ -23,13 +24,15 @@ use meterstand_pseudonym::Pseudonym;
 /// The store as the API and the service see it: every method blocks and belongs on a
 /// blocking thread. Object-safe, so the HTTP layer holds an `Arc<dyn ReadingStore>`.
 pub trait ReadingStore: Send + Sync + 'static {
-    fn connection(&self, p: Pseudonym) -> Option<Connection>;
+    /// The connection record under this pseudonym, if the CRM registered one.
+    fn connection(&self, p: Pseudonym) -> Result<Option<Connection>, StoreError>;
 
-    /// Registers or updates a connection. Lowering consent removes the readings of the tiers
-    /// the new level no longer allows; the receipt says what went.
+    /// Registers or updates a connection. `all` holds the connection's pseudonyms under
+    /// every key version, current first: lowering consent removes the readings of the tiers
+    /// the new level no longer allows under each of them; the receipt says what went.
     fn put_connection(
         &self,
-        p: Pseudonym,
+        all: &[Pseudonym],
         connection: Connection,
     ) -> Result<ErasureReceipt, StoreError>;
 

@@ -115,6 +115,14 @@ impl RetentionPolicy {
         }
     }
 
+    /// When readings of a held tier whose latest lies at `latest` (UTC seconds) expire.
+    pub fn kept_until(&self, tier: Tier, latest: Option<i64>) -> Timestamp {
+        let secs = i64::try_from(self.period(tier).as_secs()).unwrap_or(i64::MAX);
+        latest
+            .and_then(|t| Timestamp::from_second(t.saturating_add(secs)).ok())
+            .unwrap_or(Timestamp::MAX)
+    }
+
     /// Readings of `tier` older than this instant are expired.
     pub fn horizon(&self, tier: Tier, now: Timestamp) -> Timestamp {
         let secs = i64::try_from(self.period(tier).as_secs()).unwrap_or(i64::MAX);
@@ -162,6 +170,14 @@ impl SubjectExport {
         }
     }
 
+    pub fn tier_mut(&mut self, tier: Tier) -> &mut Vec<Reading> {
+        match tier {
+            Tier::Interval => &mut self.interval,
+            Tier::Day => &mut self.day,
+            Tier::Month => &mut self.month,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.connection.is_none()
             && self.meters.is_empty()
@@ -196,6 +212,20 @@ pub struct GroupKey {
     pub profile: Option<Profile>,
 }
 
+impl GroupKey {
+    /// The group a connection falls in under `group_by` (unregistered: no attributes).
+    pub fn of(connection: Option<&Connection>, group_by: GroupBy) -> GroupKey {
+        GroupKey {
+            postcode4: connection
+                .filter(|_| group_by.postcode4)
+                .and_then(|c| c.postcode4),
+            profile: connection
+                .filter(|_| group_by.profile)
+                .and_then(|c| c.profile.clone()),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AggregateQuery {
     pub kind: RegisterKind,
@@ -215,20 +245,35 @@ pub struct AggregateCell {
     pub consumption: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
+/// Why a store call failed. Engine errors keep their source (RocksDB's or the file
+/// system's) for the logs; `Clone`, because one failed group commit answers every batch in it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    #[error("storage engine error: {0}")]
-    Engine(String),
+    #[error("storage engine error while {context}: {source}")]
+    Engine {
+        context: &'static str,
+        #[source]
+        source: std::sync::Arc<dyn std::error::Error + Send + Sync>,
+    },
     #[error("the store is shut down")]
     Closed,
-    #[error("stored data is corrupt in tier {0}")]
+    #[error("stored data is corrupt in {0}")]
     Corrupt(&'static str),
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    #[error("not supported by this store: {0}")]
+    Unsupported(&'static str),
 }
 
-impl From<rocksdb::Error> for StoreError {
-    fn from(e: rocksdb::Error) -> Self {
-        StoreError::Engine(e.into_string())
+impl StoreError {
+    /// An engine failure while doing `context` (a lowercase phrase: "writing a batch").
+    pub fn engine(
+        context: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> StoreError {
+        StoreError::Engine {
+            context,
+            source: std::sync::Arc::new(source),
+        }
     }
 }

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use meterstand_model::{Calendar, Reading, TieredReading};
 use meterstand_pseudonym::{KeyRing, Pseudonymiser};
-use meterstand_store::{ManualClock, RocksStore, StoreConfig};
+use meterstand_store::ManualClock;
+use meterstand_store_rocks::{RocksStore, StoreConfig};
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -227,7 +228,7 @@ impl ServiceDirs {
     /// Opens the store the service wrote (the service must be stopped).
     pub fn open_store(&self) -> RocksStore {
         let mut config = StoreConfig::new(&self.data);
-        config.compression = meterstand_store::Compression::None;
+        config.compression = meterstand_store_rocks::Compression::None;
         RocksStore::open(
             config,
             std::sync::Arc::new(ManualClock::new(Timestamp::now())),

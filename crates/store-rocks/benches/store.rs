@@ -11,9 +11,8 @@ use jiff::Timestamp;
 use meterstand_model::sim::SimMeter;
 use meterstand_model::{Calendar, Connection, ConsentLevel, RegisterKind, Tier, TieredReading};
 use meterstand_pseudonym::{KeyRing, Pseudonymiser};
-use meterstand_store::{
-    AggregateQuery, GroupBy, IngestItem, ReadingStore, RocksStore, StoreConfig, SystemClock,
-};
+use meterstand_store::{AggregateQuery, GroupBy, IngestItem, ReadingStore, SystemClock};
+use meterstand_store_rocks::{RocksStore, StoreConfig};
 
 const BATCH: usize = 1_000;
 const BATCHES: usize = 300;
@@ -57,7 +56,7 @@ fn store_writes(p: &Pseudonymiser, sync: bool) -> f64 {
             postcode4: None,
             profile: None,
         };
-        store.put_connection(*ps, c).expect("put");
+        store.put_connection(&[*ps], c).expect("put");
     }
     let meter = p.meter(&"E0000000000000001".parse().expect("valid"));
     // A live stream: each batch holds one quarter-hour reading (import T1) of 1,000 connections.
@@ -103,7 +102,7 @@ fn bytes_per_reading(p: &Pseudonymiser) -> (f64, u64, f64) {
             postcode4: None,
             profile: None,
         };
-        store.put_connection(ps, c).expect("put");
+        store.put_connection(&[ps], c).expect("put");
         // One item per day per connection: 96 quarter-hours of every register.
         let mut items = Vec::new();
         for day in 0..365 {
@@ -160,7 +159,7 @@ fn aggregate_ms(p: &Pseudonymiser) -> (f64, f64) {
             postcode4: Some(meterstand_model::Postcode4::new(m.postcode4).expect("valid")),
             profile: Some(m.profile.parse().expect("valid")),
         };
-        store.put_connection(ps, c).expect("put");
+        store.put_connection(&[ps], c).expect("put");
         let mut readings = Vec::new();
         for d in 0..=31 {
             let t = cal

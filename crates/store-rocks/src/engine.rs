@@ -1,0 +1,319 @@
+//! Opening the database: column families and their options, the retention horizons the
+//! compaction filters read, and the state every other module shares ([`Shared`]). The
+//! bottom of the crate: it depends on nothing else here but the key layout.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+use jiff::Timestamp;
+use meterstand_model::{Calendar, Connection, ConsentLevel, Postcode4, Profile, Tier, TierSet};
+use meterstand_pseudonym::Pseudonym;
+use meterstand_store::{Clock, RetentionPolicy, StoreError};
+use parking_lot::RwLock;
+use rocksdb::{
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DB, Options, WriteOptions,
+    compaction_filter::Decision,
+};
+
+use crate::{layout, metrics};
+
+pub(crate) const CF_CONNECTIONS: &str = "connections";
+pub(crate) const CF_METERS: &str = "meters";
+/// Erased connections, keyed by a one-way hash of the pseudonym (so that no file keeps the
+/// erased pseudonym's bytes), gated like consent `off` until registered again.
+pub(crate) const CF_TOMBSTONES: &str = "tombstones";
+/// Bookkeeping of the store itself (no connection data).
+pub(crate) const CF_META: &str = "meta";
+
+/// Every column family that holds data of a connection, tiers first.
+pub(crate) const CONNECTION_CFS: [&str; 5] =
+    ["interval", "day", "month", CF_CONNECTIONS, CF_METERS];
+
+pub(crate) fn tier_cf_name(tier: Tier) -> &'static str {
+    tier.as_str()
+}
+
+/// Block compression of the tier column families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    None,
+    Lz4,
+    #[default]
+    Zstd,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub default_consent: ConsentLevel,
+    pub retention: RetentionPolicy,
+    pub compression: Compression,
+    /// Time zone of day and month boundaries.
+    pub time_zone: String,
+    /// Sync the WAL on every group commit. Only benchmarks of the raw engine turn this off.
+    pub sync: bool,
+}
+
+impl StoreConfig {
+    pub fn new(path: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig {
+            path: path.into(),
+            default_consent: ConsentLevel::Standard,
+            retention: RetentionPolicy::default(),
+            compression: Compression::Zstd,
+            time_zone: "Europe/Amsterdam".into(),
+            sync: true,
+        }
+    }
+}
+
+/// Retention horizons (UTC seconds) per tier, shared with the compaction filters.
+#[derive(Debug, Default)]
+pub(crate) struct Horizons([AtomicI64; 3]);
+
+impl Horizons {
+    pub(crate) fn get(&self, tier: Tier) -> i64 {
+        self.0[tier as usize].load(Ordering::Relaxed)
+    }
+    fn set(&self, tier: Tier, secs: i64) {
+        self.0[tier as usize].store(secs, Ordering::Relaxed);
+    }
+}
+
+/// The tombstone key of a pseudonym: a one-way hash, never the pseudonym itself.
+pub(crate) fn tombstone_key(p: Pseudonym) -> [u8; 16] {
+    let hash = blake3::derive_key("meterstand 2026 erasure tombstone", &p.to_bytes());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&hash[..16]);
+    out
+}
+
+/// What the writer, the readers and the facade share.
+pub(crate) struct Shared {
+    pub(crate) db: DB,
+    pub(crate) calendar: Calendar,
+    pub(crate) config: StoreConfig,
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Connection records, loaded at open; changed only by the writer thread.
+    pub(crate) connections: RwLock<HashMap<Pseudonym, Connection>>,
+    /// Tombstone keys of erased connections.
+    pub(crate) tombstones: RwLock<HashSet<[u8; 16]>>,
+    pub(crate) horizons: Arc<Horizons>,
+    pub(crate) writer_alive: AtomicBool,
+    pub(crate) faults: crate::fault::Faults,
+}
+
+impl Shared {
+    pub(crate) fn cf(&self, name: &str) -> Result<&ColumnFamily, StoreError> {
+        self.db
+            .cf_handle(name)
+            .ok_or(StoreError::Corrupt("a missing column family"))
+    }
+
+    pub(crate) fn tier_cf(&self, tier: Tier) -> Result<&ColumnFamily, StoreError> {
+        self.cf(tier_cf_name(tier))
+    }
+
+    /// The tiers a connection's readings may be stored in: its consent, `off` once erased,
+    /// the configured default when unknown.
+    pub(crate) fn allowed_tiers(
+        &self,
+        connections: &HashMap<Pseudonym, Connection>,
+        tombstones: &HashSet<[u8; 16]>,
+        p: Pseudonym,
+    ) -> TierSet {
+        if let Some(c) = connections.get(&p) {
+            return c.consent.allowed_tiers();
+        }
+        if !tombstones.is_empty() && tombstones.contains(&tombstone_key(p)) {
+            return ConsentLevel::Off.allowed_tiers();
+        }
+        self.config.default_consent.allowed_tiers()
+    }
+
+    pub(crate) fn refresh_horizons(&self) -> Timestamp {
+        let now = self.clock.now();
+        for tier in Tier::ALL {
+            self.horizons
+                .set(tier, self.config.retention.horizon(tier, now).as_second());
+        }
+        now
+    }
+
+    /// Read-time filter: what is past retention is invisible even before the sweep.
+    pub(crate) fn read_horizon(&self, tier: Tier) -> i64 {
+        self.config
+            .retention
+            .horizon(tier, self.clock.now())
+            .as_second()
+    }
+
+    pub(crate) fn write_opts(&self) -> WriteOptions {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.config.sync);
+        wo
+    }
+}
+
+/// Maps a RocksDB error to a store error that keeps it as its source.
+pub(crate) fn engine(context: &'static str) -> impl FnOnce(rocksdb::Error) -> StoreError {
+    move |e| StoreError::engine(context, e)
+}
+
+pub(crate) fn open_shared(
+    config: StoreConfig,
+    clock: Arc<dyn Clock>,
+) -> Result<Shared, StoreError> {
+    let horizons = Arc::new(Horizons::default());
+    let now = clock.now();
+    for tier in Tier::ALL {
+        horizons.set(tier, config.retention.horizon(tier, now).as_second());
+    }
+    let mut db_opts = Options::default();
+    db_opts.create_if_missing(true);
+    db_opts.create_missing_column_families(true);
+    db_opts.set_max_background_jobs(2);
+    db_opts.set_keep_log_file_num(4);
+    db_opts.set_bytes_per_sync(1 << 20);
+    // One writer thread: no concurrent memtable inserts, so RocksDB inserts each key with
+    // the previous insert's position as hint, which our key-sorted batches make cheap.
+    db_opts.set_allow_concurrent_memtable_write(false);
+    // The MANIFEST records the smallest and largest key of every SST file it lists until it
+    // is rewritten; a small limit makes RocksDB start a new one (a snapshot of the live
+    // files only) at each change, so an erased pseudonym does not live on as a file bound.
+    db_opts.set_max_manifest_file_size(MANIFEST_ROLL_BYTES);
+
+    let mut cfs = Vec::new();
+    for tier in Tier::ALL {
+        cfs.push(ColumnFamilyDescriptor::new(
+            tier_cf_name(tier),
+            tier_options(tier, &config, horizons.clone()),
+        ));
+    }
+    for name in [CF_CONNECTIONS, CF_METERS, CF_TOMBSTONES, CF_META] {
+        let mut o = Options::default();
+        o.set_compression_type(rocksdb::DBCompressionType::None);
+        cfs.push(ColumnFamilyDescriptor::new(name, o));
+    }
+    std::fs::create_dir_all(&config.path)
+        .map_err(|e| StoreError::engine("creating the data directory", e))?;
+    let db = DB::open_cf_descriptors(&db_opts, &config.path, cfs)
+        .map_err(engine("opening the database"))?;
+    let calendar = Calendar::new(&config.time_zone)
+        .map_err(|e| StoreError::InvalidQuery(format!("store time zone: {e}")))?;
+    let shared = Shared {
+        db,
+        calendar,
+        config,
+        clock,
+        connections: RwLock::new(HashMap::new()),
+        tombstones: RwLock::new(HashSet::new()),
+        horizons,
+        writer_alive: AtomicBool::new(true),
+        faults: Default::default(),
+    };
+    load_connections(&shared)?;
+    Ok(shared)
+}
+
+/// A new MANIFEST once the current one exceeds this: small, so erasures roll it quickly.
+const MANIFEST_ROLL_BYTES: usize = 1;
+
+fn tier_options(tier: Tier, config: &StoreConfig, horizons: Arc<Horizons>) -> Options {
+    let mut o = Options::default();
+    let compression = match config.compression {
+        Compression::None => rocksdb::DBCompressionType::None,
+        Compression::Lz4 => rocksdb::DBCompressionType::Lz4,
+        Compression::Zstd => rocksdb::DBCompressionType::Zstd,
+    };
+    o.set_compression_type(compression);
+    o.set_bottommost_compression_type(compression);
+    o.set_write_buffer_size(8 << 20);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_size(16 * 1024);
+    table.set_bloom_filter(10.0, false);
+    o.set_block_based_table_factory(&table);
+    let span = layout::bucket_quarters(tier);
+    // Drops whole blocks whose last slot is past retention while compaction rewrites them
+    // anyway; blocks straddling the horizon are trimmed by the sweep.
+    let filter_name = format!("meterstand-retention-{}", tier.as_str());
+    o.set_compaction_filter(
+        &filter_name,
+        move |_level: u32, key: &[u8], value: &[u8]| {
+            let Some(k) = layout::parse_key(key) else {
+                return Decision::Keep;
+            };
+            let end = (i64::from(k.bucket) + 1) * span * meterstand_model::QUARTER_SECONDS;
+            if end <= horizons.get(tier) {
+                metrics::RETENTION_DELETED
+                    .with_label_values(&[tier.as_str()])
+                    .inc_by(layout::block_count(value));
+                Decision::Remove
+            } else {
+                Decision::Keep
+            }
+        },
+    );
+    o
+}
+
+pub(crate) fn encode_connection(c: &Connection) -> Vec<u8> {
+    let mut v = vec![c.consent as u8];
+    v.extend_from_slice(&c.postcode4.map(Postcode4::get).unwrap_or(0).to_be_bytes());
+    let profile = c.profile.as_ref().map(|p| p.as_str()).unwrap_or("");
+    v.push(u8::try_from(profile.len()).unwrap_or(0));
+    v.extend_from_slice(profile.as_bytes());
+    v
+}
+
+fn decode_connection(v: &[u8]) -> Option<Connection> {
+    let consent = ConsentLevel::from_code(*v.first()?)?;
+    let postcode = u16::from_be_bytes([*v.get(1)?, *v.get(2)?]);
+    let len = usize::from(*v.get(3)?);
+    let profile = std::str::from_utf8(v.get(4..4 + len)?).ok()?;
+    Some(Connection {
+        consent,
+        postcode4: if postcode == 0 {
+            None
+        } else {
+            Postcode4::new(postcode).ok()
+        },
+        profile: if profile.is_empty() {
+            None
+        } else {
+            profile.parse::<Profile>().ok()
+        },
+    })
+}
+
+fn load_connections(shared: &Shared) -> Result<(), StoreError> {
+    let mut map = HashMap::new();
+    for item in shared
+        .db
+        .iterator_cf(shared.cf(CF_CONNECTIONS)?, rocksdb::IteratorMode::Start)
+    {
+        let (k, v) = item.map_err(engine("loading connections"))?;
+        let p = Pseudonym::from_bytes(&k).ok_or(StoreError::Corrupt("connections"))?;
+        map.insert(
+            p,
+            decode_connection(&v).ok_or(StoreError::Corrupt("connections"))?,
+        );
+    }
+    let mut tombstones = HashSet::new();
+    for item in shared
+        .db
+        .iterator_cf(shared.cf(CF_TOMBSTONES)?, rocksdb::IteratorMode::Start)
+    {
+        let (k, _) = item.map_err(engine("loading tombstones"))?;
+        let key: [u8; 16] = k
+            .as_ref()
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("tombstones"))?;
+        tombstones.insert(key);
+    }
+    *shared.connections.write() = map;
+    *shared.tombstones.write() = tombstones;
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! Fault injection for tests of failure paths: a store can be told that its next N block
+//! reads of a tier, or its next N group writes, fail like a disk error would. Per store,
+//! disarmed unless a test arms it; in production each check is one relaxed atomic load.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use meterstand_model::Tier;
+use meterstand_store::StoreError;
+
+/// Where a failure can be injected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPoint {
+    /// Reading a tier's blocks before a merge.
+    BlockRead(Tier),
+    /// Writing a group's batch.
+    GroupWrite,
+}
+
+impl FaultPoint {
+    fn index(self) -> usize {
+        match self {
+            FaultPoint::BlockRead(t) => t as usize,
+            FaultPoint::GroupWrite => 3,
+        }
+    }
+}
+
+/// Failures still to inject, per point.
+#[derive(Debug, Default)]
+pub(crate) struct Faults([AtomicU32; 4]);
+
+impl Faults {
+    pub(crate) fn arm(&self, point: FaultPoint, times: u32) {
+        self.0[point.index()].store(times, Ordering::SeqCst);
+    }
+
+    pub(crate) fn check(&self, point: FaultPoint) -> Result<(), StoreError> {
+        let slot = &self.0[point.index()];
+        if slot.load(Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        match slot.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) {
+            Ok(_) => Err(StoreError::engine(
+                "an injected fault",
+                std::io::Error::other(format!("injected failure at {point:?}")),
+            )),
+            Err(_) => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The RocksDB engine behind `meterstand-store`'s traits. Modules depend only on the ones
+//! listed before them: `layout` (keys and blocks) → `engine` (open, options, shared state)
+//! → `read` (scans, series, aggregates, export) → `maintenance` (connection changes,
+//! erasure, purge, sweep) → `sync` (WAL sync thread) → `writer` (the one thread that
+//! mutates) → this facade. Layout and reasons: `DESIGN.md` beside this crate.
+
+mod engine;
+mod fault;
+pub mod layout;
+mod maintenance;
+pub mod metrics;
+mod read;
+mod sync;
+mod writer;
+
+pub use engine::{Compression, StoreConfig};
+pub use fault::FaultPoint;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use jiff::Timestamp;
+use meterstand_model::{Connection, Reading, RegisterKind, Tier};
+use meterstand_pseudonym::Pseudonym;
+use meterstand_store::{
+    AggregateCell, AggregateQuery, BackupInfo, Clock, ErasureReceipt, IngestItem, ReadingStore,
+    ReadingWriter, SeriesRow, StoreError, SubjectExport, TierCounts, WriteOutcome,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use engine::{CF_META, CF_TOMBSTONES, CONNECTION_CFS, Shared, engine, tier_cf_name};
+use writer::{Command, Writer};
+
+/// Commands queued for the writer. Each holds up to one ingest batch, so 64 bound the
+/// memory held while the disk is slow; senders then wait, which is the backpressure ingest
+/// passes on to the broker.
+const COMMAND_QUEUE: usize = 64;
+
+/// The RocksDB-backed [`ReadingStore`].
+pub struct RocksStore {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RocksStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksStore")
+            .field("path", &self.shared.config.path)
+            .finish()
+    }
+}
+
+impl RocksStore {
+    pub fn open(config: StoreConfig, clock: Arc<dyn Clock>) -> Result<RocksStore, StoreError> {
+        metrics::init();
+        let shared = Arc::new(engine::open_shared(config, clock)?);
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let writer_shared = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("meterstand-store-writer".into())
+            .spawn(move || {
+                Writer::new(writer_shared.clone()).run(rx);
+                writer_shared.writer_alive.store(false, Ordering::SeqCst);
+            })
+            .map_err(|e| StoreError::engine("starting the writer thread", e))?;
+        Ok(RocksStore {
+            shared,
+            commands: tx,
+            writer: Some(writer),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.shared.config.path
+    }
+
+    /// Blocking form of [`ReadingWriter::write`], for threads outside the runtime.
+    pub fn write_blocking(&self, items: Vec<IngestItem>) -> Result<WriteOutcome, StoreError> {
+        self.call_blocking(|reply| Command::Write { items, reply })
+    }
+
+    /// Compacts every tier fully (benchmarks measure size after this; operators rarely need it).
+    pub fn compact_all(&self) -> Result<(), StoreError> {
+        self.call_blocking(|reply| Command::CompactAll { reply })
+    }
+
+    /// Makes the next `times` checks of `point` fail (tests of failure paths).
+    pub fn inject_fault(&self, point: FaultPoint, times: u32) {
+        self.shared.faults.arm(point, times);
+    }
+
+    /// Bytes of live SST files per tier, and RocksDB's pending compaction estimate; also
+    /// published as gauges.
+    pub fn refresh_size_metrics(&self) -> Result<TierCounts, StoreError> {
+        let mut sizes = TierCounts::default();
+        for tier in Tier::ALL {
+            let cf = self.shared.tier_cf(tier)?;
+            let property = |name| {
+                self.shared
+                    .db
+                    .property_int_value_cf(cf, name)
+                    .map_err(engine("reading a property"))
+                    .map(|v| v.unwrap_or(0))
+            };
+            let size = property("rocksdb.total-sst-files-size")?;
+            let pending = property("rocksdb.estimate-pending-compaction-bytes")?;
+            metrics::SIZE_BYTES
+                .with_label_values(&[tier.as_str()])
+                .set(i64::try_from(size).unwrap_or(i64::MAX));
+            metrics::PENDING_COMPACTION_BYTES
+                .with_label_values(&[tier.as_str()])
+                .set(i64::try_from(pending).unwrap_or(i64::MAX));
+            sizes.add(tier, size);
+        }
+        Ok(sizes)
+    }
+
+    /// The live SST files holding a tier (for checks that erased data is physically gone).
+    pub fn sst_files(&self, tier: Tier) -> Result<Vec<PathBuf>, StoreError> {
+        Ok(self
+            .shared
+            .db
+            .live_files()
+            .map_err(engine("listing live files"))?
+            .into_iter()
+            .filter(|f| f.column_family_name == tier_cf_name(tier))
+            .map(|f| self.shared.config.path.join(f.name.trim_start_matches('/')))
+            .collect())
+    }
+
+    /// A consistent on-disk copy of the store (RocksDB checkpoint), safe while running.
+    pub fn checkpoint(&self, dir: &Path) -> Result<(), StoreError> {
+        rocksdb::checkpoint::Checkpoint::new(&self.shared.db)
+            .and_then(|c| c.create_checkpoint(dir))
+            .map_err(engine("creating a checkpoint"))
+    }
+
+    /// Stops the writer once pending commands are done, then flushes every memtable, so
+    /// the store on disk is compact and no WAL holds data that later deletions must chase.
+    pub fn close(mut self) -> Result<(), StoreError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), StoreError> {
+        let (dead_tx, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.commands, dead_tx));
+        let Some(handle) = self.writer.take() else {
+            return Ok(());
+        };
+        let _ = handle.join();
+        let mut cfs = Vec::new();
+        for name in CONNECTION_CFS.iter().chain(&[CF_TOMBSTONES, CF_META]) {
+            cfs.push(self.shared.cf(name)?);
+        }
+        self.shared
+            .db
+            .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())
+            .map_err(engine("flushing memtables at close"))?;
+        sync::sync_wal(&self.shared)
+    }
+
+    fn call_blocking<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .blocking_send(make(reply))
+            .map_err(|_| StoreError::Closed)?;
+        rx.blocking_recv().map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl Drop for RocksStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!(error = %e, "closing the store");
+        }
+    }
+}
+
+impl ReadingWriter for RocksStore {
+    async fn write(&self, items: Vec<IngestItem>) -> Result<WriteOutcome, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Write { items, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl ReadingStore for RocksStore {
+    fn connection(&self, p: Pseudonym) -> Result<Option<Connection>, StoreError> {
+        Ok(self.shared.connections.read().get(&p).cloned())
+    }
+
+    fn put_connection(
+        &self,
+        all: &[Pseudonym],
+        connection: Connection,
+    ) -> Result<ErasureReceipt, StoreError> {
+        let all = all.to_vec();
+        self.call_blocking(|reply| Command::PutConnection {
+            all,
+            connection,
+            reply,
+        })
+    }
+
+    fn erase(&self, pseudonyms: &[Pseudonym]) -> Result<ErasureReceipt, StoreError> {
+        let pseudonyms = pseudonyms.to_vec();
+        self.call_blocking(|reply| Command::Erase { pseudonyms, reply })
+    }
+
+    fn knows(&self, p: Pseudonym) -> Result<bool, StoreError> {
+        read::knows(&self.shared, p)
+    }
+
+    fn export(&self, pseudonyms: &[Pseudonym]) -> Result<SubjectExport, StoreError> {
+        let export = read::export(&self.shared, pseudonyms)?;
+        metrics::EXPORTS.inc();
+        Ok(export)
+    }
+
+    fn readings(
+        &self,
+        p: Pseudonym,
+        tier: Tier,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<Reading>, StoreError> {
+        read::readings(&self.shared, p, tier, from, to)
+    }
+
+    fn series(
+        &self,
+        p: Pseudonym,
+        kind: RegisterKind,
+        tier: Tier,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<SeriesRow>, StoreError> {
+        read::series(&self.shared, p, kind, tier, from, to)
+    }
+
+    fn aggregate(&self, query: &AggregateQuery) -> Result<Vec<AggregateCell>, StoreError> {
+        read::aggregate(&self.shared, query)
+    }
+
+    fn sweep_retention(&self) -> Result<TierCounts, StoreError> {
+        self.call_blocking(|reply| Command::Sweep { reply })
+    }
+
+    fn backup(&self, dir: &Path) -> Result<BackupInfo, StoreError> {
+        if dir.exists() {
+            return Err(StoreError::InvalidQuery(
+                "the backup directory must not exist yet".into(),
+            ));
+        }
+        self.checkpoint(dir)?;
+        let mut info = BackupInfo::default();
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| StoreError::engine("listing the backup", e))?;
+        for entry in entries.flatten() {
+            if let Ok(meta) = entry.metadata() {
+                info.files += 1;
+                info.bytes += meta.len();
+            }
+        }
+        metrics::BACKUPS.inc();
+        Ok(info)
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.shared.writer_alive.load(Ordering::SeqCst) && !self.commands.is_closed()
+    }
+}

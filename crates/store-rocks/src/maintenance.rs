@@ -1,0 +1,282 @@
+//! Mutations other than ingest: connection changes, erasure, making deletions physical
+//! (purge), the retention sweep and full compaction. Called only from the writer thread,
+//! which clears its block cache around them; each is a plain function over [`Shared`].
+
+use meterstand_model::{Connection, Tier, TierSet};
+use meterstand_pseudonym::Pseudonym;
+use meterstand_store::{ErasureReceipt, Kept, StoreError, TierCounts};
+use rocksdb::{BottommostLevelCompaction, CompactOptions, WriteBatch};
+
+use crate::engine::{
+    CF_CONNECTIONS, CF_META, CF_METERS, CF_TOMBSTONES, CONNECTION_CFS, Shared, encode_connection,
+    engine, tier_cf_name, tombstone_key,
+};
+use crate::{layout, metrics};
+
+/// Registers or updates a connection under `all[0]`, removing under every pseudonym in
+/// `all` (older key versions included) the tiers the new consent does not allow.
+pub(crate) fn put_connection(
+    shared: &Shared,
+    all: &[Pseudonym],
+    connection: Connection,
+) -> Result<ErasureReceipt, StoreError> {
+    let Some(current) = all.first().copied() else {
+        return Err(StoreError::InvalidQuery("no pseudonym given".into()));
+    };
+    // Whatever the new level does not allow has no legal basis any more, under any key
+    // version, except what a hold keeps.
+    let remove = TierSet::ALL.minus(connection.consent.allowed_tiers());
+    let mut batch = WriteBatch::default();
+    let receipt = remove_tiers(shared, all, remove, &mut batch)?;
+    let connections_cf = shared.cf(CF_CONNECTIONS)?;
+    let tombstones_cf = shared.cf(CF_TOMBSTONES)?;
+    for p in all {
+        batch.delete_cf(tombstones_cf, tombstone_key(*p));
+        if *p != current {
+            batch.delete_cf(connections_cf, p.to_bytes());
+        }
+    }
+    batch.put_cf(
+        connections_cf,
+        current.to_bytes(),
+        encode_connection(&connection),
+    );
+    shared
+        .db
+        .write_opt(batch, &shared.write_opts())
+        .map_err(engine("writing a connection"))?;
+    {
+        let mut connections = shared.connections.write();
+        let mut tombstones = shared.tombstones.write();
+        for p in all {
+            connections.remove(p);
+            tombstones.remove(&tombstone_key(*p));
+        }
+        connections.insert(current, connection);
+    }
+    if receipt.deleted.total() > 0 {
+        purge(shared, all)?;
+    }
+    record_erased(&receipt);
+    Ok(receipt)
+}
+
+/// Queues range deletions of `tiers` (less the held ones) for `pseudonyms` and reports
+/// what they remove and what the holds keep.
+fn remove_tiers(
+    shared: &Shared,
+    pseudonyms: &[Pseudonym],
+    tiers: TierSet,
+    batch: &mut WriteBatch,
+) -> Result<ErasureReceipt, StoreError> {
+    let policy = &shared.config.retention;
+    let mut receipt = ErasureReceipt::default();
+    for tier in tiers.iter() {
+        let cf = shared.tier_cf(tier)?;
+        let held = policy.erasure_hold.contains(tier);
+        let mut count = 0;
+        let mut latest: Option<i64> = None;
+        for p in pseudonyms {
+            let (start, end) = layout::pseudonym_range(*p);
+            let mut it = shared.db.raw_iterator_cf(cf);
+            it.seek(&start);
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                if k >= end.as_slice() {
+                    break;
+                }
+                count += layout::block_count(v);
+                if held
+                    && let (Some(key), Some(entries)) =
+                        (layout::parse_key(k), layout::decode_block(v))
+                    && let Some((slot, _)) = entries.last()
+                {
+                    let base = layout::bucket_start_quarter(tier, key.bucket);
+                    let t = layout::time_of_quarter(base + slot).as_second();
+                    latest = Some(latest.map_or(t, |l| l.max(t)));
+                }
+                it.next();
+            }
+            it.status()
+                .map_err(engine("scanning a connection's range"))?;
+            if !held {
+                batch.delete_range_cf(cf, &start, &end);
+            }
+        }
+        if !held {
+            receipt.deleted.add(tier, count);
+        } else if count > 0 {
+            receipt.kept.push(Kept {
+                tier,
+                count,
+                reason: policy.hold_reason.clone(),
+                until: policy.kept_until(tier, latest),
+            });
+        }
+    }
+    Ok(receipt)
+}
+
+/// Erases everything of `pseudonyms` but the held tiers, leaves a tombstone that gates
+/// them like consent `off`, and makes the deletion physical.
+pub(crate) fn erase(
+    shared: &Shared,
+    pseudonyms: &[Pseudonym],
+) -> Result<ErasureReceipt, StoreError> {
+    let mut batch = WriteBatch::default();
+    let mut receipt = remove_tiers(shared, pseudonyms, TierSet::ALL, &mut batch)?;
+    let connections_cf = shared.cf(CF_CONNECTIONS)?;
+    let meters_cf = shared.cf(CF_METERS)?;
+    let tombstones_cf = shared.cf(CF_TOMBSTONES)?;
+    for p in pseudonyms {
+        if shared.connections.read().contains_key(p) {
+            receipt.connection = 1;
+        }
+        batch.delete_cf(connections_cf, p.to_bytes());
+        batch.put_cf(tombstones_cf, tombstone_key(*p), []);
+        let (start, end) = layout::pseudonym_range(*p);
+        let mut it = shared.db.raw_iterator_cf(meters_cf);
+        it.seek(&start);
+        while it.key().is_some_and(|k| k < end.as_slice()) {
+            receipt.meters += 1;
+            it.next();
+        }
+        it.status().map_err(engine("scanning meters"))?;
+        batch.delete_range_cf(meters_cf, &start, &end);
+    }
+    shared
+        .db
+        .write_opt(batch, &shared.write_opts())
+        .map_err(engine("writing an erasure"))?;
+    {
+        let mut connections = shared.connections.write();
+        let mut tombstones = shared.tombstones.write();
+        for p in pseudonyms {
+            connections.remove(p);
+            tombstones.insert(tombstone_key(*p));
+        }
+    }
+    purge(shared, pseudonyms)?;
+    record_erased(&receipt);
+    metrics::ERASURES.inc();
+    Ok(receipt)
+}
+
+/// Makes deletions physical: flush every memtable of every column family (so that no WAL
+/// file still holds the data: RocksDB drops a WAL only once every family has flushed past
+/// it), compact the pseudonyms' ranges down to the bottom level, where tombstones and the
+/// data they cover are dropped, and roll the MANIFEST past the compaction so that no file
+/// bound naming the pseudonym stays in it.
+fn purge(shared: &Shared, pseudonyms: &[Pseudonym]) -> Result<(), StoreError> {
+    let mut all_cfs = Vec::new();
+    for name in CONNECTION_CFS.iter().chain(&[CF_TOMBSTONES, CF_META]) {
+        all_cfs.push(shared.cf(name)?);
+    }
+    shared
+        .db
+        .flush_cfs_opt(&all_cfs, &rocksdb::FlushOptions::default())
+        .map_err(engine("flushing memtables"))?;
+    let mut opts = CompactOptions::default();
+    opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+    opts.set_exclusive_manual_compaction(true);
+    for name in CONNECTION_CFS {
+        let cf = shared.cf(name)?;
+        for p in pseudonyms {
+            let (start, end) = layout::pseudonym_range(*p);
+            shared
+                .db
+                .compact_range_cf_opt(cf, Some(&start), Some(&end), &opts);
+        }
+    }
+    roll_manifest(shared)
+}
+
+/// One more change to the version set, so that RocksDB (with its tiny MANIFEST limit)
+/// writes a new MANIFEST from the files live now and deletes the old one.
+fn roll_manifest(shared: &Shared) -> Result<(), StoreError> {
+    let meta = shared.cf(CF_META)?;
+    let now = shared.clock.now().as_second().to_be_bytes();
+    shared
+        .db
+        .put_cf_opt(meta, b"manifest-roll", now, &shared.write_opts())
+        .map_err(engine("writing store metadata"))?;
+    shared
+        .db
+        .flush_cf(meta)
+        .map_err(engine("flushing store metadata"))
+}
+
+/// Deletes blocks wholly past retention and trims the ones that straddle the horizon.
+pub(crate) fn sweep(shared: &Shared) -> Result<TierCounts, StoreError> {
+    shared.refresh_horizons();
+    let mut removed = TierCounts::default();
+    for tier in Tier::ALL {
+        let cf = shared.tier_cf(tier)?;
+        let horizon_q = shared
+            .horizons
+            .get(tier)
+            .div_euclid(meterstand_model::QUARTER_SECONDS);
+        let mut batch = WriteBatch::default();
+        let mut it = shared.db.raw_iterator_cf(cf);
+        it.seek_to_first();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if let Some(key) = layout::parse_key(k) {
+                let start = i64::from(layout::bucket_start_quarter(tier, key.bucket));
+                let end = start + layout::bucket_quarters(tier);
+                if end <= horizon_q {
+                    removed.add(tier, layout::block_count(v));
+                    batch.delete_cf(cf, k);
+                } else if start < horizon_q {
+                    let entries =
+                        layout::decode_block(v).ok_or(StoreError::Corrupt(tier.as_str()))?;
+                    let keep: Vec<(u32, u64)> = entries
+                        .iter()
+                        .copied()
+                        .filter(|(slot, _)| start + i64::from(*slot) >= horizon_q)
+                        .collect();
+                    if keep.len() < entries.len() {
+                        removed.add(tier, (entries.len() - keep.len()) as u64);
+                        if keep.is_empty() {
+                            batch.delete_cf(cf, k);
+                        } else {
+                            batch.put_cf(cf, k, layout::encode_block(&keep));
+                        }
+                    }
+                }
+            }
+            it.next();
+        }
+        it.status().map_err(engine("sweeping a tier"))?;
+        drop(it);
+        if !batch.is_empty() {
+            shared
+                .db
+                .write_opt(batch, &shared.write_opts())
+                .map_err(engine("writing the sweep"))?;
+        }
+        metrics::RETENTION_DELETED
+            .with_label_values(&[tier.as_str()])
+            .inc_by(removed.get(tier));
+    }
+    Ok(removed)
+}
+
+pub(crate) fn compact_all(shared: &Shared) -> Result<(), StoreError> {
+    let mut opts = CompactOptions::default();
+    opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+    for tier in Tier::ALL {
+        let cf = shared.cf(tier_cf_name(tier))?;
+        shared.db.flush_cf(cf).map_err(engine("flushing a tier"))?;
+        shared
+            .db
+            .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &opts);
+    }
+    Ok(())
+}
+
+fn record_erased(receipt: &ErasureReceipt) {
+    for tier in Tier::ALL {
+        metrics::ERASED
+            .with_label_values(&[tier.as_str()])
+            .inc_by(receipt.deleted.get(tier));
+    }
+}

@@ -1,0 +1,391 @@
+//! The writer thread: it owns every mutation. Ingest batches are group-committed — every
+//! queued write request is drained into one group, gated by consent and retention, merged
+//! into blocks per tier and written as one key-sorted `WriteBatch`; the sync thread makes it
+//! durable. Other commands (connection changes, erasure, sweep) run between groups.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use meterstand_model::{Connection, Tier};
+use meterstand_pseudonym::Pseudonym;
+use meterstand_store::{ErasureReceipt, IngestItem, StoreError, TierCounts, WriteOutcome};
+use rocksdb::{WriteBatch, WriteOptions};
+use rustc_hash::FxHashMap;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::engine::{CF_CONNECTIONS, CF_METERS, Shared, encode_connection, engine};
+use crate::fault::FaultPoint;
+use crate::layout::{self, MergeResult};
+use crate::sync::{Reply, SYNC_QUEUE, Written, sync_loop, sync_wal};
+use crate::{maintenance, metrics};
+
+pub(crate) enum Command {
+    Write {
+        items: Vec<IngestItem>,
+        reply: Reply,
+    },
+    PutConnection {
+        all: Vec<Pseudonym>,
+        connection: Connection,
+        reply: oneshot::Sender<Result<ErasureReceipt, StoreError>>,
+    },
+    Erase {
+        pseudonyms: Vec<Pseudonym>,
+        reply: oneshot::Sender<Result<ErasureReceipt, StoreError>>,
+    },
+    Sweep {
+        reply: oneshot::Sender<Result<TierCounts, StoreError>>,
+    },
+    CompactAll {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// Readings gathered into one group commit at most, to bound its latency.
+const GROUP_COMMIT_READINGS: usize = 64 * 1024;
+/// Decoded blocks the writer keeps per tier at most; the cache is cleared whole when full.
+const BLOCK_CACHE_ENTRIES: usize = 262_144;
+
+type BlockKey = [u8; layout::KEY_LEN];
+
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    /// Decoded blocks per tier, as last written, so that a stream of readings into the same
+    /// open blocks (the current day of every connection) needs no read before each write.
+    /// Only this thread mutates blocks, so the cache stays exact; whatever deletes or trims
+    /// blocks, or fails half-way, clears it.
+    blocks: [FxHashMap<BlockKey, layout::Entries>; 3],
+    /// (connection, meter) pairs known to be recorded, to spare a read per message.
+    meters_seen: HashSet<(Pseudonym, Pseudonym)>,
+    /// Groups written and waiting for a WAL sync (None when syncing inline or not at all).
+    syncer: Option<std::sync::mpsc::SyncSender<Written>>,
+}
+
+/// One reading bound for one block: its slot, value and the index of its request.
+struct Touch {
+    key: BlockKey,
+    slot: u32,
+    value: u64,
+    idx: usize,
+}
+
+struct Pending {
+    items: Vec<IngestItem>,
+    reply: Reply,
+}
+
+fn readings_in(items: &[IngestItem]) -> usize {
+    items.iter().map(|i| i.readings.len()).sum()
+}
+
+impl Writer {
+    pub(crate) fn new(shared: Arc<Shared>) -> Writer {
+        Writer {
+            shared,
+            blocks: Default::default(),
+            meters_seen: HashSet::new(),
+            syncer: None,
+        }
+    }
+
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut sync_thread = None;
+        if self.shared.config.sync {
+            let (tx, sync_rx) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
+            let shared = self.shared.clone();
+            match std::thread::Builder::new()
+                .name("meterstand-store-sync".into())
+                .spawn(move || sync_loop(shared, sync_rx))
+            {
+                Ok(handle) => {
+                    self.syncer = Some(tx);
+                    sync_thread = Some(handle);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the WAL sync thread; syncing inline");
+                }
+            }
+        }
+        self.run_commands(&mut rx);
+        // Pending syncs finish before the store closes.
+        self.syncer = None;
+        if let Some(handle) = sync_thread {
+            let _ = handle.join();
+        }
+    }
+
+    fn run_commands(&mut self, rx: &mut mpsc::Receiver<Command>) {
+        let mut carried: Option<Command> = None;
+        while let Some(first) = carried.take().or_else(|| rx.blocking_recv()) {
+            match first {
+                Command::Write { items, reply } => {
+                    let mut readings = readings_in(&items);
+                    let mut group = vec![Pending { items, reply }];
+                    // Group commit: take whatever else is already queued.
+                    while readings < GROUP_COMMIT_READINGS {
+                        match rx.try_recv() {
+                            Ok(Command::Write { items, reply }) => {
+                                readings += readings_in(&items);
+                                group.push(Pending { items, reply });
+                            }
+                            Ok(other) => {
+                                carried = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.write_group(group, readings);
+                }
+                Command::PutConnection {
+                    all,
+                    connection,
+                    reply,
+                } => {
+                    let result = maintenance::put_connection(&self.shared, &all, connection);
+                    // Deleted blocks: cached copies must not resurrect them.
+                    if result.as_ref().map_or(true, |r| r.deleted.total() > 0) {
+                        self.clear_cache();
+                    }
+                    let _ = reply.send(result);
+                }
+                Command::Erase { pseudonyms, reply } => {
+                    self.clear_cache();
+                    self.meters_seen.retain(|(c, _)| !pseudonyms.contains(c));
+                    let _ = reply.send(maintenance::erase(&self.shared, &pseudonyms));
+                }
+                Command::Sweep { reply } => {
+                    self.clear_cache();
+                    let _ = reply.send(maintenance::sweep(&self.shared));
+                }
+                Command::CompactAll { reply } => {
+                    let _ = reply.send(maintenance::compact_all(&self.shared));
+                }
+            }
+        }
+    }
+
+    fn write_group(&mut self, group: Vec<Pending>, readings: usize) {
+        let started = Instant::now();
+        match self.apply(&group) {
+            Ok(outcomes) => {
+                let written = Written {
+                    replies: group
+                        .into_iter()
+                        .zip(outcomes)
+                        .map(|(p, o)| (p.reply, o))
+                        .collect(),
+                    started,
+                    readings,
+                };
+                match &self.syncer {
+                    // Durable once the syncer's next WAL sync covers it; meanwhile this thread
+                    // already applies the next group.
+                    Some(syncer) => {
+                        if let Err(std::sync::mpsc::SendError(w)) = syncer.send(written) {
+                            w.finish(Err(StoreError::Closed));
+                        }
+                    }
+                    None if self.shared.config.sync => written.finish(sync_wal(&self.shared)),
+                    None => written.finish(Ok(())),
+                }
+            }
+            Err(e) => {
+                // Blocks may have been merged into the cache but not written: the retry
+                // must read them from disk, or it would take its own readings for
+                // duplicates and acknowledge them unstored.
+                self.clear_cache();
+                tracing::error!(error = %e, "group commit failed; batches are not acknowledged");
+                for pending in group {
+                    let _ = pending.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Gate, merge into blocks per tier, and write one unsynced batch for the whole group.
+    fn apply(&mut self, group: &[Pending]) -> Result<Vec<WriteOutcome>, StoreError> {
+        self.shared.refresh_horizons();
+        let mut outcomes = vec![WriteOutcome::default(); group.len()];
+        let mut batch = WriteBatch::default();
+        self.rekey_connections(group, &mut batch)?;
+        let mut touched = self.gate(group, &mut outcomes, &mut batch)?;
+        for tier in Tier::ALL {
+            let touches = std::mem::take(&mut touched[tier as usize]);
+            if !touches.is_empty() {
+                self.merge_tier(tier, touches, &mut outcomes, &mut batch)?;
+            }
+        }
+        // Not synced here: the sync thread syncs the WAL for every group written so far.
+        let mut unsynced = WriteOptions::default();
+        unsynced.set_sync(false);
+        if !batch.is_empty() {
+            self.shared.faults.check(FaultPoint::GroupWrite)?;
+            self.shared
+                .db
+                .write_opt(batch, &unsynced)
+                .map_err(engine("writing a group"))?;
+        }
+        Ok(outcomes)
+    }
+
+    /// The consent and retention gate: which tier entries of the group may be stored, as
+    /// touches per tier; what is dropped is counted in the outcomes.
+    fn gate(
+        &mut self,
+        group: &[Pending],
+        outcomes: &mut [WriteOutcome],
+        batch: &mut WriteBatch,
+    ) -> Result<[Vec<Touch>; 3], StoreError> {
+        let shared = self.shared.clone();
+        let meters_cf = shared.cf(CF_METERS)?;
+        let horizons = Tier::ALL.map(|t| shared.horizons.get(t));
+        let mut touched: [Vec<Touch>; 3] = Default::default();
+        let connections = shared.connections.read();
+        let tombstones = shared.tombstones.read();
+        for (idx, pending) in group.iter().enumerate() {
+            for item in &pending.items {
+                let allowed = shared.allowed_tiers(&connections, &tombstones, item.connection);
+                let mut stored_any = false;
+                for tr in &item.readings {
+                    let Some(q) = layout::quarter_of(tr.reading.time) else {
+                        continue;
+                    };
+                    for tier in tr.tiers.iter() {
+                        if !allowed.contains(tier) {
+                            outcomes[idx].dropped_by_consent.add(tier, 1);
+                        } else if tr.reading.time.as_second() < horizons[tier as usize] {
+                            outcomes[idx].expired.add(tier, 1);
+                        } else {
+                            let (bucket, slot) = layout::bucket_of(tier, q);
+                            touched[tier as usize].push(Touch {
+                                key: layout::block_key(
+                                    item.connection,
+                                    tr.reading.register,
+                                    bucket,
+                                ),
+                                slot,
+                                value: tr.reading.value,
+                                idx,
+                            });
+                            stored_any = true;
+                        }
+                    }
+                }
+                if stored_any && self.meters_seen.insert((item.connection, item.meter)) {
+                    let mut key = item.connection.to_bytes().to_vec();
+                    key.extend_from_slice(&item.meter.to_bytes());
+                    batch.put_cf(meters_cf, key, []);
+                }
+            }
+        }
+        Ok(touched)
+    }
+
+    /// Merges one tier's touches into their blocks (read once, then cached) and queues the
+    /// changed blocks in the batch.
+    fn merge_tier(
+        &mut self,
+        tier: Tier,
+        mut touches: Vec<Touch>,
+        outcomes: &mut [WriteOutcome],
+        batch: &mut WriteBatch,
+    ) -> Result<(), StoreError> {
+        // Key order: the memtable inserts each key next to the previous one (its skip list
+        // reuses the last insert position), and equal keys meet. The sort is stable, so
+        // within one key the first arrival is merged first and wins a conflict.
+        touches.sort_by_key(|t| t.key);
+        let shared = self.shared.clone();
+        let cf = shared.tier_cf(tier)?;
+        let cache = &mut self.blocks[tier as usize];
+        let mut missing: Vec<BlockKey> = Vec::new();
+        for t in &touches {
+            if missing.last() != Some(&t.key) && !cache.contains_key(&t.key) {
+                missing.push(t.key);
+            }
+        }
+        if cache.len() + missing.len() > BLOCK_CACHE_ENTRIES {
+            cache.clear();
+            missing.clear();
+            missing.extend(touches.iter().map(|t| t.key));
+            missing.dedup();
+        }
+        shared.faults.check(FaultPoint::BlockRead(tier))?;
+        let fetched = shared
+            .db
+            .batched_multi_get_cf(cf, missing.iter().map(|k| &k[..]), true);
+        for (key, old) in missing.iter().zip(fetched) {
+            let entries = match old.map_err(engine("reading blocks"))? {
+                Some(bytes) => {
+                    layout::decode_block(&bytes).ok_or(StoreError::Corrupt(tier.as_str()))?
+                }
+                None => Vec::new(),
+            };
+            cache.insert(*key, entries);
+        }
+        for run in touches.chunk_by(|a, b| a.key == b.key) {
+            let key = run[0].key;
+            let entries = cache.entry(key).or_default();
+            let mut changed = false;
+            for t in run {
+                match layout::merge_entry(entries, t.slot, t.value) {
+                    MergeResult::Inserted => {
+                        changed = true;
+                        outcomes[t.idx].stored.add(tier, 1);
+                    }
+                    MergeResult::Duplicate => outcomes[t.idx].duplicates += 1,
+                    MergeResult::Conflict => outcomes[t.idx].conflicts += 1,
+                }
+            }
+            if changed {
+                batch.put_cf(cf, key, layout::encode_block(entries));
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-keying after a key rotation: a connection whose record lies only under an older
+    /// pseudonym gets it moved to the current one the first time it is seen again, in the
+    /// same batch as its readings.
+    fn rekey_connections(
+        &mut self,
+        group: &[Pending],
+        batch: &mut WriteBatch,
+    ) -> Result<(), StoreError> {
+        // With one key version (the usual case) no item names an older pseudonym.
+        let items = || group.iter().flat_map(|p| &p.items);
+        if items().all(|i| i.previous.is_empty()) {
+            return Ok(());
+        }
+        let shared = &self.shared;
+        let cf = shared.cf(CF_CONNECTIONS)?;
+        let mut connections = shared.connections.write();
+        for item in items() {
+            if item.previous.is_empty() || connections.contains_key(&item.connection) {
+                continue;
+            }
+            let Some(old) = item
+                .previous
+                .iter()
+                .find(|old| connections.contains_key(old))
+                .copied()
+            else {
+                continue;
+            };
+            if let Some(c) = connections.remove(&old) {
+                batch.delete_cf(cf, old.to_bytes());
+                batch.put_cf(cf, item.connection.to_bytes(), encode_connection(&c));
+                connections.insert(item.connection, c);
+                metrics::REKEYED.inc();
+            }
+        }
+        Ok(())
+    }
+
+    fn clear_cache(&mut self) {
+        for cache in &mut self.blocks {
+            cache.clear();
+        }
+    }
+}

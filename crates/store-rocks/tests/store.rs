@@ -1,0 +1,267 @@
+//! The RocksDB engine: the backend-independent conformance suite, then what only a store
+//! on disk can show — durability across reopen, and erased bytes gone from every file.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use meterstand_model::{ConsentLevel, Register, Tier, TierSet};
+use meterstand_pseudonym::Pseudonym;
+use meterstand_store::conformance::{
+    Backend, block_on, connection, item, pseudo, put, quarter_hours, tiered, ts,
+};
+use meterstand_store::{ManualClock, ReadingStore, ReadingWriter};
+use meterstand_store_rocks::{Compression, FaultPoint, RocksStore, StoreConfig};
+
+/// A store in its own temporary directory, uncompressed so tests can search its files.
+struct Rocks {
+    dir: tempfile::TempDir,
+    hold: TierSet,
+}
+
+impl Rocks {
+    fn new() -> Rocks {
+        Rocks {
+            dir: tempfile::tempdir().expect("tempdir"),
+            hold: TierSet::EMPTY.with(Tier::Month),
+        }
+    }
+}
+
+impl Backend for Rocks {
+    type Store = RocksStore;
+    fn open(&mut self, clock: &ManualClock) -> RocksStore {
+        let mut config = StoreConfig::new(self.dir.path());
+        config.compression = Compression::None;
+        config.retention.erasure_hold = self.hold;
+        RocksStore::open(config, Arc::new(clock.clone())).expect("open store")
+    }
+}
+
+meterstand_store::conformance_tests!(Rocks::new());
+
+/// Files of the data directory whose bytes contain `needle` (SST files only, or all).
+fn files_containing(dir: &std::path::Path, needle: &[u8], only_sst: bool) -> Vec<String> {
+    let mut hits = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if only_sst && path.extension().is_none_or(|e| e != "sst") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        if bytes.windows(needle.len()).any(|w| w == needle) {
+            hits.push(path.display().to_string());
+        }
+    }
+    hits
+}
+
+#[test]
+fn data_survives_reopen() {
+    let mut rocks = Rocks::new();
+    let clock = ManualClock::new(ts("2026-12-02T00:00:00Z"));
+    let p = pseudo(5);
+    {
+        let store = rocks.open(&clock);
+        put(&store, p, connection(ConsentLevel::Interval, "4321"));
+        block_on(store.write(vec![item(
+            p,
+            quarter_hours(ts("2026-11-26T10:00:00Z"), 4, 10, 1),
+        )]))
+        .expect("write");
+        store.close().expect("close");
+    }
+    let store = rocks.open(&clock);
+    assert_eq!(
+        store.connection(p).expect("read").map(|c| c.consent),
+        Some(ConsentLevel::Interval)
+    );
+    let stored = store
+        .readings(p, Tier::Interval, Timestamp::MIN, Timestamp::MAX)
+        .expect("read");
+    assert_eq!(stored.len(), 8);
+}
+
+#[test]
+fn a_clean_close_leaves_no_data_in_the_wal() {
+    let mut rocks = Rocks::new();
+    let clock = ManualClock::new(ts("2026-12-02T00:00:00Z"));
+    let p = pseudo(6);
+    let store = rocks.open(&clock);
+    put(&store, p, connection(ConsentLevel::Interval, "4321"));
+    block_on(store.write(vec![item(
+        p,
+        quarter_hours(ts("2026-11-26T10:00:00Z"), 4, 10, 1),
+    )]))
+    .expect("write");
+    store.close().expect("close");
+    let in_wal: Vec<String> = files_containing(rocks.dir.path(), &p.to_bytes(), false)
+        .into_iter()
+        .filter(|f| f.ends_with(".log"))
+        .collect();
+    assert!(
+        in_wal.is_empty(),
+        "WAL files still hold data after close: {in_wal:?}"
+    );
+}
+
+#[test]
+fn erased_bytes_are_gone_from_sst_files_and_the_held_tier_stays() {
+    let mut rocks = Rocks::new();
+    let clock = ManualClock::new(ts("2026-12-02T00:00:00Z"));
+    let store = rocks.open(&clock);
+    let (victim, other) = (pseudo(8), pseudo(9));
+    for p in [victim, other] {
+        put(&store, p, connection(ConsentLevel::Interval, "1234"));
+    }
+    let readings = quarter_hours(ts("2026-11-30T22:00:00Z"), 8, 1000, 50);
+    block_on(store.write(vec![item(victim, readings.clone()), item(other, readings)]))
+        .expect("write");
+    store.compact_all().expect("flush to SST files");
+    let needle = victim.to_bytes();
+    assert!(!files_containing(rocks.dir.path(), &needle, true).is_empty());
+    store.erase(&[victim]).expect("erase");
+    for tier in [Tier::Interval, Tier::Day] {
+        let files = store.sst_files(tier).expect("live files");
+        assert!(
+            !files.is_empty(),
+            "the other connection keeps {tier:?} files alive"
+        );
+        for file in files {
+            let bytes = std::fs::read(&file).expect("read sst");
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{} still holds the pseudonym",
+                file.display()
+            );
+        }
+    }
+    drop(store);
+    let store = rocks.open(&clock);
+    assert_eq!(store.export(&[other]).expect("export").interval.len(), 16);
+    let month = store
+        .readings(victim, Tier::Month, Timestamp::MIN, Timestamp::MAX)
+        .expect("read");
+    assert_eq!(month.len(), 2, "the fiscal hold keeps month readings");
+}
+
+/// The default hold keeps month readings; another connection's month reading keeps the
+/// month memtable busy. After erasure no file at all — SST, WAL, MANIFEST — holds the
+/// erased pseudonym's bytes.
+#[test]
+fn erasure_under_the_default_hold_leaves_no_pseudonym_bytes_in_any_file() {
+    let mut rocks = Rocks::new();
+    let clock = ManualClock::new(ts("2026-12-02T00:00:00Z"));
+    let store = rocks.open(&clock);
+    let (victim, other) = (pseudo(10), pseudo(11));
+    for p in [victim, other] {
+        put(&store, p, connection(ConsentLevel::Interval, "1234"));
+    }
+    // The other connection: a month-boundary reading (local midnight on 1 December).
+    block_on(store.write(vec![item(
+        other,
+        vec![tiered(Register::ImportT1, ts("2026-11-30T23:00:00Z"), 7)],
+    )]))
+    .expect("write month");
+    // Some files with both connections' bounds, then the victim's quarter-hours.
+    store.compact_all().expect("compact");
+    block_on(store.write(vec![item(
+        victim,
+        quarter_hours(ts("2026-11-26T10:00:00Z"), 8, 1000, 50),
+    )]))
+    .expect("write victim");
+    store.compact_all().expect("compact");
+    block_on(store.write(vec![item(
+        victim,
+        quarter_hours(ts("2026-11-27T10:00:00Z"), 8, 2000, 50),
+    )]))
+    .expect("write victim again");
+    let needle = victim.to_bytes();
+    assert!(!files_containing(rocks.dir.path(), &needle, false).is_empty());
+    store.erase(&[victim]).expect("erase");
+    let hits = files_containing(rocks.dir.path(), &needle, false);
+    assert!(
+        hits.is_empty(),
+        "files still holding the erased pseudonym: {hits:?}"
+    );
+    assert!(
+        !files_containing(rocks.dir.path(), &other.to_bytes(), false).is_empty(),
+        "the other connection stays"
+    );
+}
+
+#[test]
+fn full_erasure_without_holds_leaves_no_pseudonym_bytes_in_any_file() {
+    let mut rocks = Rocks::new();
+    rocks.hold = TierSet::EMPTY;
+    let clock = ManualClock::new(ts("2026-12-02T00:00:00Z"));
+    let store = rocks.open(&clock);
+    let (victim, other) = (pseudo(12), pseudo(13));
+    for p in [victim, other] {
+        put(&store, p, connection(ConsentLevel::Interval, "1234"));
+    }
+    let readings = quarter_hours(ts("2026-11-30T22:00:00Z"), 8, 1000, 50);
+    block_on(store.write(vec![item(victim, readings.clone()), item(other, readings)]))
+        .expect("write");
+    store.compact_all().expect("compact");
+    let receipt = store.erase(&[victim]).expect("erase");
+    assert_eq!(receipt.deleted.month, 2);
+    assert!(receipt.kept.is_empty());
+    let hits = files_containing(rocks.dir.path(), &victim.to_bytes(), false);
+    assert!(
+        hits.is_empty(),
+        "files still holding the pseudonym: {hits:?}"
+    );
+}
+
+#[test]
+fn a_moved_connection_record_is_durable() {
+    let mut rocks = Rocks::new();
+    let clock = ManualClock::new(ts("2026-12-02T00:00:00Z"));
+    let old = pseudo(30);
+    let new = Pseudonym {
+        version: 2,
+        hash: [31; 16],
+    };
+    {
+        let store = rocks.open(&clock);
+        put(&store, old, connection(ConsentLevel::Interval, "1234"));
+        let mut it = item(new, quarter_hours(ts("2026-11-30T22:00:00Z"), 4, 1000, 50));
+        it.previous = vec![old];
+        block_on(store.write(vec![it])).expect("write");
+        store.close().expect("close");
+    }
+    let store = rocks.open(&clock);
+    let moved = store.connection(new).expect("read");
+    assert_eq!(moved.and_then(|c| c.postcode4).map(|p| p.get()), Some(1234));
+    assert!(store.connection(old).expect("read").is_none());
+}
+
+/// The day tier's block read fails once, after the interval blocks were merged into the
+/// writer's cache. The retry must store the interval readings, not count them duplicates.
+#[test]
+fn a_failed_group_leaves_no_poisoned_cache() {
+    let mut rocks = Rocks::new();
+    let clock = ManualClock::new(ts("2026-12-02T00:00:00Z"));
+    let p = pseudo(20);
+    {
+        let store = rocks.open(&clock);
+        put(&store, p, connection(ConsentLevel::Interval, "1234"));
+        // Crosses local midnight: interval and day readings in one batch.
+        let batch = quarter_hours(ts("2026-11-30T22:00:00Z"), 8, 1000, 50);
+        store.inject_fault(FaultPoint::BlockRead(Tier::Day), 1);
+        assert!(block_on(store.write(vec![item(p, batch.clone())])).is_err());
+        let retry = block_on(store.write(vec![item(p, batch)])).expect("retry");
+        assert_eq!(
+            retry.stored.interval, 16,
+            "every interval reading stored on retry"
+        );
+        assert_eq!(retry.duplicates, 0);
+        assert_eq!(store.sweep_retention().expect("sweep").total(), 0);
+        store.close().expect("close");
+    }
+    let store = rocks.open(&clock);
+    let stored = store
+        .readings(p, Tier::Interval, Timestamp::MIN, Timestamp::MAX)
+        .expect("read");
+    assert_eq!(stored.len(), 16);
+}

@@ -1,0 +1,441 @@
+//! An in-memory [`ReadingStore`] with the same gate, merge, retention and erasure rules as
+//! the RocksDB engine, for unit tests of the API and ingest (no database to build or open).
+//! The conformance tests in [`crate::conformance`] hold both backends to the same behaviour.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use jiff::Timestamp;
+use meterstand_model::{
+    Calendar, Connection, ConsentLevel, Reading, Register, RegisterKind, Tier, TierSet,
+};
+use meterstand_pseudonym::Pseudonym;
+use parking_lot::Mutex;
+
+use crate::periods::{self, Aggregator, BoundaryValues};
+use crate::{
+    AggregateCell, AggregateQuery, BackupInfo, Clock, ErasureReceipt, GroupKey, IngestItem, Kept,
+    ReadingStore, ReadingWriter, RetentionPolicy, SeriesRow, StoreError, SubjectExport, TierCounts,
+    WriteOutcome,
+};
+
+/// (tier, connection, register, time in seconds) → cumulative value.
+type Key = (Tier, Pseudonym, Register, i64);
+
+#[derive(Debug, Default)]
+struct State {
+    connections: HashMap<Pseudonym, Connection>,
+    /// Erased connections: gated like consent `off` until the CRM registers them again.
+    tombstones: HashSet<Pseudonym>,
+    readings: BTreeMap<Key, u64>,
+    meters: BTreeSet<(Pseudonym, Pseudonym)>,
+}
+
+/// A test hook: the next aggregate call says it entered, then waits for release.
+#[derive(Debug)]
+struct Pause {
+    entered: mpsc::Sender<()>,
+    release: mpsc::Receiver<()>,
+}
+
+#[derive(Debug)]
+pub struct MemStore {
+    state: Mutex<State>,
+    default_consent: ConsentLevel,
+    retention: RetentionPolicy,
+    calendar: Calendar,
+    clock: Arc<dyn Clock>,
+    pause: Mutex<Option<Pause>>,
+    fail_writes: std::sync::atomic::AtomicU32,
+}
+
+impl MemStore {
+    pub fn new(clock: Arc<dyn Clock>) -> MemStore {
+        MemStore::with_policy(clock, ConsentLevel::Standard, RetentionPolicy::default())
+    }
+
+    pub fn with_policy(
+        clock: Arc<dyn Clock>,
+        default_consent: ConsentLevel,
+        retention: RetentionPolicy,
+    ) -> MemStore {
+        MemStore {
+            state: Mutex::new(State::default()),
+            default_consent,
+            retention,
+            calendar: Calendar::amsterdam(),
+            clock,
+            pause: Mutex::new(None),
+            fail_writes: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// The next aggregate call sends on the first channel, then blocks until the second
+    /// one receives (or 10 s pass): a request held in flight.
+    pub fn pause_next_aggregate(&self) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel();
+        *self.pause.lock() = Some(Pause {
+            entered: entered_tx,
+            release: release_rx,
+        });
+        (entered_rx, release_tx)
+    }
+
+    /// The next `n` writes fail with an engine error before storing anything.
+    pub fn fail_next_writes(&self, n: u32) {
+        self.fail_writes
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn horizon(&self, tier: Tier) -> i64 {
+        self.retention.horizon(tier, self.clock.now()).as_second()
+    }
+
+    fn allowed(&self, state: &State, p: Pseudonym) -> TierSet {
+        if state.tombstones.contains(&p) {
+            return ConsentLevel::Off.allowed_tiers();
+        }
+        state
+            .connections
+            .get(&p)
+            .map_or(self.default_consent, |c| c.consent)
+            .allowed_tiers()
+    }
+
+    fn write_now(&self, items: Vec<IngestItem>) -> Result<WriteOutcome, StoreError> {
+        use std::sync::atomic::Ordering;
+        if self
+            .fail_writes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StoreError::engine(
+                "writing a batch",
+                std::io::Error::other("injected write failure"),
+            ));
+        }
+        let mut state = self.state.lock();
+        let mut out = WriteOutcome::default();
+        let horizons = Tier::ALL.map(|t| self.horizon(t));
+        for item in items {
+            rekey(&mut state, &item);
+            let allowed = self.allowed(&state, item.connection);
+            let mut stored_any = false;
+            for tr in &item.readings {
+                for tier in tr.tiers.iter() {
+                    if !allowed.contains(tier) {
+                        out.dropped_by_consent.add(tier, 1);
+                    } else if tr.reading.time.as_second() < horizons[tier as usize] {
+                        out.expired.add(tier, 1);
+                    } else {
+                        let key = (
+                            tier,
+                            item.connection,
+                            tr.reading.register,
+                            tr.reading.time.as_second(),
+                        );
+                        stored_any = true;
+                        match state.readings.get(&key) {
+                            None => {
+                                state.readings.insert(key, tr.reading.value);
+                                out.stored.add(tier, 1);
+                            }
+                            Some(v) if *v == tr.reading.value => out.duplicates += 1,
+                            Some(_) => out.conflicts += 1,
+                        }
+                    }
+                }
+            }
+            if stored_any {
+                state.meters.insert((item.connection, item.meter));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes `tiers` (less the held ones) of `pseudonyms`; the receipt counts what went
+    /// and what the holds keep.
+    fn remove_tiers(
+        &self,
+        state: &mut State,
+        pseudonyms: &[Pseudonym],
+        tiers: TierSet,
+    ) -> ErasureReceipt {
+        let mut receipt = ErasureReceipt::default();
+        for tier in tiers.iter() {
+            let held = self.retention.erasure_hold.contains(tier);
+            let mut count = 0;
+            let mut latest: Option<i64> = None;
+            for p in pseudonyms {
+                let keys: Vec<Key> = state
+                    .readings
+                    .keys()
+                    .filter(|(t, q, _, _)| *t == tier && q == p)
+                    .copied()
+                    .collect();
+                count += keys.len() as u64;
+                for key in keys {
+                    latest = Some(latest.map_or(key.3, |l| l.max(key.3)));
+                    if !held {
+                        state.readings.remove(&key);
+                    }
+                }
+            }
+            if held {
+                if count > 0 {
+                    receipt.kept.push(Kept {
+                        tier,
+                        count,
+                        reason: self.retention.hold_reason.clone(),
+                        until: self.retention.kept_until(tier, latest),
+                    });
+                }
+            } else {
+                receipt.deleted.add(tier, count);
+            }
+        }
+        receipt
+    }
+
+    fn scan(
+        &self,
+        state: &State,
+        p: Pseudonym,
+        register: Register,
+        tier: Tier,
+        from: Timestamp,
+        to: Timestamp,
+        mut f: impl FnMut(Timestamp, u64),
+    ) {
+        let from_s = from.as_second().max(self.horizon(tier));
+        let to_s = to.as_second();
+        if from_s >= to_s {
+            return;
+        }
+        for (key, value) in state
+            .readings
+            .range((tier, p, register, from_s)..(tier, p, register, to_s))
+        {
+            if let Ok(t) = Timestamp::from_second(key.3) {
+                f(t, *value);
+            }
+        }
+    }
+
+    fn boundary_values(
+        &self,
+        state: &State,
+        p: Pseudonym,
+        kind: RegisterKind,
+        tier: Tier,
+        bounds: &[Timestamp],
+    ) -> BoundaryValues {
+        let mut values = BoundaryValues::default();
+        let (Some(first), Some(last)) = (bounds.first(), bounds.last()) else {
+            return values;
+        };
+        let end = Timestamp::from_second(last.as_second() + 1).unwrap_or(Timestamp::MAX);
+        for register in kind.registers() {
+            let mut v = vec![None; bounds.len()];
+            self.scan(state, p, *register, tier, *first, end, |t, value| {
+                if let Ok(i) = bounds.binary_search(&t) {
+                    v[i] = Some(value);
+                }
+            });
+            values.per_register.push(v);
+        }
+        values
+    }
+}
+
+/// A connection record found only under an older pseudonym moves to the current one.
+fn rekey(state: &mut State, item: &IngestItem) {
+    if item.previous.is_empty() || state.connections.contains_key(&item.connection) {
+        return;
+    }
+    if let Some(old) = item
+        .previous
+        .iter()
+        .find(|old| state.connections.contains_key(old))
+        .copied()
+        && let Some(c) = state.connections.remove(&old)
+    {
+        state.connections.insert(item.connection, c);
+    }
+}
+
+impl ReadingWriter for MemStore {
+    async fn write(&self, items: Vec<IngestItem>) -> Result<WriteOutcome, StoreError> {
+        self.write_now(items)
+    }
+}
+
+impl ReadingStore for MemStore {
+    fn connection(&self, p: Pseudonym) -> Result<Option<Connection>, StoreError> {
+        Ok(self.state.lock().connections.get(&p).cloned())
+    }
+
+    fn put_connection(
+        &self,
+        all: &[Pseudonym],
+        connection: Connection,
+    ) -> Result<ErasureReceipt, StoreError> {
+        let Some(current) = all.first().copied() else {
+            return Err(StoreError::InvalidQuery("no pseudonym given".into()));
+        };
+        let mut state = self.state.lock();
+        let remove = TierSet::ALL.minus(connection.consent.allowed_tiers());
+        let receipt = self.remove_tiers(&mut state, all, remove);
+        for old in &all[1..] {
+            state.connections.remove(old);
+            state.tombstones.remove(old);
+        }
+        state.tombstones.remove(&current);
+        state.connections.insert(current, connection);
+        Ok(receipt)
+    }
+
+    fn erase(&self, pseudonyms: &[Pseudonym]) -> Result<ErasureReceipt, StoreError> {
+        let mut state = self.state.lock();
+        let mut receipt = self.remove_tiers(&mut state, pseudonyms, TierSet::ALL);
+        for p in pseudonyms {
+            if state.connections.remove(p).is_some() {
+                receipt.connection = 1;
+            }
+            let before = state.meters.len();
+            state.meters.retain(|(c, _)| c != p);
+            receipt.meters += (before - state.meters.len()) as u64;
+            state.tombstones.insert(*p);
+        }
+        Ok(receipt)
+    }
+
+    fn knows(&self, p: Pseudonym) -> Result<bool, StoreError> {
+        let state = self.state.lock();
+        Ok(state.connections.contains_key(&p) || state.readings.keys().any(|k| k.1 == p))
+    }
+
+    fn export(&self, pseudonyms: &[Pseudonym]) -> Result<SubjectExport, StoreError> {
+        let mut export = SubjectExport::default();
+        for p in pseudonyms {
+            if export.connection.is_none() {
+                export.connection = self.connection(*p)?;
+            }
+            for tier in Tier::ALL {
+                let readings = self.readings(*p, tier, Timestamp::MIN, Timestamp::MAX)?;
+                export.tier_mut(tier).extend(readings);
+            }
+            let state = self.state.lock();
+            export
+                .meters
+                .extend(state.meters.iter().filter(|(c, _)| c == p).map(|(_, m)| *m));
+        }
+        Ok(export)
+    }
+
+    fn readings(
+        &self,
+        p: Pseudonym,
+        tier: Tier,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<Reading>, StoreError> {
+        let state = self.state.lock();
+        let mut out = Vec::new();
+        for register in Register::ALL {
+            self.scan(&state, p, register, tier, from, to, |time, value| {
+                out.push(Reading {
+                    register,
+                    time,
+                    value,
+                });
+            });
+        }
+        out.sort_by_key(|r| (r.time, r.register));
+        Ok(out)
+    }
+
+    fn series(
+        &self,
+        p: Pseudonym,
+        kind: RegisterKind,
+        tier: Tier,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<SeriesRow>, StoreError> {
+        let bounds = periods::boundaries(&self.calendar, tier, kind.registers()[0], from, to)?;
+        let state = self.state.lock();
+        let values = self.boundary_values(&state, p, kind, tier, &bounds);
+        Ok(values
+            .contributions(bounds.len().saturating_sub(1))
+            .map(|(k, consumption)| SeriesRow {
+                period_start: bounds[k],
+                consumption,
+            })
+            .collect())
+    }
+
+    fn aggregate(&self, q: &AggregateQuery) -> Result<Vec<AggregateCell>, StoreError> {
+        if let Some(pause) = self.pause.lock().take() {
+            let _ = pause.entered.send(());
+            let _ = pause
+                .release
+                .recv_timeout(std::time::Duration::from_secs(10));
+        }
+        let bounds =
+            periods::boundaries(&self.calendar, q.tier, q.kind.registers()[0], q.from, q.to)?;
+        let mut aggregator = Aggregator::new(bounds.len().saturating_sub(1));
+        let state = self.state.lock();
+        let members: BTreeSet<Pseudonym> = state
+            .readings
+            .keys()
+            .filter(|k| k.0 == q.tier)
+            .map(|k| k.1)
+            .collect();
+        for p in members {
+            let values = self.boundary_values(&state, p, q.kind, q.tier, &bounds);
+            let group = GroupKey::of(state.connections.get(&p), q.group_by);
+            aggregator.add(group, &values);
+        }
+        Ok(aggregator.finish(&bounds))
+    }
+
+    fn sweep_retention(&self) -> Result<TierCounts, StoreError> {
+        let horizons = Tier::ALL.map(|t| self.horizon(t));
+        let mut state = self.state.lock();
+        let mut removed = TierCounts::default();
+        state.readings.retain(|key, _| {
+            let keep = key.3 >= horizons[key.0 as usize];
+            if !keep {
+                removed.add(key.0, 1);
+            }
+            keep
+        });
+        Ok(removed)
+    }
+
+    /// A test double of a backup: the directory is created and holds one file that
+    /// counts the readings the copy would hold.
+    fn backup(&self, dir: &std::path::Path) -> Result<BackupInfo, StoreError> {
+        if dir.exists() {
+            return Err(StoreError::InvalidQuery(
+                "the backup directory must not exist yet".into(),
+            ));
+        }
+        let count = self.state.lock().readings.len();
+        let io = |e| StoreError::engine("writing the backup", e);
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let text = format!("readings {count}\n");
+        std::fs::write(dir.join("memstore.txt"), &text).map_err(io)?;
+        Ok(BackupInfo {
+            files: 1,
+            bytes: text.len() as u64,
+        })
+    }
+
+    fn is_healthy(&self) -> bool {
+        true
+    }
+}
