@@ -7,6 +7,8 @@
 mod broker;
 pub mod metrics;
 mod pipeline;
+mod url;
 
 pub use broker::{EmbeddedBroker, EmbeddedBrokerError};
 pub use pipeline::{Ingest, IngestConfig, IngestError, IngestStatus, TlsFiles};
+pub use url::{BrokerUrl, BrokerUrlError};

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use meterstand_ingest::BrokerUrl;
 use meterstand_model::{ConsentLevel, Tier, TierSet};
 use serde::{Deserialize, Serialize};
 
@@ -33,7 +34,7 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
     pub embedded: bool,
-    pub url: String,
+    pub url: BrokerUrl,
     pub client_id: String,
     pub topic_prefix: String,
     pub share_group: String,
@@ -63,7 +64,26 @@ pub struct IngestSection {
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
     pub path: PathBuf,
-    pub compression: String,
+    pub compression: Compression,
+}
+
+/// Block compression of the stored tiers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Zstd,
+    Lz4,
+    None,
+}
+
+impl From<Compression> for meterstand_store_rocks::Compression {
+    fn from(c: Compression) -> Self {
+        match c {
+            Compression::Zstd => meterstand_store_rocks::Compression::Zstd,
+            Compression::Lz4 => meterstand_store_rocks::Compression::Lz4,
+            Compression::None => meterstand_store_rocks::Compression::None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,7 +95,7 @@ pub struct KeysSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiSection {
-    pub listen: String,
+    pub listen: SocketAddr,
     pub audit_log: PathBuf,
     pub max_body_bytes: usize,
     pub max_concurrent: usize,
@@ -105,7 +125,7 @@ pub struct TokenEntry {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsentSection {
-    pub default: String,
+    pub default: ConsentLevel,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,7 +139,7 @@ pub struct RetentionSection {
     pub month: Duration,
     #[serde(with = "humantime_serde_compat")]
     pub sweep_interval: Duration,
-    pub erasure_hold: Vec<String>,
+    pub erasure_hold: Vec<Tier>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,8 +152,15 @@ pub struct PrivacySection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSection {
-    pub format: String,
+    pub format: LogFormat,
     pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Plain,
+    Json,
 }
 
 /// Durations as humantime text ("13months", "20ms") in both directions.
@@ -169,11 +196,19 @@ pub enum ConfigError {
     Env { var: String, message: String },
     #[error("config: {0}")]
     Invalid(String),
-    #[error("config key {key} = {value:?}: {allowed}")]
+    #[error("config key {key}{origin}: {message}")]
+    Typed {
+        key: String,
+        origin: String,
+        message: String,
+    },
+    #[error("config key {key} = {value:?}{origin}: {allowed}")]
     Value {
         key: &'static str,
         value: String,
         allowed: String,
+        /// Where the value came from (` (FILE line N)`, ` (from VAR)`), or empty for a default.
+        origin: String,
     },
 }
 
@@ -190,11 +225,13 @@ impl Config {
                     path: "config/default.toml".into(),
                     message: e.to_string(),
                 })?;
+        let mut file_text = None;
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.into(),
                 source,
             })?;
+            file_text = Some((path, text.clone()));
             let overlay: toml::Table =
                 text.parse()
                     .map_err(|e: toml::de::Error| ConfigError::Parse {
@@ -231,10 +268,30 @@ impl Config {
             })?;
             table.insert(key.clone(), parsed);
         }
-        let config: Config = toml::Value::Table(merged)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_string()))?;
-        config.validate()?;
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
+                let key = e.path().to_string();
+                let origin = origin_of(&key, file_text.as_ref(), env);
+                ConfigError::Typed {
+                    key,
+                    origin,
+                    message: e.into_inner().message().to_string(),
+                }
+            })?;
+        config.validate().map_err(|e| match e {
+            ConfigError::Value {
+                key,
+                value,
+                allowed,
+                ..
+            } => ConfigError::Value {
+                key,
+                value,
+                allowed,
+                origin: origin_of(key, file_text.as_ref(), env),
+            },
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -243,18 +300,12 @@ impl Config {
             key,
             value: value.to_string(),
             allowed: allowed.to_string(),
+            origin: String::new(),
         };
-        if !(self.broker.url.starts_with("mqtt://") || self.broker.url.starts_with("mqtts://")) {
-            return Err(value_err(
-                "broker.url",
-                &self.broker.url,
-                "must start with mqtt:// or mqtts://",
-            ));
-        }
         if self.broker.embedded {
             self.broker_listen()?;
         }
-        if self.broker.url.starts_with("mqtts://") && self.broker.ca_file.is_empty() {
+        if self.broker.url.tls && self.broker.ca_file.is_empty() {
             return Err(value_err("broker.ca_file", &"", "mqtts:// needs a CA file"));
         }
         if self.broker.client_id.is_empty() || self.broker.client_id.len() > 64 {
@@ -319,9 +370,6 @@ impl Config {
                 "1 to 1000000",
             ));
         }
-        self.compression()?;
-        self.api_listen()?;
-        self.default_consent()?;
         for (key, d) in [
             ("retention.interval", self.retention.interval),
             ("retention.day", self.retention.day),
@@ -342,7 +390,6 @@ impl Config {
                 "at least 1s",
             ));
         }
-        self.erasure_hold()?;
         if self.privacy.min_group_size < 2 {
             return Err(value_err(
                 "privacy.min_group_size",
@@ -356,9 +403,6 @@ impl Config {
                 &self.privacy.timezone,
                 "an IANA time zone such as Europe/Amsterdam",
             ));
-        }
-        if !["plain", "json"].contains(&self.log.format.as_str()) {
-            return Err(value_err("log.format", &self.log.format, "plain or json"));
         }
         for (i, t) in self.api.tokens.iter().enumerate() {
             if !["analyst", "privacy_officer", "crm", "operator"].contains(&t.role.as_str()) {
@@ -446,64 +490,22 @@ impl Config {
         }
     }
 
+    /// The embedded broker's listen address: the broker URL's host must be an IP address.
     pub fn broker_listen(&self) -> Result<SocketAddr, ConfigError> {
-        let addr = self
-            .broker
-            .url
-            .trim_start_matches("mqtt://")
-            .trim_start_matches("mqtts://")
-            .trim_end_matches('/');
-        addr.parse().map_err(|_| ConfigError::Value {
-            key: "broker.url",
-            value: self.broker.url.clone(),
-            allowed: "with broker.embedded = true, mqtt://<ip>:<port> to listen on".into(),
-        })
-    }
-
-    pub fn api_listen(&self) -> Result<SocketAddr, ConfigError> {
-        self.api.listen.parse().map_err(|_| ConfigError::Value {
-            key: "api.listen",
-            value: self.api.listen.clone(),
-            allowed: "an address such as 127.0.0.1:8080".into(),
-        })
-    }
-
-    pub fn compression(&self) -> Result<meterstand_store_rocks::Compression, ConfigError> {
-        match self.store.compression.as_str() {
-            "zstd" => Ok(meterstand_store_rocks::Compression::Zstd),
-            "lz4" => Ok(meterstand_store_rocks::Compression::Lz4),
-            "none" => Ok(meterstand_store_rocks::Compression::None),
-            other => Err(ConfigError::Value {
-                key: "store.compression",
-                value: other.into(),
-                allowed: "zstd, lz4 or none".into(),
-            }),
-        }
-    }
-
-    pub fn default_consent(&self) -> Result<ConsentLevel, ConfigError> {
-        self.consent
-            .default
-            .parse()
-            .map_err(|allowed| ConfigError::Value {
-                key: "consent.default",
-                value: self.consent.default.clone(),
-                allowed,
+        let url = &self.broker.url;
+        url.host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| SocketAddr::new(ip, url.port))
+            .map_err(|_| ConfigError::Value {
+                key: "broker.url",
+                value: url.to_string(),
+                allowed: "with broker.embedded = true, mqtt://<ip>:<port> to listen on".into(),
+                origin: String::new(),
             })
     }
 
-    pub fn erasure_hold(&self) -> Result<TierSet, ConfigError> {
-        self.retention
-            .erasure_hold
-            .iter()
-            .map(|t| {
-                t.parse::<Tier>().map_err(|allowed| ConfigError::Value {
-                    key: "retention.erasure_hold",
-                    value: t.clone(),
-                    allowed,
-                })
-            })
-            .collect()
+    pub fn erasure_hold(&self) -> TierSet {
+        self.retention.erasure_hold.iter().copied().collect()
     }
 
     /// The key file: `METERSTAND_KEY_FILE` wins over `keys.file`.
@@ -527,6 +529,47 @@ impl Config {
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
+}
+
+/// Where the value of `key` (`section.key`, maybe with `[i]`) came from: an environment
+/// variable, a line of the config file, or nothing (the defaults).
+fn origin_of(key: &str, file: Option<&(&Path, String)>, env: &BTreeMap<String, String>) -> String {
+    let mut parts = key.split('.');
+    let (Some(section), Some(leaf)) = (parts.next(), parts.next()) else {
+        return String::new();
+    };
+    let leaf = leaf.split('[').next().unwrap_or(leaf);
+    let var = format!(
+        "{ENV_PREFIX}{}__{}",
+        section.to_ascii_uppercase(),
+        leaf.to_ascii_uppercase()
+    );
+    if env.contains_key(&var) {
+        return format!(" (from {var})");
+    }
+    let Some((path, text)) = file else {
+        return String::new();
+    };
+    let mut current = "";
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            current = header
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim();
+        } else if current == section
+            && line
+                .split('=')
+                .next()
+                .is_some_and(|k| k.trim() == leaf && line.contains('='))
+        {
+            return format!(" ({} line {})", path.display(), n + 1);
+        }
+    }
+    String::new()
 }
 
 fn merge(base: &mut toml::Table, overlay: toml::Table) {
@@ -580,8 +623,8 @@ mod tests {
             c.retention.interval,
             humantime::parse_duration("13months").expect("valid")
         );
-        assert_eq!(c.default_consent().expect("valid"), ConsentLevel::Standard);
-        assert!(c.erasure_hold().expect("valid").contains(Tier::Month));
+        assert_eq!(c.consent.default, ConsentLevel::Standard);
+        assert!(c.erasure_hold().contains(Tier::Month));
     }
 
     #[test]
@@ -601,11 +644,11 @@ mod tests {
             ]),
         )
         .expect("valid");
-        assert_eq!(c.api.listen, "127.0.0.1:9000");
+        assert_eq!(c.api.listen.to_string(), "127.0.0.1:9000");
         assert_eq!(c.privacy.min_group_size, 15);
         let c = Config::load(None, &env(&[("METERSTAND__RETENTION__ERASURE_HOLD", "[]")]))
             .expect("valid");
-        assert!(c.erasure_hold().expect("valid").is_empty());
+        assert!(c.erasure_hold().is_empty());
         let c = Config::load(None, &env(&[("METERSTAND_KEY_FILE", "/run/secrets/key")]))
             .expect("valid");
         assert_eq!(
@@ -651,7 +694,11 @@ mod tests {
         assert!(err.to_string().contains("broker.url"));
         let err = Config::load(None, &env(&[("METERSTAND__STORE__COMPRESSION", "gzip")]))
             .expect_err("bad compression");
-        assert!(err.to_string().contains("zstd, lz4 or none"));
+        let text = err.to_string();
+        assert!(
+            text.contains("store.compression") && text.contains("gzip") && text.contains("lz4"),
+            "{text}"
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("m.toml");
         std::fs::write(&path, "[api]\nlisen = \"x\"\n").expect("write");
@@ -660,6 +707,51 @@ mod tests {
                 .expect_err("typo")
                 .to_string()
                 .contains("lisen")
+        );
+    }
+
+    /// A typed value refused from a file names the key, the value, what is allowed, and the
+    /// file and line; from the environment, the variable.
+    #[test]
+    fn typed_refusals_name_key_file_and_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.toml");
+        std::fs::write(
+            &path,
+            "[store]\npath = \"d\"\n\n[retention]\ninterval = \"banana\"\n",
+        )
+        .expect("write");
+        let text = Config::load(Some(&path), &BTreeMap::new())
+            .expect_err("banana")
+            .to_string();
+        assert!(
+            text.contains("retention.interval")
+                && text.contains("banana")
+                && text.contains("line 5"),
+            "{text}"
+        );
+        std::fs::write(&path, "[api]\nmax_concurrent = -3\n").expect("write");
+        let text = Config::load(Some(&path), &BTreeMap::new())
+            .expect_err("negative")
+            .to_string();
+        assert!(
+            text.contains("api.max_concurrent") && text.contains("-3") && text.contains("line 2"),
+            "{text}"
+        );
+        std::fs::write(&path, "[api]\nmax_concurrent = 0\n").expect("write");
+        let text = Config::load(Some(&path), &BTreeMap::new())
+            .expect_err("zero")
+            .to_string();
+        assert!(
+            text.contains("api.max_concurrent") && text.contains("line 2"),
+            "{text}"
+        );
+        let text = Config::load(None, &env(&[("METERSTAND__API__LISTEN", "localhost")]))
+            .expect_err("not an address")
+            .to_string();
+        assert!(
+            text.contains("api.listen") && text.contains("METERSTAND__API__LISTEN"),
+            "{text}"
         );
     }
 

@@ -67,8 +67,8 @@ pub async fn run(
     env.entry("METERSTAND__LOG__LEVEL".into())
         .or_insert_with(|| "warn,rumqttd=off".into());
     let mut config = Config::load(config_file, &env)?;
-    if std::net::TcpListener::bind(&config.api.listen).is_err() {
-        config.api.listen = "127.0.0.1:0".into();
+    if std::net::TcpListener::bind(config.api.listen).is_err() {
+        config.api.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     }
     // One token per role, in files beside the data, so the API can be tried by hand.
     let token_dir = dir.join("tokens");

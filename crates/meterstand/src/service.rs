@@ -22,10 +22,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 
 pub fn init_logging(config: &Config) -> anyhow::Result<()> {
-    let format = if config.log.format == "json" {
-        LogFormat::Json
-    } else {
-        LogFormat::Plain
+    let format = match config.log.format {
+        crate::config::LogFormat::Json => LogFormat::Json,
+        crate::config::LogFormat::Plain => LogFormat::Plain,
     };
     meterstand_telemetry::init_logging(format, &config.log.level)?;
     Ok(())
@@ -34,15 +33,15 @@ pub fn init_logging(config: &Config) -> anyhow::Result<()> {
 pub fn store_config(config: &Config) -> anyhow::Result<StoreConfig> {
     Ok(StoreConfig {
         path: config.store.path.clone(),
-        default_consent: config.default_consent()?,
+        default_consent: config.consent.default,
         retention: RetentionPolicy {
             interval: config.retention.interval,
             day: config.retention.day,
             month: config.retention.month,
-            erasure_hold: config.erasure_hold()?,
+            erasure_hold: config.erasure_hold(),
             ..RetentionPolicy::default()
         },
-        compression: config.compression()?,
+        compression: config.store.compression.into(),
         time_zone: config.privacy.timezone.clone(),
         sync: true,
     })
@@ -52,7 +51,7 @@ pub fn ingest_config(config: &Config) -> anyhow::Result<IngestConfig> {
     let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
     let path = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
     Ok(IngestConfig {
-        url: config.broker.url.clone(),
+        url: config.broker.url.to_string(),
         client_id: config.broker.client_id.clone(),
         topic_prefix: config.broker.topic_prefix.clone(),
         share_group: opt(&config.broker.share_group),
@@ -154,7 +153,7 @@ impl Service {
 
         let background = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let listener = TcpListener::bind(config.api_listen()?)
+        let listener = TcpListener::bind(config.api.listen)
             .await
             .with_context(|| format!("binding api.listen {}", config.api.listen))?;
         let api_addr = listener.local_addr()?;
