@@ -71,11 +71,37 @@ pub static RECONNECTS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+pub static CONNECTION_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "meterstand_mqtt_connection_errors_total",
+        "Failed connection attempts and lost connections to the MQTT broker.",
+    )
+});
+pub static P1_BETWEEN_BOUNDARIES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "meterstand_ingest_p1_between_boundaries_total",
+        "P1 telegrams captured outside every boundary window: no electricity reading stored.",
+    )
+});
+pub static WRITE_RETRIES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "meterstand_ingest_write_retries_total",
+        "Store writes retried after a failure.",
+    )
+});
+
 pub fn init() {
     for r in Reject::ALL {
         REJECTED.with_label_values(&[r.reason()]);
     }
-    for m in [&MESSAGES, &READINGS, &RECONNECTS] {
+    for m in [
+        &MESSAGES,
+        &READINGS,
+        &RECONNECTS,
+        &CONNECTION_ERRORS,
+        &P1_BETWEEN_BOUNDARIES,
+        &WRITE_RETRIES,
+    ] {
         LazyLock::force(m);
     }
     for h in [&BATCH_MESSAGES, &PUBLISH_TO_ACK, &LAG] {

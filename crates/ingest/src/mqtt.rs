@@ -1,0 +1,464 @@
+//! The MQTT session: connect options (MQTT 5, or 3.1.1 for brokers without it), the poll
+//! loop that hands each received publish to the pipeline, acks through rumqttc's client,
+//! reconnects with backoff and makes every connection loss visible.
+
+use std::fmt::Display;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use meterstand_pseudonym::Pseudonymiser;
+use meterstand_store::ReadingWriter;
+use rumqttc::{Outgoing, TlsConfiguration, Transport, v5};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::pipeline::{
+    AckError, Acker, COMMIT_QUEUE, Context, Received, StoreWriter, WRITES_IN_FLIGHT,
+};
+use crate::{IngestConfig, IngestError, IngestStatus, MqttVersion, metrics};
+
+/// First and longest pause between connection attempts.
+const RECONNECT_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(10));
+
+/// A connection that lasted this long counts as healthy: the next loss starts the backoff
+/// again from its first step. Shorter ones (a broker that accepts and drops us at once) keep
+/// backing off.
+const STABLE_CONNECTION: Duration = Duration::from_secs(30);
+
+/// The largest packet MQTT 3.1.1 allows (remaining length). With 3.1.1 the broker does not
+/// know our limit; a smaller one would drop the connection on a big message that the
+/// persistent session then redelivers on every reconnect.
+const MQTT311_MAX_PACKET: usize = 268_435_455;
+
+/// Options for the configured protocol, checked before anything starts.
+pub(crate) enum Session {
+    V5(Box<v5::MqttOptions>),
+    V311(Box<rumqttc::MqttOptions>),
+}
+
+impl Session {
+    pub(crate) fn new(config: &IngestConfig) -> Result<Session, IngestError> {
+        let (host, port, tls) = parse_url(&config.url)?;
+        let transport = if tls {
+            Some(tls_transport(config)?)
+        } else {
+            None
+        };
+        let credentials = match (&config.username, &config.password) {
+            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+            _ => None,
+        };
+        Ok(match config.mqtt_version {
+            MqttVersion::V5 => {
+                let mut o = v5::MqttOptions::new(&config.client_id, host, port);
+                // A persistent session: what we have not acknowledged waits for us.
+                o.set_clean_start(false);
+                o.set_session_expiry_interval(Some(session_expiry_secs(config.session_expiry)));
+                o.set_manual_acks(true);
+                o.set_keep_alive(config.keep_alive);
+                // Our ack window: the broker never has more unacknowledged messages out to us,
+                // which bounds the received queue.
+                o.set_receive_maximum(Some(config.receive_maximum()));
+                // The broker never sends us a bigger packet (Mosquitto drops it for this
+                // client and the rest flows); rumqttc reads up to this size too.
+                o.set_max_packet_size(Some(config.max_packet_size()));
+                if let Some((u, p)) = credentials {
+                    o.set_credentials(u, p);
+                }
+                if let Some(t) = transport {
+                    o.set_transport(t);
+                }
+                Session::V5(Box::new(o))
+            }
+            MqttVersion::V311 => {
+                let mut o = rumqttc::MqttOptions::new(&config.client_id, host, port);
+                o.set_clean_session(false);
+                o.set_manual_acks(true);
+                o.set_keep_alive(config.keep_alive);
+                o.set_max_packet_size(MQTT311_MAX_PACKET, 1 << 20);
+                if let Some((u, p)) = credentials {
+                    o.set_credentials(u, p);
+                }
+                if let Some(t) = transport {
+                    o.set_transport(t);
+                }
+                Session::V311(Box::new(o))
+            }
+        })
+    }
+
+    /// Runs the session and the pipeline until shutdown (`Ok`) or until the pipeline dies.
+    pub(crate) async fn run<S: ReadingWriter>(
+        self,
+        config: IngestConfig,
+        store: Arc<S>,
+        pseudonymiser: Arc<Pseudonymiser>,
+        status: Arc<IngestStatus>,
+        shutdown: CancellationToken,
+    ) -> Result<(), IngestError> {
+        let window = config.max_unacked.max(1);
+        // rumqttc's request channel carries our acks and only the poll loop drains it. It
+        // holds an ack for every message that can be inside the process (received queue,
+        // batch being filled, queued batches, writes in flight), so queuing an ack never
+        // waits for a poll loop that waits for room in the received queue.
+        let requests =
+            window + (COMMIT_QUEUE + WRITES_IN_FLIGHT + 1) * config.batch_max_messages + 64;
+        let stop = CancellationToken::new();
+        let topics = config.topics();
+        let writer = Arc::new(StoreWriter(store));
+        let ctx = Arc::new(Context {
+            config,
+            pseudonymiser,
+            status: status.clone(),
+        });
+        let link = Link::new(status.clone());
+        let (result, disconnect, poller) = match self {
+            Session::V5(options) => {
+                let (client, eventloop) = v5::AsyncClient::new(*options, requests);
+                // Bounded by the ack window: with MQTT 5 the broker never has more than
+                // `window` unacknowledged messages out to us (Receive Maximum), so the poll
+                // loop never waits for room here; with 3.1.1 a full queue is backpressure.
+                let (received_tx, received_rx) = mpsc::channel(window);
+                let poller = tokio::spawn(poll_v5(
+                    eventloop,
+                    client.clone(),
+                    topics,
+                    received_tx,
+                    link,
+                    shutdown.clone(),
+                    stop.clone(),
+                ));
+                let acker = V5Acker(client.clone());
+                let result = crate::pipeline::run(ctx, writer, acker, received_rx, shutdown).await;
+                let disconnect = client.try_disconnect().is_ok();
+                (result, disconnect, poller)
+            }
+            Session::V311(options) => {
+                let (client, eventloop) = rumqttc::AsyncClient::new(*options, requests);
+                // As above; with 3.1.1 the broker's in-flight window applies and a full queue
+                // is backpressure.
+                let (received_tx, received_rx) = mpsc::channel(window);
+                let poller = tokio::spawn(poll_v311(
+                    eventloop,
+                    client.clone(),
+                    topics,
+                    received_tx,
+                    link,
+                    shutdown.clone(),
+                    stop.clone(),
+                ));
+                let acker = V311Acker(client.clone());
+                let result = crate::pipeline::run(ctx, writer, acker, received_rx, shutdown).await;
+                let disconnect = client.try_disconnect().is_ok();
+                (result, disconnect, poller)
+            }
+        };
+        // Everything received was written and acknowledged (or is left for redelivery):
+        // leave, giving the poll loop a moment to send the acks and the DISCONNECT.
+        stop.cancel();
+        let mut poller = poller;
+        let polled = if disconnect {
+            tokio::time::timeout(Duration::from_secs(5), &mut poller).await
+        } else {
+            Ok(Ok(()))
+        };
+        poller.abort();
+        status.connected.store(false, Ordering::SeqCst);
+        metrics::CONNECTED.set(0);
+        result?;
+        match polled {
+            Ok(Err(e)) if e.is_panic() => Err(IngestError::task("mqtt event loop", &e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn session_expiry_secs(expiry: Option<Duration>) -> u32 {
+    // u32::MAX means "never expires" in MQTT 5.
+    expiry.map_or(u32::MAX, |d| {
+        u32::try_from(d.as_secs())
+            .unwrap_or(u32::MAX - 1)
+            .min(u32::MAX - 1)
+    })
+}
+
+/// The one broker URL parser ([`crate::BrokerUrl`]), shared with the config and the simulator.
+fn parse_url(url: &str) -> Result<(String, u16, bool), IngestError> {
+    let u: crate::BrokerUrl = url.parse().map_err(|_| IngestError::Url(url.to_string()))?;
+    Ok((u.host, u.port, u.tls))
+}
+
+fn tls_transport(config: &IngestConfig) -> Result<Transport, IngestError> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|source| IngestError::TlsFile {
+            path: path.clone(),
+            source,
+        })
+    };
+    let ca = read(config.tls.ca_file.as_ref().ok_or(IngestError::TlsNeedsCa)?)?;
+    let client_auth = match (&config.tls.client_cert, &config.tls.client_key) {
+        (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+        _ => None,
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Ok(Transport::tls_with_config(TlsConfiguration::Simple {
+        ca,
+        alpn: None,
+        client_auth,
+    }))
+}
+
+/// Connection state shared by both protocol versions: status, metrics, logs, backoff.
+struct Link {
+    status: Arc<IngestStatus>,
+    backoff: Backoff,
+    /// Failed attempts since the last successful connection.
+    failures: u64,
+    ever_connected: bool,
+    connected_at: Option<Instant>,
+}
+
+impl Link {
+    fn new(status: Arc<IngestStatus>) -> Link {
+        Link {
+            status,
+            backoff: Backoff::new(RECONNECT_BACKOFF.0, RECONNECT_BACKOFF.1),
+            failures: 0,
+            ever_connected: false,
+            connected_at: None,
+        }
+    }
+
+    fn connected(&mut self, session_present: bool) {
+        tracing::info!(session_present, "connected to mqtt broker");
+        self.status.connected.store(true, Ordering::SeqCst);
+        metrics::CONNECTED.set(1);
+        self.failures = 0;
+        self.ever_connected = true;
+        self.connected_at = Some(Instant::now());
+    }
+
+    /// Logs and counts a poll error; returns how long to wait before the next attempt.
+    fn failed(&mut self, error: &dyn Display) -> Duration {
+        metrics::CONNECTION_ERRORS.inc();
+        if let Some(since) = self.connected_at.take()
+            && since.elapsed() >= STABLE_CONNECTION
+        {
+            self.backoff.reset();
+        }
+        let delay = self.backoff.next_delay();
+        let retry_in_ms = delay.as_millis() as u64;
+        self.failures += 1;
+        if self.status.connected.swap(false, Ordering::SeqCst) {
+            metrics::RECONNECTS.inc();
+            metrics::CONNECTED.set(0);
+            tracing::warn!(error = %error, retry_in_ms, "lost connection to mqtt broker");
+        } else if !self.ever_connected && self.failures == 1 {
+            // One refusal right at start is normal (an embedded broker still binding).
+            tracing::debug!(error = %error, retry_in_ms, "mqtt broker not reachable yet");
+        } else {
+            tracing::warn!(
+                error = %error,
+                attempt = self.failures,
+                retry_in_ms,
+                "mqtt broker unreachable"
+            );
+        }
+        delay
+    }
+
+    /// Waits out the backoff; `false` when the session is being closed.
+    async fn wait(delay: Duration, stop: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = stop.cancelled() => false,
+        }
+    }
+}
+
+/// Hands one publish to the pipeline. Waits only if the queue is full, which the ack window
+/// rules out for MQTT 5 (see `Session::run`).
+async fn deliver<T>(received: &mpsc::Sender<Received<T>>, message: Received<T>) {
+    metrics::UNACKED.inc();
+    if received.send(message).await.is_err() {
+        // The pipeline is gone: not acknowledged, the broker redelivers it.
+        metrics::UNACKED.dec();
+    }
+}
+
+async fn poll_v5(
+    mut eventloop: v5::EventLoop,
+    client: v5::AsyncClient,
+    topics: Vec<String>,
+    received: mpsc::Sender<Received<v5::mqttbytes::v5::Publish>>,
+    mut link: Link,
+    shutdown: CancellationToken,
+    stop: CancellationToken,
+) {
+    use v5::Event;
+    use v5::mqttbytes::QoS;
+    use v5::mqttbytes::v5::{Packet, Publish};
+    // Each incoming publish is its own event: handed on as it comes, rumqttc's state is
+    // never looked into.
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                link.connected(ack.session_present);
+                for topic in &topics {
+                    if let Err(e) = client.try_subscribe(topic.as_str(), QoS::AtLeastOnce) {
+                        tracing::error!(error = %e, "cannot queue subscription");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                if shutdown.is_cancelled() {
+                    // Not acknowledged: the broker keeps it for our next session.
+                    continue;
+                }
+                let Publish {
+                    dup,
+                    qos,
+                    retain,
+                    topic,
+                    pkid,
+                    payload,
+                    properties: _,
+                } = publish;
+                // The ack needs only the packet id and QoS: the payload is not kept for it.
+                let token = Publish {
+                    dup,
+                    qos,
+                    retain,
+                    topic: Bytes::new(),
+                    pkid,
+                    payload: Bytes::new(),
+                    properties: None,
+                };
+                let message = Received {
+                    topic,
+                    payload,
+                    received: Instant::now(),
+                    token,
+                };
+                deliver(&received, message).await;
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                use v5::mqttbytes::v5::SubscribeReasonCode;
+                for code in &ack.return_codes {
+                    if !matches!(code, SubscribeReasonCode::Success(_)) {
+                        tracing::error!(reason = ?code, "broker refused a subscription");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::Disconnect(d))) => {
+                tracing::warn!(reason = ?d.reason_code, "mqtt broker sent disconnect");
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(_) => {}
+            Err(e) => {
+                if stop.is_cancelled() || !Link::wait(link.failed(&e), &stop).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn poll_v311(
+    mut eventloop: rumqttc::EventLoop,
+    client: rumqttc::AsyncClient,
+    topics: Vec<String>,
+    received: mpsc::Sender<Received<rumqttc::Publish>>,
+    mut link: Link,
+    shutdown: CancellationToken,
+    stop: CancellationToken,
+) {
+    use rumqttc::{Event, Packet, Publish, QoS, SubscribeReasonCode};
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                link.connected(ack.session_present);
+                for topic in &topics {
+                    if let Err(e) = client.try_subscribe(topic.as_str(), QoS::AtLeastOnce) {
+                        tracing::error!(error = %e, "cannot queue subscription");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                if shutdown.is_cancelled() {
+                    continue;
+                }
+                let Publish {
+                    dup,
+                    qos,
+                    retain,
+                    topic,
+                    pkid,
+                    payload,
+                } = publish;
+                let token = Publish {
+                    dup,
+                    qos,
+                    retain,
+                    topic: String::new(),
+                    pkid,
+                    payload: Bytes::new(),
+                };
+                let message = Received {
+                    topic: Bytes::from(topic),
+                    payload,
+                    received: Instant::now(),
+                    token,
+                };
+                deliver(&received, message).await;
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
+                    tracing::error!("broker refused a subscription");
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(_) => {}
+            Err(e) => {
+                if stop.is_cancelled() || !Link::wait(link.failed(&e), &stop).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+struct V5Acker(v5::AsyncClient);
+
+impl Acker for V5Acker {
+    type Token = v5::mqttbytes::v5::Publish;
+
+    fn try_ack(&self, token: &Self::Token) -> Result<(), AckError> {
+        // Either full or closed; `ack` tells the two apart by waiting.
+        self.0.try_ack(token).map_err(|_| AckError::Full)
+    }
+
+    async fn ack(&self, token: &Self::Token) -> Result<(), AckError> {
+        self.0.ack(token).await.map_err(|_| AckError::Closed)
+    }
+}
+
+struct V311Acker(rumqttc::AsyncClient);
+
+impl Acker for V311Acker {
+    type Token = rumqttc::Publish;
+
+    fn try_ack(&self, token: &Self::Token) -> Result<(), AckError> {
+        // Either full or closed; `ack` tells the two apart by waiting.
+        self.0.try_ack(token).map_err(|_| AckError::Full)
+    }
+
+    async fn ack(&self, token: &Self::Token) -> Result<(), AckError> {
+        self.0.ack(token).await.map_err(|_| AckError::Closed)
+    }
+}

@@ -1,0 +1,397 @@
+//! The pipeline driven in-process: a recording acker, a fake writer whose writes can be
+//! failed, and paused tokio time, so batching by size and by delay is exact and fast.
+
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU32;
+
+use meterstand_codec::Limits;
+use meterstand_model::{ConsentLevel, Ean, MeterId, Register, Tier};
+use meterstand_pseudonym::KeyRing;
+use meterstand_store::{ManualClock, MemStore, ReadingStore, RetentionPolicy};
+use tokio::time::Instant as TokioInstant;
+
+use super::*;
+use crate::IngestHandle;
+
+/// Acks as the broker would see them: message numbers, in the order queued.
+#[derive(Clone, Default)]
+struct RecordingAcker(Arc<Mutex<Vec<u64>>>);
+
+impl RecordingAcker {
+    fn acked(&self) -> Vec<u64> {
+        self.0.lock().expect("lock").clone()
+    }
+}
+
+impl Acker for RecordingAcker {
+    type Token = u64;
+    fn try_ack(&self, token: &u64) -> Result<(), AckError> {
+        self.0.lock().expect("lock").push(*token);
+        Ok(())
+    }
+    async fn ack(&self, token: &u64) -> Result<(), AckError> {
+        self.try_ack(token)
+    }
+}
+
+/// Records each attempt; fails the next `fail_next` attempts, and every attempt holding a
+/// reading with the `poison` value.
+#[derive(Default)]
+struct FakeWriter {
+    /// Per attempt: the reading values it held, in order, and whether it succeeded.
+    attempts: Mutex<Vec<(Vec<u64>, bool)>>,
+    /// `Debug` of every item each attempt held, to compare a retry with its first attempt.
+    items: Mutex<Vec<Vec<String>>>,
+    fail_next: AtomicU32,
+    poison: Option<u64>,
+}
+
+impl FakeWriter {
+    fn attempts(&self) -> Vec<(Vec<u64>, bool)> {
+        self.attempts.lock().expect("lock").clone()
+    }
+}
+
+impl BatchWriter for FakeWriter {
+    async fn write(&self, items: Vec<IngestItem>) -> Result<WriteOutcome, StoreError> {
+        let values: Vec<u64> = items
+            .iter()
+            .flat_map(|i| i.readings.iter().map(|r| r.reading.value))
+            .collect();
+        let fail = self
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+            || self.poison.is_some_and(|p| values.contains(&p));
+        self.items
+            .lock()
+            .expect("lock")
+            .push(items.iter().map(|i| format!("{i:?}")).collect());
+        self.attempts.lock().expect("lock").push((values, !fail));
+        if fail {
+            Err(StoreError::engine(
+                "writing a batch",
+                std::io::Error::other("injected"),
+            ))
+        } else {
+            Ok(WriteOutcome::default())
+        }
+    }
+}
+
+fn pseudonymiser() -> Arc<Pseudonymiser> {
+    Arc::new(Pseudonymiser::new(&KeyRing::from_keys([(1, [7u8; 32])])))
+}
+
+fn config(batch_max_messages: usize, batch_max_delay: Duration) -> IngestConfig {
+    let mut c = IngestConfig::new("mqtt://127.0.0.1:1883");
+    c.batch_max_messages = batch_max_messages;
+    c.batch_max_delay = batch_max_delay;
+    c.write_retries = 2;
+    c
+}
+
+fn ean(i: u64) -> Ean {
+    Ean::from_body(87_100_000_000_000_000 + i).expect("ean")
+}
+
+/// Message `i`: one reading with value `i` Wh at a past quarter-hour.
+fn message(i: u64) -> Received<u64> {
+    let payload = format!(
+        r#"{{"meter":"E0031003262764316","readings":[{{"obis":"1-0:1.8.1","time":"2025-01-01T10:15:00Z","value":"{}.{:03}","unit":"kWh"}}]}}"#,
+        i / 1000,
+        i % 1000
+    );
+    raw(
+        i,
+        &format!("meters/{}/json", ean(i).expose()),
+        payload.into_bytes(),
+    )
+}
+
+fn raw(token: u64, topic: &str, payload: Vec<u8>) -> Received<u64> {
+    Received {
+        topic: Bytes::copy_from_slice(topic.as_bytes()),
+        payload: Bytes::from(payload),
+        received: Instant::now(),
+        token,
+    }
+}
+
+struct Harness {
+    tx: mpsc::Sender<Received<u64>>,
+    acker: RecordingAcker,
+    status: Arc<IngestStatus>,
+    shutdown: CancellationToken,
+    handle: IngestHandle,
+}
+
+fn start<W: BatchWriter>(config: IngestConfig, writer: Arc<W>) -> Harness {
+    let (tx, rx) = mpsc::channel(1024);
+    let acker = RecordingAcker::default();
+    let status = Arc::new(IngestStatus::default());
+    let shutdown = CancellationToken::new();
+    let ctx = Arc::new(Context {
+        config,
+        pseudonymiser: pseudonymiser(),
+        status: status.clone(),
+    });
+    let task = tokio::spawn(run(ctx, writer, acker.clone(), rx, shutdown.clone()));
+    Harness {
+        tx,
+        acker,
+        status,
+        shutdown,
+        handle: IngestHandle::from_task(task),
+    }
+}
+
+/// Waits (in paused time: advances) until `done` holds; fails after a virtual minute.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..60_000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn acks_every_message_in_arrival_order() {
+    let writer = Arc::new(FakeWriter::default());
+    let h = start(config(3, Duration::from_millis(20)), writer.clone());
+    for i in 0..10 {
+        let m = if i % 4 == 1 {
+            // A reject is acknowledged in its place, with its batch.
+            raw(i, "meters/not-an-ean/json", b"{}".to_vec())
+        } else {
+            message(i)
+        };
+        h.tx.send(m).await.expect("send");
+    }
+    until("10 acks", || h.acker.acked().len() == 10).await;
+    assert_eq!(h.acker.acked(), (0..10).collect::<Vec<_>>());
+    let written: Vec<u64> = writer
+        .attempts()
+        .into_iter()
+        .flat_map(|(v, ok)| {
+            assert!(ok);
+            v
+        })
+        .collect();
+    assert_eq!(written, vec![0, 2, 3, 4, 6, 7, 8]);
+    assert_eq!(h.status.rejected.load(Ordering::Relaxed), 3);
+    h.shutdown.cancel();
+    h.handle.await.expect("clean shutdown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_batch_is_written_without_waiting_for_the_delay() {
+    let writer = Arc::new(FakeWriter::default());
+    let delay = Duration::from_secs(3600);
+    let h = start(config(4, delay), writer.clone());
+    let t0 = TokioInstant::now();
+    for i in 0..4 {
+        h.tx.send(message(i)).await.expect("send");
+    }
+    until("4 acks", || h.acker.acked().len() == 4).await;
+    assert!(t0.elapsed() < delay, "closed by size, not by delay");
+    assert_eq!(writer.attempts(), vec![(vec![0, 1, 2, 3], true)]);
+    h.shutdown.cancel();
+    h.handle.await.expect("clean shutdown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partial_batch_is_written_after_the_delay() {
+    let writer = Arc::new(FakeWriter::default());
+    let delay = Duration::from_millis(20);
+    let h = start(config(100, delay), writer.clone());
+    let t0 = TokioInstant::now();
+    h.tx.send(message(1)).await.expect("send");
+    h.tx.send(message(2)).await.expect("send");
+    until("2 acks", || h.acker.acked().len() == 2).await;
+    assert!(
+        t0.elapsed() >= delay,
+        "held for the delay: {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        t0.elapsed() < delay * 2,
+        "not much longer: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(writer.attempts(), vec![(vec![1, 2], true)]);
+    h.shutdown.cancel();
+    h.handle.await.expect("clean shutdown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_writes_and_acks_what_was_received() {
+    let writer = Arc::new(FakeWriter::default());
+    // Neither the size nor the delay would close this batch.
+    let h = start(config(100, Duration::from_secs(3600)), writer.clone());
+    for i in 0..5 {
+        h.tx.send(message(i)).await.expect("send");
+    }
+    h.shutdown.cancel();
+    h.handle.await.expect("clean shutdown");
+    assert_eq!(h.acker.acked(), vec![0, 1, 2, 3, 4]);
+    let written: Vec<u64> = writer.attempts().into_iter().flat_map(|(v, _)| v).collect();
+    assert_eq!(written, vec![0, 1, 2, 3, 4]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_writes_the_same_items_again() {
+    let writer = Arc::new(FakeWriter::default());
+    writer.fail_next.store(1, Ordering::SeqCst);
+    let h = start(config(3, Duration::from_millis(5)), writer.clone());
+    for i in 0..3 {
+        h.tx.send(message(i)).await.expect("send");
+    }
+    until("3 acks", || h.acker.acked().len() == 3).await;
+    assert_eq!(
+        writer.attempts(),
+        vec![(vec![0, 1, 2], false), (vec![0, 1, 2], true)]
+    );
+    // The retry decoded the batch again (the first attempt took the only copy of its
+    // items) and got exactly the same items.
+    let items = writer.items.lock().expect("lock").clone();
+    assert_eq!(items[0], items[1]);
+    h.shutdown.cancel();
+    h.handle.await.expect("clean shutdown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_is_acked_after_a_failed_batch_and_the_handle_fails() {
+    // Batch 1 (0..3) is stored; batch 2 (3..6) holds the poison and never is; batch 3
+    // (6..9) may be written but must not be acknowledged before batch 2.
+    let writer = Arc::new(FakeWriter {
+        poison: Some(4),
+        ..FakeWriter::default()
+    });
+    let h = start(config(3, Duration::from_millis(5)), writer.clone());
+    for i in 0..3 {
+        h.tx.send(message(i)).await.expect("send");
+    }
+    until("first batch acked", || h.acker.acked().len() == 3).await;
+    for i in 3..9 {
+        h.tx.send(message(i)).await.expect("send");
+    }
+    let result = h.handle.await;
+    match result {
+        Err(IngestError::Write { attempts, .. }) => assert_eq!(attempts, 3),
+        other => panic!("expected a write failure, got {other:?}"),
+    }
+    assert_eq!(h.acker.acked(), vec![0, 1, 2]);
+    let failed = writer
+        .attempts()
+        .iter()
+        .filter(|(v, ok)| !ok && v.contains(&4))
+        .count();
+    assert_eq!(failed, 3, "first attempt and two retries");
+    // The session side sees the pipeline gone.
+    assert!(h.tx.send(message(9)).await.is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_store_ends_ingest_with_an_error() {
+    let clock = Arc::new(ManualClock::new("2025-01-02T00:00:00Z".parse().expect("t")));
+    let store = Arc::new(MemStore::with_policy(
+        clock,
+        ConsentLevel::Interval,
+        RetentionPolicy::default(),
+    ));
+    store.fail_next_writes(u32::MAX);
+    let h = start(
+        config(10, Duration::from_millis(5)),
+        Arc::new(StoreWriter(store.clone())),
+    );
+    h.tx.send(message(1)).await.expect("send");
+    let e = h.handle.await.expect_err("ingest dies");
+    assert!(matches!(e, IngestError::Write { .. }), "{e}");
+    assert!(h.acker.acked().is_empty(), "unacked: the broker redelivers");
+    assert!(!store.knows(pseudonymiser().ean(&ean(1))).expect("knows"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_failure_that_passes_is_retried_into_the_memstore() {
+    let clock = Arc::new(ManualClock::new("2025-01-02T00:00:00Z".parse().expect("t")));
+    let store = Arc::new(MemStore::with_policy(
+        clock,
+        ConsentLevel::Interval,
+        RetentionPolicy::default(),
+    ));
+    store.fail_next_writes(1);
+    let h = start(
+        config(10, Duration::from_millis(5)),
+        Arc::new(StoreWriter(store.clone())),
+    );
+    h.tx.send(message(1)).await.expect("send");
+    until("ack", || h.acker.acked() == vec![1]).await;
+    let p = pseudonymiser().ean(&ean(1));
+    let from = "2025-01-01T00:00:00Z".parse().expect("t");
+    let to = "2025-01-02T00:00:00Z".parse().expect("t");
+    let stored = store.readings(p, Tier::Interval, from, to).expect("read");
+    assert_eq!(stored.len(), 1);
+    h.shutdown.cancel();
+    h.handle.await.expect("clean shutdown");
+}
+
+fn telegram(i: u64, time: &str) -> Received<u64> {
+    let meter: MeterId = "E0031003262764316".parse().expect("meter");
+    let t: Timestamp = time.parse().expect("time");
+    let text = p1::encode_dsmr5(&meter, t, &[(Register::ImportT1, 1_000 + i)], None);
+    raw(
+        i,
+        &format!("meters/{}/p1", ean(i).expose()),
+        text.into_bytes(),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn p1_on_a_boundary_is_stored_and_between_boundaries_is_acked_not_rejected() {
+    let writer = Arc::new(FakeWriter::default());
+    let mut c = config(10, Duration::from_millis(5));
+    c.p1_boundary_window = Duration::from_secs(5);
+    let h = start(c, writer.clone());
+    let before = metrics::P1_BETWEEN_BOUNDARIES.get();
+    // 3 s after a boundary: inside the window. 7 s after: outside this (configured) window,
+    // though inside the default one.
+    h.tx.send(telegram(1, "2025-01-01T10:15:03Z"))
+        .await
+        .expect("send");
+    h.tx.send(telegram(2, "2025-01-01T10:15:07Z"))
+        .await
+        .expect("send");
+    until("2 acks", || h.acker.acked().len() == 2).await;
+    assert_eq!(h.acker.acked(), vec![1, 2]);
+    assert_eq!(writer.attempts(), vec![(vec![1_001], true)]);
+    assert_eq!(h.status.rejected.load(Ordering::Relaxed), 0);
+    assert!(metrics::P1_BETWEEN_BOUNDARIES.get() > before);
+    h.shutdown.cancel();
+    h.handle.await.expect("clean shutdown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_oversize_payload_is_a_counted_reject() {
+    let writer = Arc::new(FakeWriter::default());
+    let mut c = config(10, Duration::from_millis(5));
+    c.limits = Limits {
+        max_payload_bytes: 1024,
+        ..Limits::default()
+    };
+    let h = start(c, writer.clone());
+    let oversize = metrics::REJECTED.with_label_values(&["oversize"]);
+    let before = oversize.get();
+    let topic = format!("meters/{}/json", ean(1).expose());
+    h.tx.send(raw(1, &topic, vec![b' '; 4096]))
+        .await
+        .expect("send");
+    h.tx.send(message(2)).await.expect("send");
+    until("2 acks", || h.acker.acked().len() == 2).await;
+    assert!(oversize.get() > before);
+    assert_eq!(writer.attempts(), vec![(vec![2], true)]);
+    h.shutdown.cancel();
+    h.handle.await.expect("clean shutdown");
+}
