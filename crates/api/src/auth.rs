@@ -1,10 +1,13 @@
 //! Bearer tokens with roles. Only SHA-256 hashes of tokens are configured; a presented token
-//! is hashed and looked up, so the server never holds a token in plain text.
+//! is hashed and looked up, so the server never holds a token in plain text. The empty token
+//! is never a token: its hash is refused when the table is built and an empty bearer value is
+//! treated as no token at all.
 
 use std::collections::HashMap;
 use std::str::FromStr;
 
 use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
@@ -78,12 +81,26 @@ pub struct TokenTable {
     by_hash: HashMap<[u8; 32], Identity>,
 }
 
+/// The SHA-256 of the empty string: a configured hash equal to it would let an empty bearer
+/// value in.
+const EMPTY_TOKEN_HASH: [u8; 32] = [
+    0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+    0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+];
+
+/// The crate's error enum: what can be wrong with a configured token table.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     #[error("token {id:?}: hash must be sha256:<64 hex digits>")]
     BadHash { id: String },
     #[error("token {id:?}: the same token is configured twice")]
     Duplicate { id: String },
+    #[error(
+        "token {id:?}: the hash is that of the empty token; generate one with `meterstand token new`"
+    )]
+    EmptyToken { id: String },
+    #[error("a token id must not be empty")]
+    EmptyId,
 }
 
 impl TokenTable {
@@ -93,7 +110,13 @@ impl TokenTable {
     ) -> Result<TokenTable, TokenError> {
         let mut by_hash = HashMap::new();
         for (id, role, hash) in entries {
+            if id.is_empty() {
+                return Err(TokenError::EmptyId);
+            }
             let key = parse_hash(hash).ok_or_else(|| TokenError::BadHash { id: id.into() })?;
+            if key == EMPTY_TOKEN_HASH {
+                return Err(TokenError::EmptyToken { id: id.into() });
+            }
             let identity = Identity {
                 id: id.to_string(),
                 role,
@@ -106,28 +129,79 @@ impl TokenTable {
     }
 
     pub fn lookup(&self, token: &str) -> Option<&Identity> {
+        if token.is_empty() {
+            return None;
+        }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if digest == EMPTY_TOKEN_HASH {
+            return None;
+        }
         self.by_hash.get(&digest)
     }
 
     pub fn is_empty(&self) -> bool {
         self.by_hash.is_empty()
     }
+
+    /// The configured token ids, for metrics that are exported from the start.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.by_hash.values().map(|i| i.id.as_str())
+    }
 }
 
-/// The caller as the request presents itself; handlers decide with [`Caller::require`] so
-/// that refused privacy calls can still be audited.
+/// What the request presented in its `Authorization` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// No bearer token (or an empty one).
+    None,
+    /// A bearer token that matches no configured hash (unknown, revoked, mistyped).
+    Unknown,
+    /// A configured token.
+    Known(Identity),
+}
+
+/// The caller as the request presents itself; handlers decide with [`Caller::require`], and
+/// the audit layer records refusals with the token's id where it is known.
 #[derive(Debug, Clone)]
-pub struct Caller(pub Option<Identity>);
+pub struct Caller(pub Credential);
 
 impl Caller {
     /// 401 without a known token, 403 for a role not in `allowed`.
     pub fn require(&self, allowed: &[Role]) -> Result<&Identity, ApiError> {
-        let identity = self.0.as_ref().ok_or_else(ApiError::unauthorized)?;
+        let Credential::Known(identity) = &self.0 else {
+            return Err(ApiError::unauthorized());
+        };
         if allowed.contains(&identity.role) {
             Ok(identity)
         } else {
             Err(ApiError::forbidden(identity.role.as_str()))
+        }
+    }
+
+    pub fn identity(&self) -> Option<&Identity> {
+        match &self.0 {
+            Credential::Known(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// Looks the bearer token of `headers` up in `tokens`.
+    pub(crate) fn from_headers(headers: &HeaderMap, tokens: &TokenTable) -> Caller {
+        let Some(value) = headers.get(AUTHORIZATION) else {
+            return Caller(Credential::None);
+        };
+        let token = value.to_str().ok().and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+                .map(str::trim)
+        });
+        match token {
+            None => Caller(Credential::Unknown),
+            Some("") => Caller(Credential::None),
+            Some(t) => match tokens.lookup(t) {
+                Some(identity) => Caller(Credential::Known(identity.clone())),
+                None => Caller(Credential::Unknown),
+            },
         }
     }
 }
@@ -135,22 +209,16 @@ impl Caller {
 impl FromRequestParts<ApiState> for Caller {
     type Rejection = std::convert::Infallible;
 
+    /// The audit layer has already looked the token up; handlers see the same answer even if
+    /// the token table is replaced while the request runs.
     async fn from_request_parts(
         parts: &mut Parts,
         state: &ApiState,
     ) -> Result<Caller, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
-        Ok(Caller(
-            token.and_then(|t| state.tokens().lookup(t).cloned()),
-        ))
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
+        Ok(Caller::from_headers(&parts.headers, &state.tokens()))
     }
 }
 
@@ -178,13 +246,39 @@ mod tests {
     }
 
     #[test]
+    fn the_empty_token_is_never_a_token() {
+        assert_eq!(parse_hash(&hash_token("")), Some(EMPTY_TOKEN_HASH));
+        let empty = hash_token("");
+        assert!(matches!(
+            TokenTable::new([("e", Role::Operator, empty.as_str())]),
+            Err(TokenError::EmptyToken { .. })
+        ));
+        let hash = hash_token("s3cret-token");
+        let table = TokenTable::new([("a1", Role::Analyst, hash.as_str())]).expect("table");
+        assert!(table.lookup("").is_none());
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, "Bearer   ".parse().expect("header"));
+        assert_eq!(Caller::from_headers(&headers, &table).0, Credential::None);
+        headers.insert(AUTHORIZATION, "Basic abc".parse().expect("header"));
+        assert_eq!(
+            Caller::from_headers(&headers, &table).0,
+            Credential::Unknown
+        );
+        headers.insert(
+            AUTHORIZATION,
+            "Bearer s3cret-token".parse().expect("header"),
+        );
+        assert!(Caller::from_headers(&headers, &table).identity().is_some());
+    }
+
+    #[test]
     fn require_distinguishes_missing_from_wrong_role() {
-        let none = Caller(None);
+        let none = Caller(Credential::None);
         assert_eq!(
             none.require(&[Role::Crm]).map_err(|e| e.status.as_u16()),
             Err(401)
         );
-        let crm = Caller(Some(Identity {
+        let crm = Caller(Credential::Known(Identity {
             id: "c".into(),
             role: Role::Crm,
         }));

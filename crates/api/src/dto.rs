@@ -8,23 +8,110 @@ use meterstand_store::ErasureReceipt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-/// Query of `GET /v1/aggregates`.
+/// `granularity`: the tier a query reads.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GranularityParam {
+    Interval,
+    Day,
+    Month,
+}
+
+/// `register`: which registers a consumption is computed from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RegisterParam {
+    Import,
+    Export,
+    Gas,
+}
+
+/// `format`: the response's media type.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FormatParam {
+    Json,
+    Csv,
+}
+
+/// `consent`: the connection's consent level (DESIGN §2).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsentParam {
+    Off,
+    Standard,
+    Daily,
+    Interval,
+}
+
+/// An RFC 3339 time (`2026-11-01T00:00:00Z`) or a date (`2026-11-01`) meaning local midnight
+/// at its start; at most 64 characters.
+#[derive(Debug)]
+pub struct TimeOrDate;
+
+impl utoipa::PartialSchema for TimeOrDate {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type,
+        };
+        let string = |format| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(format)))
+                .max_length(Some(64))
+        };
+        OneOfBuilder::new()
+            .item(string(KnownFormat::DateTime))
+            .item(string(KnownFormat::Date))
+            .description(Some(
+                "An RFC 3339 time or a date (local midnight at its start)",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for TimeOrDate {}
+
+/// Query of `GET /v1/aggregates` (for the document; the handler reads the query itself so
+/// that no error repeats what was sent).
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AggregateParams {
     /// First period start, inclusive: an RFC 3339 time or a local date (`2026-11-01`).
+    #[param(value_type = TimeOrDate, inline)]
     pub from: String,
-    /// End, exclusive: an RFC 3339 time or a local date.
+    /// End, exclusive: an RFC 3339 time or a local date. The range is bounded per
+    /// granularity (`api.max_range_*`, by default 93 days of intervals, 3 years of days,
+    /// 10 years of months).
+    #[param(value_type = TimeOrDate, inline)]
     pub to: String,
     /// `interval`, `day` (default) or `month`.
+    #[param(value_type = Option<GranularityParam>, inline, default = "day")]
     pub granularity: Option<String>,
     /// `import` (default), `export` or `gas`.
+    #[param(value_type = Option<RegisterParam>, inline, default = "import")]
     pub register: Option<String>,
     /// Comma-separated connection attributes: `postcode4`, `profile`; empty for one total.
+    #[param(
+        pattern = "^((postcode4|profile)(,(postcode4|profile))?)?$",
+        max_length = 17
+    )]
     pub group_by: Option<String>,
     /// `json` (default) or `csv`.
+    #[param(value_type = Option<FormatParam>, inline, default = "json")]
     pub format: Option<String>,
+}
+
+impl AggregateParams {
+    pub const NAMES: [&'static str; 6] = [
+        "from",
+        "to",
+        "granularity",
+        "register",
+        "group_by",
+        "format",
+    ];
 }
 
 /// Query of `GET /v1/series/{pseudonym}`.
@@ -33,15 +120,24 @@ pub struct AggregateParams {
 #[into_params(parameter_in = Query)]
 pub struct SeriesParams {
     /// First period start, inclusive: an RFC 3339 time or a local date.
+    #[param(value_type = TimeOrDate, inline)]
     pub from: String,
-    /// End, exclusive: an RFC 3339 time or a local date.
+    /// End, exclusive: an RFC 3339 time or a local date; bounded per granularity.
+    #[param(value_type = TimeOrDate, inline)]
     pub to: String,
     /// `interval`, `day` (default) or `month`.
+    #[param(value_type = Option<GranularityParam>, inline, default = "day")]
     pub granularity: Option<String>,
     /// `import` (default), `export` or `gas`.
+    #[param(value_type = Option<RegisterParam>, inline, default = "import")]
     pub register: Option<String>,
     /// `json` (default) or `csv`.
+    #[param(value_type = Option<FormatParam>, inline, default = "json")]
     pub format: Option<String>,
+}
+
+impl SeriesParams {
+    pub const NAMES: [&'static str; 5] = ["from", "to", "granularity", "register", "format"];
 }
 
 /// Query of `GET /v1/subjects/{ean}/export`.
@@ -50,7 +146,12 @@ pub struct SeriesParams {
 #[into_params(parameter_in = Query)]
 pub struct ExportParams {
     /// `json` (default) or `csv`.
+    #[param(value_type = Option<FormatParam>, inline, default = "json")]
     pub format: Option<String>,
+}
+
+impl ExportParams {
+    pub const NAMES: [&'static str; 1] = ["format"];
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -91,16 +192,28 @@ pub struct SeriesRowOut {
     pub consumption: u64,
 }
 
-/// Body of `PUT /v1/connections/{ean}`.
+/// Body of `PUT /v1/connections/{ean}`. No other fields are accepted.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionBody {
     /// `off`, `standard`, `daily` or `interval`.
+    #[schema(value_type = ConsentParam, inline)]
     pub consent: String,
-    /// Four-digit postcode area, e.g. `1234`.
+    /// Four-digit postcode area, 1000 to 9999, e.g. `1234`.
+    #[schema(pattern = "^[1-9][0-9]{3}$", min_length = 4, max_length = 4)]
     pub postcode4: Option<String>,
-    /// Consumption profile, e.g. `E1A` (letters and digits, at most 8).
+    /// Consumption profile, e.g. `E1A`: 1 to 8 letters and digits.
+    #[schema(pattern = "^[A-Za-z0-9]{1,8}$", min_length = 1, max_length = 8)]
     pub profile: Option<String>,
+    /// `false` when the customer objected to analytical use: the connection keeps its
+    /// billing readings but leaves aggregates, series and statistics. Default `true`.
+    #[schema(default = true)]
+    #[serde(default)]
+    pub analytics: Option<bool>,
+}
+
+impl ConnectionBody {
+    pub const FIELDS: [&'static str; 4] = ["consent", "postcode4", "profile", "analytics"];
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
@@ -108,6 +221,8 @@ pub struct ConnectionOut {
     pub consent: String,
     pub postcode4: Option<String>,
     pub profile: Option<String>,
+    /// `false`: the customer objected to analytical use.
+    pub analytics: bool,
 }
 
 impl From<&Connection> for ConnectionOut {
@@ -116,6 +231,7 @@ impl From<&Connection> for ConnectionOut {
             consent: c.consent.as_str().to_string(),
             postcode4: c.postcode4.map(|p| p.to_string()),
             profile: c.profile.as_ref().map(|p| p.as_str().to_string()),
+            analytics: c.analytics,
         }
     }
 }
@@ -217,13 +333,18 @@ impl ReceiptOut {
     }
 }
 
-/// Body of `POST /v1/backups`.
+/// Body of `POST /v1/backups`. No other fields are accepted.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackupRequest {
     /// Absolute directory on the server's machine, which must not exist yet. On the store's
     /// file system the backup hard-links the immutable files and takes little space.
+    #[schema(pattern = "^/", min_length = 2)]
     pub to: String,
+}
+
+impl BackupRequest {
+    pub const FIELDS: [&'static str; 1] = ["to"];
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -1,5 +1,7 @@
-//! Every refusal is a JSON body `{"error": {"code", "message"}}` with the status that fits.
-//! Messages never carry an identifier from the request (an EAN is personal data).
+//! Every refusal is a JSON body `{"error": {"code", "message"}}` with the status that fits,
+//! and this is the one place where refusals get their status. Messages never quote the
+//! request: not an identifier (an EAN is personal data), not a value, not a field name the
+//! client made up. They name the parameter or field and what it accepts.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -23,8 +25,8 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: `unauthorized`, `forbidden`, `bad_request`, `bad_ean`,
-    /// `bad_pseudonym`, `range_too_large`, `not_found`, `payload_too_large`, `overloaded`,
-    /// `unavailable`, `internal`.
+    /// `bad_pseudonym`, `range_too_large`, `not_found`, `body_timeout`, `payload_too_large`,
+    /// `overloaded`, `unavailable`, `internal`.
     pub code: String,
     pub message: String,
 }
@@ -62,6 +64,35 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    pub fn payload_too_large(limit: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body may be at most {limit} bytes"),
+        )
+    }
+
+    /// The body did not arrive within `api.body_timeout`.
+    pub fn body_timeout(limit: std::time::Duration) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the body did not arrive within {} seconds",
+                limit.as_secs_f64()
+            ),
+        )
+    }
+
+    /// More than `api.max_concurrent` calls at once: refused, not queued.
+    pub fn overloaded() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many requests at once; retry shortly",
+        )
+    }
+
     pub fn internal() -> ApiError {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -96,6 +127,13 @@ impl IntoResponse for ApiError {
                 message: self.message,
             },
         };
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }

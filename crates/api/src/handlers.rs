@@ -1,37 +1,44 @@
-//! The `/v1` endpoints. Each checks the caller's role first, then its input, then asks the
-//! store on a blocking thread. Privacy-officer and CRM calls are audited whatever the outcome.
+//! The `/v1` endpoints. Each checks the caller's role first, then reads its input (a body
+//! only now, size- and time-limited), then takes a place among the requests served at once,
+//! then asks the store on a blocking thread. What a call touched is noted in its
+//! [`CallRecord`]; the audit layer writes the line whatever the outcome.
 
 use std::str::FromStr;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use meterstand_model::{Connection, ConsentLevel, Ean, Postcode4, Profile, Tier};
 use meterstand_pseudonym::Pseudonym;
 use meterstand_store::AggregateQuery;
 
 use crate::ApiState;
+use crate::audit::CallRecord;
 use crate::auth::{Caller, Role};
 use crate::dto::*;
 use crate::error::{ApiError, ErrorBody};
+use crate::input::{self, QueryParams, RawQuery};
 use crate::kanon;
 use crate::params::{self, Format};
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(v)| v)
-        .map_err(|e| ApiError::bad_request(e.body_text()))
+/// A path segment that could not be decoded; its text is not repeated.
+fn path_segment(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    p.map(|Path(v)| v)
+        .map_err(|_| ApiError::bad_request("the path could not be decoded"))
+}
+
+fn bad_ean() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "bad_ean",
+        "the EAN must be 18 digits with a valid GS1 check digit",
+    )
 }
 
 fn parse_ean(text: &str) -> Result<Ean, ApiError> {
-    Ean::from_str(text).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_ean",
-            "the EAN must be 18 digits with a valid GS1 check digit",
-        )
-    })
+    Ean::from_str(text).map_err(|_| bad_ean())
 }
 
 fn csv_response(
@@ -59,15 +66,23 @@ fn csv_response(
 pub async fn aggregates(
     State(st): State<ApiState>,
     caller: Caller,
-    q: Result<Query<AggregateParams>, QueryRejection>,
+    record: CallRecord,
+    q: RawQuery,
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Analyst])?;
-    let q = query(q)?;
-    let tier = params::granularity(q.granularity.as_deref())?;
-    let kind = params::register(q.register.as_deref())?;
-    let group_by = params::group_by(q.group_by.as_deref())?;
-    let format = params::format(q.format.as_deref())?;
-    let (from, to) = params::range(&q.from, &q.to, tier, st.calendar(), &st.config().max_range)?;
+    let q = QueryParams::parse(q, &AggregateParams::NAMES)?;
+    let tier = params::granularity(q.get("granularity"))?;
+    record.param("granularity", tier.as_str());
+    let kind = params::register(q.get("register"))?;
+    record.param("register", kind.as_str());
+    let group_by = params::group_by(q.get("group_by"))?;
+    record.param("group_by", params::group_by_text(group_by));
+    let format = params::format(q.get("format"))?;
+    record.param("format", format.as_str());
+    let (from, to) = params::range(&q, tier, st.calendar(), &st.config().max_range)?;
+    record.param("from", from.to_string());
+    record.param("to", to.to_string());
+    let _permit = st.permit()?;
     let query = AggregateQuery {
         kind,
         tier,
@@ -107,6 +122,7 @@ pub async fn aggregates(
         })
         .collect();
     let suppressed_cells = rows.iter().filter(|r| r.suppressed).count() as u64;
+    record.rows(rows.len() as u64);
     let response = AggregateResponse {
         unit: kind.stored_unit().to_string(),
         granularity: tier.as_str().to_string(),
@@ -141,7 +157,7 @@ pub async fn aggregates(
 /// One pseudonymous connection's consumption per period.
 #[utoipa::path(
     get, path = "/v1/series/{pseudonym}", tag = "analyst",
-    params(("pseudonym" = String, Path, description = "A pseudonym, e.g. v1-<32 hex>"), SeriesParams),
+    params(("pseudonym" = String, Path, description = "A pseudonym, e.g. v1-<32 hex>", pattern = "^v[0-9]{1,5}-[0-9a-f]{32}$"), SeriesParams),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Consumption per period",
@@ -155,31 +171,44 @@ pub async fn aggregates(
 pub async fn series(
     State(st): State<ApiState>,
     caller: Caller,
-    Path(pseudonym): Path<String>,
-    q: Result<Query<SeriesParams>, QueryRejection>,
+    record: CallRecord,
+    pseudonym: Result<Path<String>, PathRejection>,
+    q: RawQuery,
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Analyst])?;
-    let p = Pseudonym::from_str(&pseudonym).map_err(|_| {
+    let bad_pseudonym = || {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_pseudonym",
             "a pseudonym looks like v1-<32 hex digits>",
         )
-    })?;
-    let q = query(q)?;
-    let tier = params::granularity(q.granularity.as_deref())?;
-    let kind = params::register(q.register.as_deref())?;
-    let format = params::format(q.format.as_deref())?;
-    let (from, to) = params::range(&q.from, &q.to, tier, st.calendar(), &st.config().max_range)?;
+    };
+    let p = Pseudonym::from_str(&path_segment(pseudonym).map_err(|_| bad_pseudonym())?)
+        .map_err(|_| bad_pseudonym())?;
+    let q = QueryParams::parse(q, &SeriesParams::NAMES)?;
+    let tier = params::granularity(q.get("granularity"))?;
+    record.param("granularity", tier.as_str());
+    let kind = params::register(q.get("register"))?;
+    record.param("register", kind.as_str());
+    let format = params::format(q.get("format"))?;
+    record.param("format", format.as_str());
+    let (from, to) = params::range(&q, tier, st.calendar(), &st.config().max_range)?;
+    record.param("from", from.to_string());
+    record.param("to", to.to_string());
+    let _permit = st.permit()?;
+    record.subjects(&[p]);
     let rows = st
         .blocking(move |b| {
-            if !b.knows(p)? {
+            // A connection that objected to analytics is not there for analysts.
+            let objected = b.connection(p)?.is_some_and(|c| !c.analytics);
+            if objected || !b.knows(p)? {
                 return Ok(None);
             }
             b.series(p, kind, tier, from, to).map(Some)
         })
         .await??
         .ok_or_else(|| ApiError::not_found("nothing is stored under this pseudonym"))?;
+    record.rows(rows.len() as u64);
     let response = SeriesResponse {
         pseudonym: p.to_string(),
         unit: kind.stored_unit().to_string(),
@@ -210,26 +239,28 @@ pub async fn series(
 }
 
 fn connection_from(body: &[u8]) -> Result<Connection, ApiError> {
-    let body: ConnectionBody =
-        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
-    let consent = ConsentLevel::from_str(&body.consent)
-        .map_err(|_| ApiError::bad_request("consent must be off, standard, daily or interval"))?;
-    let postcode4 = body
-        .postcode4
-        .as_deref()
+    const CONSENT: &str = "off, standard, daily or interval";
+    const POSTCODE: &str = "four digits, 1000 to 9999";
+    const PROFILE: &str = "1 to 8 letters or digits";
+    let fields = input::json_object(body, &ConnectionBody::FIELDS)?;
+    let consent = input::string_field(&fields, "consent", CONSENT)?
+        .ok_or_else(|| ApiError::bad_request(format!("consent is required: {CONSENT}")))?;
+    let consent = ConsentLevel::from_str(consent)
+        .map_err(|_| ApiError::bad_request(format!("consent must be {CONSENT}")))?;
+    let postcode4 = input::string_field(&fields, "postcode4", POSTCODE)?
         .map(Postcode4::from_str)
         .transpose()
-        .map_err(|_| ApiError::bad_request("postcode4 must be four digits, 1000 to 9999"))?;
-    let profile = body
-        .profile
-        .as_deref()
+        .map_err(|_| ApiError::bad_request(format!("postcode4 must be {POSTCODE}")))?;
+    let profile = input::string_field(&fields, "profile", PROFILE)?
         .map(Profile::from_str)
         .transpose()
-        .map_err(|_| ApiError::bad_request("profile must be 1 to 8 letters or digits"))?;
+        .map_err(|_| ApiError::bad_request(format!("profile must be {PROFILE}")))?;
+    let analytics = input::bool_field(&fields, "analytics")?.unwrap_or(true);
     Ok(Connection {
         consent,
         postcode4,
         profile,
+        analytics,
     })
 }
 
@@ -237,7 +268,7 @@ fn connection_from(body: &[u8]) -> Result<Connection, ApiError> {
 /// level no longer allows, and the response says what went.
 #[utoipa::path(
     put, path = "/v1/connections/{ean}", tag = "crm",
-    params(("ean" = String, Path, description = "The connection's 18-digit EAN")),
+    params(("ean" = String, Path, description = "The connection's 18-digit EAN", pattern = "^[0-9]{18}$", min_length = 18, max_length = 18)),
     request_body = ConnectionBody,
     security(("bearer" = [])),
     responses(
@@ -251,41 +282,42 @@ fn connection_from(body: &[u8]) -> Result<Connection, ApiError> {
 pub async fn put_connection(
     State(st): State<ApiState>,
     caller: Caller,
-    Path(ean): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    record: CallRecord,
+    ean: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let mut pseudonym = None;
-    let result = async {
-        caller.require(&[Role::Crm])?;
-        let ean = parse_ean(&ean)?;
-        let p = st.pseudonymiser().ean(&ean);
-        // Current pseudonym first, then the older key versions': a lowered consent reaches
-        // readings stored before a key rotation too.
-        let all = st.pseudonymiser().ean_all_versions(&ean);
-        pseudonym = Some(p);
-        let body = body.map_err(|e| body_error(&st, e))?;
-        let connection = connection_from(&body)?;
-        let out = ConnectionOut::from(&connection);
-        let receipt = st
-            .blocking(move |b| b.put_connection(&all, connection))
-            .await??;
-        let removed =
-            (receipt.deleted.total() > 0).then(|| ReceiptOut::new(p, &receipt, st.calendar()));
-        Ok(axum::Json(ConnectionResponse {
-            pseudonym: p.to_string(),
-            connection: out,
-            removed,
-        })
-        .into_response())
-    }
-    .await;
-    st.audit(&caller, "connection.put", pseudonym, result).await
+    caller.require(&[Role::Crm])?;
+    let ean = parse_ean(&path_segment(ean).map_err(|_| bad_ean())?)?;
+    let p = st.pseudonymiser().ean(&ean);
+    // Current pseudonym first, then the older key versions': a lowered consent reaches
+    // readings stored before a key rotation too.
+    let all = st.pseudonymiser().ean_all_versions(&ean);
+    let body = st.body(&headers, body).await?;
+    let connection = connection_from(&body)?;
+    record.param("consent", connection.consent.as_str());
+    record.param("analytics", connection.analytics.to_string());
+    let _permit = st.permit()?;
+    record.subjects(&all);
+    let out = ConnectionOut::from(&connection);
+    let receipt = st
+        .blocking(move |b| b.put_connection(&all, connection))
+        .await??;
+    record.rows(receipt.deleted.total());
+    let removed =
+        (receipt.deleted.total() > 0).then(|| ReceiptOut::new(p, &receipt, st.calendar()));
+    Ok(axum::Json(ConnectionResponse {
+        pseudonym: p.to_string(),
+        connection: out,
+        removed,
+    })
+    .into_response())
 }
 
 /// Everything stored for one EAN (GDPR Art. 15 and 20).
 #[utoipa::path(
     get, path = "/v1/subjects/{ean}/export", tag = "privacy_officer",
-    params(("ean" = String, Path, description = "The connection's 18-digit EAN"), ExportParams),
+    params(("ean" = String, Path, description = "The connection's 18-digit EAN", pattern = "^[0-9]{18}$", min_length = 18, max_length = 18), ExportParams),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Everything stored; empty when nothing is held",
@@ -298,19 +330,28 @@ pub async fn put_connection(
 pub async fn export(
     State(st): State<ApiState>,
     caller: Caller,
-    Path(ean): Path<String>,
-    q: Result<Query<ExportParams>, QueryRejection>,
+    record: CallRecord,
+    ean: Result<Path<String>, PathRejection>,
+    q: RawQuery,
 ) -> Result<Response, ApiError> {
-    let mut pseudonym = None;
-    let result = async {
+    {
         caller.require(&[Role::PrivacyOfficer])?;
-        let ean = parse_ean(&ean)?;
+        let ean = parse_ean(&path_segment(ean).map_err(|_| bad_ean())?)?;
         let current = st.pseudonymiser().ean(&ean);
-        pseudonym = Some(current);
-        let format = params::format(query(q)?.format.as_deref())?;
+        let q = QueryParams::parse(q, &ExportParams::NAMES)?;
+        let format = params::format(q.get("format"))?;
+        record.param("format", format.as_str());
         let all = st.pseudonymiser().ean_all_versions(&ean);
         let searched: Vec<String> = all.iter().map(ToString::to_string).collect();
+        let _permit = st.permit()?;
+        record.subjects(&all);
         let export = st.blocking(move |b| b.export(&all)).await??;
+        record.rows(
+            Tier::ALL
+                .iter()
+                .map(|t| export.tier(*t).len() as u64)
+                .sum::<u64>(),
+        );
         let readings = |tier: Tier| export.tier(tier).iter().map(ReadingOut::from).collect();
         let response = ExportResponse {
             pseudonym: current.to_string(),
@@ -371,14 +412,12 @@ pub async fn export(
             }),
         }
     }
-    .await;
-    st.audit(&caller, "subject.export", pseudonym, result).await
 }
 
 /// Erasure (GDPR Art. 17): removes what may be removed, physically, and returns a receipt.
 #[utoipa::path(
     delete, path = "/v1/subjects/{ean}", tag = "privacy_officer",
-    params(("ean" = String, Path, description = "The connection's 18-digit EAN")),
+    params(("ean" = String, Path, description = "The connection's 18-digit EAN", pattern = "^[0-9]{18}$", min_length = 18, max_length = 18)),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "What was deleted, and what was kept, why and until when", body = ReceiptOut),
@@ -390,20 +429,18 @@ pub async fn export(
 pub async fn erase(
     State(st): State<ApiState>,
     caller: Caller,
-    Path(ean): Path<String>,
+    record: CallRecord,
+    ean: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let mut pseudonym = None;
-    let result = async {
-        caller.require(&[Role::PrivacyOfficer])?;
-        let ean = parse_ean(&ean)?;
-        let current = st.pseudonymiser().ean(&ean);
-        pseudonym = Some(current);
-        let all = st.pseudonymiser().ean_all_versions(&ean);
-        let receipt = st.blocking(move |b| b.erase(&all)).await??;
-        Ok(axum::Json(ReceiptOut::new(current, &receipt, st.calendar())).into_response())
-    }
-    .await;
-    st.audit(&caller, "subject.erase", pseudonym, result).await
+    caller.require(&[Role::PrivacyOfficer])?;
+    let ean = parse_ean(&path_segment(ean).map_err(|_| bad_ean())?)?;
+    let current = st.pseudonymiser().ean(&ean);
+    let all = st.pseudonymiser().ean_all_versions(&ean);
+    let _permit = st.permit()?;
+    record.subjects(&all);
+    let receipt = st.blocking(move |b| b.erase(&all)).await??;
+    record.rows(receipt.deleted.total());
+    Ok(axum::Json(ReceiptOut::new(current, &receipt, st.calendar())).into_response())
 }
 
 /// A consistent backup of the whole store (RocksDB checkpoint) while it runs (operator).
@@ -421,42 +458,38 @@ pub async fn erase(
 pub async fn backup(
     State(st): State<ApiState>,
     caller: Caller,
-    body: Result<Bytes, BytesRejection>,
+    record: CallRecord,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let who = caller.require(&[Role::Operator])?.id.clone();
-    let body = body.map_err(|e| body_error(&st, e))?;
-    let req: BackupRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
-    let dir = std::path::PathBuf::from(&req.to);
+    let body = st.body(&headers, body).await?;
+    let fields = input::json_object(&body, &BackupRequest::FIELDS)?;
+    const TO: &str = "an absolute directory that does not exist yet";
+    let to = input::string_field(&fields, "to", TO)?
+        .ok_or_else(|| ApiError::bad_request(format!("to is required: {TO}")))?
+        .to_string();
+    let dir = std::path::PathBuf::from(&to);
     if !dir.is_absolute() {
         return Err(ApiError::bad_request("to must be an absolute path"));
     }
+    // The directory is the operator's choice, not personal data; a name that could be taken
+    // for an EAN is left out of the audit line rather than refused.
+    if !meterstand_audit::holds_ean_like(&to) {
+        record.param("to", to.as_str());
+    }
+    let _permit = st.permit()?;
     let started = std::time::Instant::now();
     let target = dir.clone();
     let info = st.blocking(move |b| b.backup(&target)).await??;
     let millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    record.rows(info.files);
     tracing::info!(token = %who, path = %dir.display(), files = info.files, bytes = info.bytes, millis, "backup written");
     Ok(axum::Json(BackupResponse {
-        path: req.to,
+        path: to,
         files: info.files,
         bytes: info.bytes,
         millis,
     })
     .into_response())
-}
-
-fn body_error(st: &ApiState, e: BytesRejection) -> ApiError {
-    let status = e.status();
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            status,
-            "payload_too_large",
-            format!(
-                "the body may be at most {} bytes",
-                st.config().max_body_bytes
-            ),
-        )
-    } else {
-        ApiError::bad_request(e.body_text())
-    }
 }

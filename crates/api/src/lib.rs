@@ -1,39 +1,48 @@
-//! The HTTP API (DESIGN §4): analyst aggregates with k-anonymity and pseudonymous series,
-//! CRM connection registration, privacy-officer export and erasure, health, readiness,
-//! metrics and `/openapi.json`. Bearer tokens carry roles; privacy-officer and CRM calls are
-//! audited. Entry point `serve(listener, state, shutdown)` so tests bind `127.0.0.1:0`.
+//! The HTTP API (DESIGN §4, §6): analyst aggregates with k-anonymity and pseudonymous series,
+//! CRM connection registration, privacy-officer export and erasure, backups, health,
+//! readiness, metrics and `/openapi.json`. Bearer tokens carry roles; the token table can be
+//! replaced at runtime. Every call is audited in the hash-chained log of `meterstand-audit`.
+//! Slow clients cannot starve the rest: headers and bodies have time limits, bodies are read
+//! only after the role check and outside the concurrency limit. Entry point
+//! `serve(listener, state, shutdown)` so tests bind `127.0.0.1:0`. See `DESIGN.md` beside this
+//! crate.
 
 mod audit;
 mod auth;
 pub mod dto;
 mod error;
 mod handlers;
+mod input;
 mod kanon;
 pub mod metrics;
 mod openapi;
 mod params;
+mod server;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use meterstand_model::Calendar;
-use meterstand_pseudonym::{Pseudonym, Pseudonymiser};
+use meterstand_pseudonym::Pseudonymiser;
 use meterstand_store::ReadingStore;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
+use parking_lot::RwLock;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub use audit::{AuditEntry, AuditLog};
-pub use auth::{Caller, Identity, Role, TokenError, TokenTable, hash_token, parse_hash};
+pub use audit::{CallRecord, METRICS_READ};
+pub use auth::{
+    Caller, Credential, Identity, Role, TokenError, TokenTable, hash_token, parse_hash,
+};
 pub use error::{ApiError, ErrorBody};
+pub use meterstand_audit::{AuditEntry, AuditError, AuditLog};
 pub use openapi::openapi_json;
 pub use params::MaxRange;
+pub use server::serve;
 
 /// What the server reads to answer readiness.
 pub trait Readiness: Send + Sync + 'static {
@@ -50,11 +59,20 @@ pub struct ApiConfig {
     pub min_group_size: u32,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
-    /// `/v1` requests served at once; more are refused with 503, not queued.
+    /// `/v1` requests served at once; more are refused with 503, not queued. A request holds
+    /// its place only while it is served, not while its body arrives.
     pub max_concurrent: usize,
     pub max_range: MaxRange,
     /// Whether `/metrics` needs an `operator` token.
     pub metrics_require_token: bool,
+    /// A connection that has not sent a complete request head within this time is closed.
+    pub header_timeout: Duration,
+    /// A request body that has not fully arrived within this time (counted from when the
+    /// handler starts reading it) is refused with 408.
+    pub body_timeout: Duration,
+    /// Client addresses remembered per token for
+    /// `meterstand_api_token_new_address_total`; the oldest is forgotten first.
+    pub addresses_per_token: usize,
 }
 
 impl Default for ApiConfig {
@@ -65,6 +83,9 @@ impl Default for ApiConfig {
             max_concurrent: 64,
             max_range: MaxRange::default(),
             metrics_require_token: true,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            addresses_per_token: 64,
         }
     }
 }
@@ -75,20 +96,31 @@ pub struct ApiParts {
     pub readiness: Arc<dyn Readiness>,
     pub backend: Arc<dyn ReadingStore>,
     pub pseudonymiser: Arc<Pseudonymiser>,
+    /// The initial token table; see [`ApiState::replace_tokens`].
     pub tokens: TokenTable,
+    /// The hash-chained audit log (`meterstand_audit::AuditLog`, opened once per file).
     pub audit: AuditLog,
     pub calendar: Calendar,
     pub config: ApiConfig,
 }
 
+/// The shared state of the server. Cheap to clone; clones share everything, so a clone kept
+/// by the binary can replace the token table of a running server.
 #[derive(Clone)]
 pub struct ApiState {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    parts: ApiParts,
+    readiness: Arc<dyn Readiness>,
+    backend: Arc<dyn ReadingStore>,
+    pseudonymiser: Arc<Pseudonymiser>,
+    tokens: RwLock<Arc<TokenTable>>,
+    audit: AuditLog,
+    calendar: Calendar,
+    config: ApiConfig,
     permits: Arc<Semaphore>,
+    addresses: metrics::AddressBook,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -101,22 +133,75 @@ impl ApiState {
     pub fn new(parts: ApiParts) -> ApiState {
         let permits = Arc::new(Semaphore::new(parts.config.max_concurrent.max(1)));
         metrics::init();
+        parts.tokens.ids().for_each(metrics::init_token);
         ApiState {
-            inner: Arc::new(Inner { parts, permits }),
+            inner: Arc::new(Inner {
+                readiness: parts.readiness,
+                backend: parts.backend,
+                pseudonymiser: parts.pseudonymiser,
+                tokens: RwLock::new(Arc::new(parts.tokens)),
+                audit: parts.audit,
+                calendar: parts.calendar,
+                addresses: metrics::AddressBook::new(parts.config.addresses_per_token),
+                config: parts.config,
+                permits,
+            }),
         }
     }
 
-    pub(crate) fn tokens(&self) -> &TokenTable {
-        &self.inner.parts.tokens
+    /// Replaces the token table of the running server (e.g. re-read on SIGHUP). Requests
+    /// that start afterwards see only the new table: a revoked token is refused at once.
+    pub fn replace_tokens(&self, tokens: TokenTable) {
+        tokens.ids().for_each(metrics::init_token);
+        let count = tokens.ids().count();
+        *self.inner.tokens.write() = Arc::new(tokens);
+        tracing::info!(tokens = count, "api token table replaced");
     }
+
+    /// The current token table.
+    pub fn tokens(&self) -> Arc<TokenTable> {
+        self.inner.tokens.read().clone()
+    }
+
     pub(crate) fn calendar(&self) -> &Calendar {
-        &self.inner.parts.calendar
+        &self.inner.calendar
     }
     pub(crate) fn config(&self) -> &ApiConfig {
-        &self.inner.parts.config
+        &self.inner.config
     }
     pub(crate) fn pseudonymiser(&self) -> &Pseudonymiser {
-        &self.inner.parts.pseudonymiser
+        &self.inner.pseudonymiser
+    }
+    pub(crate) fn audit_log(&self) -> &AuditLog {
+        &self.inner.audit
+    }
+    pub(crate) fn addresses(&self) -> &metrics::AddressBook {
+        &self.inner.addresses
+    }
+
+    /// A place among the `max_concurrent` requests served at once, or a 503. Taken after the
+    /// role check and after the body arrived, so slow or refused clients hold none.
+    pub(crate) fn permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.inner
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::overloaded())
+    }
+
+    /// Reads the body after the role check: size-limited, time-limited.
+    pub(crate) async fn body(
+        &self,
+        headers: &axum::http::HeaderMap,
+        body: axum::body::Body,
+    ) -> Result<axum::body::Bytes, ApiError> {
+        input::read_body(
+            headers,
+            body,
+            self.config().max_body_bytes,
+            self.config().body_timeout,
+        )
+        .await
     }
 
     /// Runs store work on a blocking thread.
@@ -124,7 +209,7 @@ impl ApiState {
         &self,
         f: impl FnOnce(&dyn ReadingStore) -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        let backend = self.inner.parts.backend.clone();
+        let backend = self.inner.backend.clone();
         tokio::task::spawn_blocking(move || f(backend.as_ref()))
             .await
             .map_err(|e| {
@@ -132,116 +217,47 @@ impl ApiState {
                 ApiError::internal()
             })
     }
-
-    /// Appends the audit line for a privacy-officer or CRM call and passes its result on. If
-    /// the line cannot be written, the caller gets a 500: an unaudited answer is not given.
-    pub(crate) async fn audit(
-        &self,
-        caller: &Caller,
-        action: &'static str,
-        pseudonym: Option<Pseudonym>,
-        result: Result<Response, ApiError>,
-    ) -> Result<Response, ApiError> {
-        let status = match &result {
-            Ok(r) => r.status(),
-            Err(e) => e.status,
-        };
-        let outcome = match status.as_u16() {
-            200..=299 => "ok",
-            401 | 403 => "denied",
-            404 => "not_found",
-            400..=499 => "invalid",
-            _ => "error",
-        };
-        let entry = AuditEntry {
-            time: jiff::Timestamp::now().to_string(),
-            role: caller.0.as_ref().map(|i| i.role.as_str()),
-            token_id: caller.0.as_ref().map(|i| i.id.clone()),
-            action,
-            pseudonym: pseudonym.map(|p| p.to_string()),
-            outcome,
-            status: status.as_u16(),
-        };
-        let log = self.inner.parts.audit.clone();
-        let written = tokio::task::spawn_blocking(move || log.append(&entry)).await;
-        match written {
-            Ok(Ok(())) => {
-                metrics::AUDIT_ENTRIES
-                    .with_label_values(&[action, outcome])
-                    .inc();
-                result
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, action, "cannot write the audit log");
-                Err(ApiError::internal())
-            }
-            Err(e) => {
-                tracing::error!(error = %e, action, "audit task failed");
-                Err(ApiError::internal())
-            }
-        }
-    }
 }
 
 pub fn router(state: ApiState) -> Router {
-    let v1 = Router::new()
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_endpoint))
+        .route("/openapi.json", get(openapi))
         .route("/v1/aggregates", get(handlers::aggregates))
         .route("/v1/series/{pseudonym}", get(handlers::series))
         .route("/v1/connections/{ean}", put(handlers::put_connection))
         .route("/v1/subjects/{ean}/export", get(handlers::export))
         .route("/v1/subjects/{ean}", delete(handlers::erase))
         .route("/v1/backups", post(handlers::backup))
+        .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            limit_concurrency,
+            audit::audit_calls,
         ))
-        .layer(DefaultBodyLimit::max(state.config().max_body_bytes));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_endpoint))
-        .route("/openapi.json", get(openapi))
-        .merge(v1)
-        .fallback(not_found)
         .layer(middleware::from_fn(track))
         .with_state(state)
 }
 
-/// Counts and times every request by route template and status.
+/// Counts and times every request by route template, method and status; all three labels
+/// are bounded (see [`metrics`]).
 async fn track(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().as_str().to_string();
+    let method = metrics::method_label(req.method());
     let started = Instant::now();
     let response = next.run(req).await;
     metrics::DURATION
         .with_label_values(&[&route])
         .observe(started.elapsed().as_secs_f64());
     metrics::REQUESTS
-        .with_label_values(&[&route, &method, response.status().as_str()])
+        .with_label_values(&[&route, method, response.status().as_str()])
         .inc();
     response
-}
-
-/// Refuses `/v1` requests beyond `max_concurrent` at once with a JSON 503 instead of queueing
-/// them without bound.
-async fn limit_concurrency(State(st): State<ApiState>, req: Request, next: Next) -> Response {
-    let Ok(_permit) = st.inner.permits.clone().try_acquire_owned() else {
-        let mut response = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "too many requests at once; retry shortly",
-        )
-        .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        return response;
-    };
-    next.run(req).await
 }
 
 async fn not_found() -> ApiError {
@@ -259,7 +275,7 @@ async fn healthz() -> impl IntoResponse {
 #[utoipa::path(get, path = "/readyz", tag = "operator",
     responses((status = 200, description = "Ready"), (status = 503, description = "Store closed or broker disconnected")))]
 async fn readyz(State(state): State<ApiState>) -> impl IntoResponse {
-    let readiness = &state.inner.parts.readiness;
+    let readiness = &state.inner.readiness;
     let store = readiness.store_open();
     let broker = readiness.broker_connected();
     let status = if store && broker {
@@ -282,6 +298,7 @@ async fn readyz(State(state): State<ApiState>) -> impl IntoResponse {
         (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Role is not operator", body = ErrorBody),
+        (status = 500, description = "The audit line could not be written", body = ErrorBody),
     ))]
 async fn metrics_endpoint(State(state): State<ApiState>, caller: Caller) -> Response {
     if state.config().metrics_require_token
@@ -289,7 +306,7 @@ async fn metrics_endpoint(State(state): State<ApiState>, caller: Caller) -> Resp
     {
         return e.into_response();
     }
-    let readiness = state.inner.parts.readiness.clone();
+    let readiness = state.inner.readiness.clone();
     let _ = tokio::task::spawn_blocking(move || readiness.refresh_gauges()).await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -303,15 +320,4 @@ async fn metrics_endpoint(State(state): State<ApiState>, caller: Caller) -> Resp
     responses((status = 200, description = "The OpenAPI 3.1 document of this API")))]
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
-}
-
-/// Serves until `shutdown` is cancelled.
-pub async fn serve(
-    listener: TcpListener,
-    state: ApiState,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
 }

@@ -1,9 +1,15 @@
-//! API metrics. Routes are the matched templates (`/v1/series/{pseudonym}`), never raw paths,
-//! so no identifier becomes a label.
+//! API metrics. Every label is bounded: routes are the matched templates
+//! (`/v1/series/{pseudonym}`) or `unmatched`, never raw paths; methods are the known ones or
+//! `other`; refusal reasons and audit actions are fixed sets; token labels are configured
+//! token ids (few, chosen by the operator, never the secret).
 
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::LazyLock;
 
+use axum::http::Method;
 use meterstand_telemetry::metric::{counter_vec, histogram_vec};
+use parking_lot::Mutex;
 use prometheus::{HistogramVec, IntCounterVec};
 
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -31,6 +37,39 @@ pub static AUDIT_ENTRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+pub static AUTH_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "meterstand_api_auth_refused_total",
+        "Calls refused with 401 or 403, by reason: no_token, unknown_token, wrong_role.",
+        &["reason"],
+    )
+});
+
+pub static SUBJECT_OPERATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "meterstand_api_subject_operations_total",
+        "Successful calls that read or changed one subject's data, by token id and operation.",
+        &["token", "operation"],
+    )
+});
+
+pub static ROWS_RETURNED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "meterstand_api_rows_returned_total",
+        "Rows returned to analyst calls, by token id.",
+        &["token"],
+    )
+});
+
+pub static TOKEN_NEW_ADDRESS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "meterstand_api_token_new_address_total",
+        "Calls with a token from a client address it was not used from since start (or since \
+         the address was forgotten: a bounded number is remembered per token), by token id.",
+        &["token"],
+    )
+});
+
 /// Every route with its method, for exporting each series from the start.
 pub const ROUTES: [(&str, &str); 10] = [
     ("/healthz", "GET"),
@@ -44,11 +83,45 @@ pub const ROUTES: [(&str, &str); 10] = [
     ("/v1/subjects/{ean}", "DELETE"),
     ("/v1/backups", "POST"),
 ];
-const STATUSES: [&str; 9] = [
-    "200", "400", "401", "403", "404", "413", "415", "500", "503",
+const STATUSES: [&str; 10] = [
+    "200", "400", "401", "403", "404", "408", "413", "415", "500", "503",
 ];
-pub const AUDIT_ACTIONS: [&str; 3] = ["connection.put", "subject.export", "subject.erase"];
+pub const AUDIT_ACTIONS: [&str; 8] = [
+    meterstand_audit::action::AGGREGATES_READ,
+    meterstand_audit::action::SERIES_READ,
+    meterstand_audit::action::CONNECTION_PUT,
+    meterstand_audit::action::SUBJECT_EXPORT,
+    meterstand_audit::action::SUBJECT_ERASE,
+    meterstand_audit::action::BACKUP_CREATE,
+    meterstand_audit::action::AUTH_REFUSED,
+    crate::audit::METRICS_READ,
+];
 pub const AUDIT_OUTCOMES: [&str; 5] = ["ok", "denied", "invalid", "not_found", "error"];
+pub const REFUSAL_REASONS: [&str; 3] = ["no_token", "unknown_token", "wrong_role"];
+/// The operations counted per token in `meterstand_api_subject_operations_total`.
+pub const SUBJECT_OPERATION_NAMES: [&str; 4] = [
+    meterstand_audit::action::SERIES_READ,
+    meterstand_audit::action::CONNECTION_PUT,
+    meterstand_audit::action::SUBJECT_EXPORT,
+    meterstand_audit::action::SUBJECT_ERASE,
+];
+
+/// The method as a label: one of the methods HTTP defines, or `other`, so that a client
+/// sending made-up methods cannot create series.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
 
 /// Registers every series at zero.
 pub fn init() {
@@ -62,5 +135,85 @@ pub fn init() {
         for outcome in AUDIT_OUTCOMES {
             AUDIT_ENTRIES.with_label_values(&[action, outcome]);
         }
+    }
+    for reason in REFUSAL_REASONS {
+        AUTH_REFUSED.with_label_values(&[reason]);
+    }
+}
+
+/// Registers the per-token series of `id` at zero, so that alert rules on `increase()` see
+/// the first event.
+pub fn init_token(id: &str) {
+    for operation in SUBJECT_OPERATION_NAMES {
+        SUBJECT_OPERATIONS.with_label_values(&[id, operation]);
+    }
+    ROWS_RETURNED.with_label_values(&[id]);
+    TOKEN_NEW_ADDRESS.with_label_values(&[id]);
+}
+
+/// The client addresses each token was used from, at most `per_token` each (the oldest is
+/// forgotten first), so memory stays bounded however many addresses a stolen token is tried
+/// from.
+#[derive(Debug)]
+pub(crate) struct AddressBook {
+    per_token: usize,
+    seen: Mutex<HashMap<String, VecDeque<IpAddr>>>,
+}
+
+impl AddressBook {
+    pub(crate) fn new(per_token: usize) -> AddressBook {
+        AddressBook {
+            per_token: per_token.max(1),
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records a use of `token` from `address`; true (and counted) if the address is new.
+    pub(crate) fn note(&self, token: &str, address: IpAddr) -> bool {
+        let mut seen = self.seen.lock();
+        let addresses = match seen.get_mut(token) {
+            Some(a) => a,
+            None => seen.entry(token.to_string()).or_default(),
+        };
+        if addresses.contains(&address) {
+            return false;
+        }
+        if addresses.len() >= self.per_token {
+            addresses.pop_front();
+        }
+        addresses.push_back(address);
+        drop(seen);
+        TOKEN_NEW_ADDRESS.with_label_values(&[token]).inc();
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn made_up_methods_share_one_label() {
+        for m in ["FOO", "BREW", "get"] {
+            let method = Method::from_bytes(m.as_bytes()).expect("method");
+            assert_eq!(method_label(&method), "other", "{m}");
+        }
+        assert_eq!(method_label(&Method::PUT), "PUT");
+    }
+
+    #[test]
+    fn the_address_book_remembers_a_bounded_number_per_token() {
+        let book = AddressBook::new(2);
+        let a: IpAddr = "10.0.0.1".parse().expect("ip");
+        let b: IpAddr = "10.0.0.2".parse().expect("ip");
+        let c: IpAddr = "10.0.0.3".parse().expect("ip");
+        assert!(book.note("t-book", a));
+        assert!(!book.note("t-book", a));
+        assert!(book.note("t-book", b));
+        assert!(book.note("t-book", c));
+        assert_eq!(book.seen.lock()["t-book"].len(), 2);
+        // `a` was forgotten: it counts as new again.
+        assert!(book.note("t-book", a));
+        assert!(book.note("other-token", a));
     }
 }

@@ -9,6 +9,7 @@ use meterstand_model::{Calendar, RegisterKind, Tier};
 use meterstand_store::GroupBy;
 
 use crate::error::ApiError;
+use crate::input::QueryParams;
 use axum::http::StatusCode;
 
 /// The longest range one query may span, per granularity.
@@ -46,6 +47,15 @@ pub enum Format {
     Csv,
 }
 
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Csv => "csv",
+        }
+    }
+}
+
 pub fn format(text: Option<&str>) -> Result<Format, ApiError> {
     match text.unwrap_or("json") {
         "json" => Ok(Format::Json),
@@ -60,7 +70,8 @@ pub fn granularity(text: Option<&str>) -> Result<Tier, ApiError> {
 }
 
 pub fn register(text: Option<&str>) -> Result<RegisterKind, ApiError> {
-    RegisterKind::from_str(text.unwrap_or("import")).map_err(ApiError::bad_request)
+    RegisterKind::from_str(text.unwrap_or("import"))
+        .map_err(|_| ApiError::bad_request("register must be import, export or gas"))
 }
 
 pub fn group_by(text: Option<&str>) -> Result<GroupBy, ApiError> {
@@ -80,13 +91,21 @@ pub fn group_by(text: Option<&str>) -> Result<GroupBy, ApiError> {
     Ok(g)
 }
 
+/// The normalised text of a grouping, for the audit line.
+pub fn group_by_text(g: GroupBy) -> &'static str {
+    match (g.postcode4, g.profile) {
+        (false, false) => "",
+        (true, false) => "postcode4",
+        (false, true) => "profile",
+        (true, true) => "postcode4,profile",
+    }
+}
+
+const TIME: &str = "an RFC 3339 time (2026-11-01T00:00:00Z) or a date (2026-11-01)";
+
 /// An RFC 3339 time, or a date meaning local midnight at its start.
-pub fn time(name: &str, text: &str, calendar: &Calendar) -> Result<Timestamp, ApiError> {
-    let bad = || {
-        ApiError::bad_request(format!(
-            "{name}: expected an RFC 3339 time (2026-11-01T00:00:00Z) or a date (2026-11-01)"
-        ))
-    };
+pub fn time(name: &'static str, text: &str, calendar: &Calendar) -> Result<Timestamp, ApiError> {
+    let bad = || ApiError::bad_request(format!("{name} must be {TIME}"));
     if text.len() > 64 {
         return Err(bad());
     }
@@ -99,6 +118,21 @@ pub fn time(name: &str, text: &str, calendar: &Calendar) -> Result<Timestamp, Ap
 
 /// `from` and `to`, checked for order and against the maximum range of `tier`.
 pub fn range(
+    q: &QueryParams,
+    tier: Tier,
+    calendar: &Calendar,
+    max: &MaxRange,
+) -> Result<(Timestamp, Timestamp), ApiError> {
+    range_of(
+        q.required("from", TIME)?,
+        q.required("to", TIME)?,
+        tier,
+        calendar,
+        max,
+    )
+}
+
+fn range_of(
     from: &str,
     to: &str,
     tier: Tier,
@@ -143,12 +177,12 @@ mod tests {
     fn ranges_are_bounded_per_granularity() {
         let cal = Calendar::amsterdam();
         let max = MaxRange::default();
-        assert!(range("2026-01-01", "2026-03-01", Tier::Interval, &cal, &max).is_ok());
+        assert!(range_of("2026-01-01", "2026-03-01", Tier::Interval, &cal, &max).is_ok());
         let err =
-            range("2026-01-01", "2026-06-01", Tier::Interval, &cal, &max).expect_err("too long");
+            range_of("2026-01-01", "2026-06-01", Tier::Interval, &cal, &max).expect_err("too long");
         assert_eq!(err.code, "range_too_large");
-        assert!(range("2026-01-01", "2026-06-01", Tier::Day, &cal, &max).is_ok());
-        assert!(range("2026-02-01", "2026-01-01", Tier::Day, &cal, &max).is_err());
+        assert!(range_of("2026-01-01", "2026-06-01", Tier::Day, &cal, &max).is_ok());
+        assert!(range_of("2026-02-01", "2026-01-01", Tier::Day, &cal, &max).is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use meterstand_pseudonym::{KeyRing, Pseudonymiser};
 use meterstand_store::{IngestItem, ManualClock, MemStore, ReadingStore, ReadingWriter};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 struct AlwaysReady;
@@ -30,6 +31,8 @@ impl Readiness for AlwaysReady {
 
 struct Server {
     addr: SocketAddr,
+    state: ApiState,
+    tag: String,
     http: reqwest::Client,
     store: Arc<MemStore>,
     pseudonymiser: Arc<Pseudonymiser>,
@@ -49,23 +52,33 @@ fn ean(n: u64) -> Ean {
 
 const NOW: &str = "2026-11-20T12:00:00Z";
 
+fn token_table(tag: &str, roles: &[Role]) -> TokenTable {
+    let hashes: Vec<(String, Role, String)> = roles
+        .iter()
+        .map(|r| (format!("{}-{tag}", r.as_str()), *r, hash_token(&token(*r))))
+        .collect();
+    TokenTable::new(
+        hashes
+            .iter()
+            .map(|(id, r, h)| (id.as_str(), *r, h.as_str())),
+    )
+    .expect("tokens")
+}
+
 impl Server {
     async fn start(config: ApiConfig) -> Server {
+        Server::start_tagged(config, "1").await
+    }
+
+    /// `tag` makes the token ids (`analyst-<tag>`) unique to one test, so that per-token
+    /// metrics are not shared with tests running alongside.
+    async fn start_tagged(config: ApiConfig, tag: &str) -> Server {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
         let clock = Arc::new(ManualClock::new(NOW.parse().expect("now")));
         let store = Arc::new(MemStore::new(clock));
         let pseudonymiser = Arc::new(Pseudonymiser::new(&KeyRing::generate().expect("key")));
-        let hashes: Vec<(String, Role, String)> = Role::ALL
-            .iter()
-            .map(|r| (format!("{}-1", r.as_str()), *r, hash_token(&token(*r))))
-            .collect();
-        let tokens = TokenTable::new(
-            hashes
-                .iter()
-                .map(|(id, r, h)| (id.as_str(), *r, h.as_str())),
-        )
-        .expect("tokens");
+        let tokens = token_table(tag, &Role::ALL);
         let audit = dir.path().join("audit").join("audit.jsonl");
         let backend: Arc<dyn ReadingStore> = store.clone();
         let state = ApiState::new(ApiParts {
@@ -83,11 +96,14 @@ impl Server {
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();
         let s = stop.clone();
+        let served = state.clone();
         tokio::spawn(async move {
-            let _ = meterstand_api::serve(listener, state, s).await;
+            let _ = meterstand_api::serve(listener, served, s).await;
         });
         Server {
             addr,
+            state,
+            tag: tag.to_string(),
             http: reqwest::Client::new(),
             store,
             pseudonymiser,
@@ -179,6 +195,7 @@ impl Server {
                 consent,
                 postcode4: Some(meterstand_model::Postcode4::new(postcode).expect("pc")),
                 profile: Some(profile.parse().expect("profile")),
+                analytics: true,
             },
         )
         .expect("put");
@@ -693,7 +710,7 @@ async fn export_erasure_consent_and_audit() {
         .map(|l| {
             (
                 l["action"].as_str().unwrap_or("").to_string(),
-                l["role"].as_str().unwrap_or("-").to_string(),
+                l["actor"]["role"].as_str().unwrap_or("-").to_string(),
                 l["outcome"].as_str().unwrap_or("").to_string(),
             )
         })
@@ -708,12 +725,17 @@ async fn export_erasure_consent_and_audit() {
             expect("connection.put", "crm", "ok"),
             expect("subject.erase", "privacy_officer", "ok"),
             expect("subject.export", "privacy_officer", "ok"),
-            expect("subject.export", "analyst", "denied"),
+            expect("auth.refused", "analyst", "denied"),
         ]
     );
-    assert!(lines[..6].iter().all(|l| l["pseudonym"] == p.to_string()));
-    assert!(lines[6]["pseudonym"].is_null());
-    assert_eq!(lines[0]["token_id"], "crm-1");
+    assert!(
+        lines[..6]
+            .iter()
+            .all(|l| l["subjects"] == json!([p.to_string()]))
+    );
+    assert_eq!(lines[6]["subjects"], json!([]));
+    assert_eq!(lines[6]["route"], "/v1/subjects/{ean}/export");
+    assert_eq!(lines[0]["actor"]["token_id"], "crm-1");
     assert!(lines.iter().all(|l| {
         l["time"]
             .as_str()
@@ -791,5 +813,728 @@ async fn openapi_documents_every_route() {
             "group_by",
             "format"
         ]
+    );
+    // Every parameter carries its real constraint.
+    let param = |path: &str, method: &str, name: &str| -> Value {
+        v["paths"][path][method]["parameters"]
+            .as_array()
+            .expect("params")
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{method} {path}: no parameter {name}"))
+    };
+    let enumeration = |p: &Value| -> Vec<String> {
+        let schema = &p["schema"];
+        let values = schema["enum"]
+            .as_array()
+            .or_else(|| {
+                schema["oneOf"]
+                    .as_array()
+                    .and_then(|o| o.iter().find_map(|s| s["enum"].as_array()))
+            })
+            .unwrap_or_else(|| panic!("no enum: {p}"));
+        values
+            .iter()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect()
+    };
+    for (path, method) in [
+        ("/v1/connections/{ean}", "put"),
+        ("/v1/subjects/{ean}/export", "get"),
+        ("/v1/subjects/{ean}", "delete"),
+    ] {
+        let ean = param(path, method, "ean");
+        assert_eq!(ean["schema"]["pattern"], "^[0-9]{18}$", "{path}");
+        assert_eq!(ean["required"], true);
+    }
+    assert!(
+        param("/v1/series/{pseudonym}", "get", "pseudonym")["schema"]["pattern"]
+            .as_str()
+            .is_some()
+    );
+    for path in ["/v1/aggregates", "/v1/series/{pseudonym}"] {
+        assert_eq!(
+            enumeration(&param(path, "get", "granularity")),
+            ["interval", "day", "month"]
+        );
+        assert_eq!(
+            enumeration(&param(path, "get", "register")),
+            ["import", "export", "gas"]
+        );
+        assert_eq!(enumeration(&param(path, "get", "format")), ["json", "csv"]);
+        for name in ["from", "to"] {
+            let p = param(path, "get", name);
+            assert_eq!(p["required"], true);
+            let formats: Vec<&str> = p["schema"]["oneOf"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{p}"))
+                .iter()
+                .filter_map(|s| s["format"].as_str())
+                .collect();
+            assert_eq!(formats, ["date-time", "date"], "{path} {name}");
+        }
+    }
+    assert!(
+        param("/v1/aggregates", "get", "group_by")["schema"]["pattern"]
+            .as_str()
+            .is_some_and(|p| p.contains("postcode4") && p.contains("profile"))
+    );
+    assert_eq!(
+        enumeration(&param("/v1/subjects/{ean}/export", "get", "format")),
+        ["json", "csv"]
+    );
+    let body = &v["components"]["schemas"]["ConnectionBody"]["properties"];
+    assert!(body["postcode4"]["pattern"].is_string(), "{body}");
+    assert!(body["profile"]["pattern"].is_string(), "{body}");
+    assert!(
+        body["consent"]["enum"].is_array() || body["consent"]["oneOf"][0]["enum"].is_array(),
+        "{body}"
+    );
+    assert!(body["analytics"].is_object(), "{body}");
+    // Every /v1 operation lists the refusals it can meet, with the error schema.
+    for (path, method) in [
+        ("/v1/aggregates", "get"),
+        ("/v1/series/{pseudonym}", "get"),
+        ("/v1/connections/{ean}", "put"),
+        ("/v1/subjects/{ean}/export", "get"),
+        ("/v1/subjects/{ean}", "delete"),
+        ("/v1/backups", "post"),
+    ] {
+        for status in ["400", "401", "403", "404", "413", "503"] {
+            let r = &v["paths"][path][method]["responses"][status];
+            assert_eq!(
+                r["content"]["application/json"]["schema"]["$ref"],
+                "#/components/schemas/ErrorBody",
+                "{method} {path} {status}: {r}"
+            );
+        }
+    }
+}
+
+/// The value of one series in the `/metrics` exposition (0 when absent).
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+impl Server {
+    async fn metrics(&self) -> String {
+        let (status, text) = self
+            .call(Method::GET, "/metrics", Some(Role::Operator), None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        text
+    }
+
+    async fn raw(&self) -> tokio::net::TcpStream {
+        tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_bodies_hold_no_place_and_do_not_starve_analysts() {
+    let config = ApiConfig {
+        max_concurrent: 64,
+        body_timeout: Duration::from_secs(30),
+        ..ApiConfig::default()
+    };
+    let s = Server::start(config).await;
+    let stop = CancellationToken::new();
+    let mut clients = Vec::new();
+    for i in 0..64u64 {
+        let mut conn = s.raw().await;
+        let stop = stop.clone();
+        let head = format!(
+            "PUT /v1/connections/{} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n",
+            ean(500 + i).expose(),
+            token(Role::Crm)
+        );
+        clients.push(tokio::spawn(async move {
+            conn.write_all(head.as_bytes()).await.expect("head");
+            // One byte a second, for at most 20 seconds.
+            for _ in 0..20 {
+                if conn.write_all(b" ").await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..3 {
+        let (status, text) = s.call(Method::GET, AGG, Some(Role::Analyst), None).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+    }
+    stop.cancel();
+    for c in clients {
+        c.await.expect("client");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_does_not_arrive_in_time_is_refused() {
+    let config = ApiConfig {
+        body_timeout: Duration::from_secs(1),
+        ..ApiConfig::default()
+    };
+    let s = Server::start(config).await;
+    let mut conn = s.raw().await;
+    let head = format!(
+        "PUT /v1/connections/{} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
+        ean(1).expose(),
+        token(Role::Crm)
+    );
+    conn.write_all(head.as_bytes()).await.expect("head");
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("body_timeout"), "{text}");
+    // The refusal is audited as the crm call it was.
+    let lines = s.audit_lines();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["action"], "connection.put");
+    assert_eq!(lines[0]["status"], 408);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_in_its_headers_is_disconnected() {
+    let config = ApiConfig {
+        header_timeout: Duration::from_secs(1),
+        ..ApiConfig::default()
+    };
+    let s = Server::start(config).await;
+    let mut conn = s.raw().await;
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: lo")
+        .await
+        .expect("half a header");
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "still connected after 10 s");
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    // Other clients are served as before.
+    let (status, _) = s.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_labels_stay_bounded_under_made_up_methods_and_paths() {
+    let s = Server::start(ApiConfig::default()).await;
+    let series = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("meterstand_api_requests_total{"))
+            .count()
+    };
+    let before = series(&s.metrics().await);
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut methods = Vec::new();
+    for i in 0..200 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let name = format!("M{:X}", seed & 0xff_ffff_ffff);
+        methods.push(name.clone());
+        let method = Method::from_bytes(name.as_bytes()).expect("method");
+        let path = if i % 2 == 0 {
+            "/v1/aggregates".to_string()
+        } else {
+            format!("/random/{seed}")
+        };
+        let resp = s
+            .http
+            .request(method, format!("http://{}{path}", s.addr))
+            .send()
+            .await
+            .expect("send");
+        assert!(resp.status().is_client_error(), "{}", resp.status());
+    }
+    let text = s.metrics().await;
+    let after = series(&text);
+    assert!(
+        after <= before + 8,
+        "{} new series for 200 made-up methods",
+        after - before
+    );
+    assert!(methods.iter().all(|m| !text.contains(m.as_str())));
+    assert!(!text.contains("/random/"));
+    assert!(text.contains(r#"method="other",route="unmatched""#));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_never_echo_input() {
+    let s = Server::start(ApiConfig::default()).await;
+    let e = ean(40);
+    let put = format!("/v1/connections/{}", e.expose());
+    let digits = "871687120000000001";
+    let bodies = [
+        format!(r#"{{"consent": {digits}}}"#),
+        format!(r#"{{"consent": "{digits}"}}"#),
+        format!(r#"{{"consent": "daily", "postcode4": {digits}}}"#),
+        format!(r#"{{"consent": "daily", "postcode4": "{digits}"}}"#),
+        format!(r#"{{"consent": "daily", "profile": "{digits}"}}"#),
+        format!(r#"{{"consent": "daily", "analytics": {digits}}}"#),
+        format!(r#"{{"consent": "daily", "{digits}": 1}}"#),
+        format!(r#"{{"consent": ["{digits}"]}}"#),
+        format!(r#"[{digits}]"#),
+        format!(r#"{{"consent": {digits}"#),
+        digits.to_string(),
+        format!(r#"{{"consent": "daily" {digits}}}"#),
+    ];
+    let has_run = |text: &str| {
+        let b = text.as_bytes();
+        let mut run = 0;
+        b.iter().any(|c| {
+            run = if c.is_ascii_digit() { run + 1 } else { 0 };
+            run >= 18
+        })
+    };
+    for body in &bodies {
+        let (status, text) = s.call(Method::PUT, &put, Some(Role::Crm), Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {text}");
+        assert!(!has_run(&text), "{body} echoed: {text}");
+        assert!(!text.contains("consent\": \"") && !text.contains(digits));
+    }
+    let backup = format!(r#"{{"to": {digits}}}"#);
+    let (status, text) = s
+        .call(
+            Method::POST,
+            "/v1/backups",
+            Some(Role::Operator),
+            Some(&backup),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(!has_run(&text), "{text}");
+    for query in [
+        format!("/v1/aggregates?from={digits}&to=2026-11-02"),
+        format!("/v1/aggregates?from=2026-11-01&to=2026-11-02&{digits}=1"),
+        format!("/v1/aggregates?from=2026-11-01&to=2026-11-02&granularity={digits}"),
+        format!("/v1/aggregates?from=2026-11-01&to=2026-11-02&register={digits}"),
+        format!("/v1/aggregates?from=2026-11-01&to=2026-11-02&group_by={digits}"),
+        format!("/v1/aggregates?from=2026-11-01&to=2026-11-02&format={digits}"),
+        format!("/v1/aggregates?from=2026-11-01&from={digits}&to=2026-11-02"),
+        format!("/v1/series/v1-{digits}?from=2026-11-01&to=2026-11-02"),
+        format!("/v1/series/v1-0123456789abcdef0123456789abcdef?from=x&to=2026-11-02&ean={digits}"),
+    ] {
+        let (status, text) = s.call(Method::GET, &query, Some(Role::Analyst), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {text}");
+        assert!(!has_run(&text), "{query} echoed: {text}");
+    }
+    let (status, text) = s
+        .call(
+            Method::GET,
+            &format!("/v1/subjects/{}/export?format={digits}", e.expose()),
+            Some(Role::PrivacyOfficer),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(!has_run(&text), "{text}");
+    // None of these made it into the audit log either.
+    let raw = std::fs::read_to_string(&s.audit).expect("audit");
+    assert!(!raw.contains(digits) && !raw.contains(e.expose()));
+    assert!(
+        meterstand_audit::verify(&s.audit, None)
+            .expect("verify")
+            .is_ok()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_token_table_refuses_a_revoked_token_at_once() {
+    let s = Server::start_tagged(ApiConfig::default(), "swap").await;
+    let (status, _) = s.call(Method::GET, AGG, Some(Role::Analyst), None).await;
+    assert_eq!(status, StatusCode::OK);
+    // Revoke the analyst token: the new table holds every other role.
+    s.state.replace_tokens(token_table(
+        &s.tag,
+        &[Role::Crm, Role::PrivacyOfficer, Role::Operator],
+    ));
+    let (status, text) = s.call(Method::GET, AGG, Some(Role::Analyst), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{text}");
+    let (status, _) = s
+        .call(Method::GET, "/metrics", Some(Role::Operator), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // Put it back: accepted again, same server.
+    s.state.replace_tokens(token_table(&s.tag, &Role::ALL));
+    let (status, _) = s.call(Method::GET, AGG, Some(Role::Analyst), None).await;
+    assert_eq!(status, StatusCode::OK);
+    // An empty bearer value is no token.
+    let resp = s
+        .http
+        .get(format!("http://{}{AGG}", s.addr))
+        .header("authorization", "Bearer ")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(TokenTable::new([("empty", Role::Operator, hash_token("").as_str())]).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_is_one_audit_line_without_identifiers() {
+    let s = Server::start(ApiConfig::default()).await;
+    let e = ean(60);
+    s.register(&e, ConsentLevel::Daily, 1000, "E1A");
+    s.write_days(&e, &[1, 2], 1_000_000, 0).await;
+    let p = s.pseudonymiser.ean(&e);
+    let series = format!("/v1/series/{p}?from=2026-11-01&to=2026-11-03");
+    let conn = format!("/v1/connections/{}", ean(61).expose());
+    let export = format!("/v1/subjects/{}/export", e.expose());
+    let erase = format!("/v1/subjects/{}", ean(62).expose());
+    let body = r#"{"consent":"daily","postcode4":"1000","profile":"E1A"}"#;
+    let backup_body = format!(r#"{{"to":"{}"}}"#, s.dir().join("backup-a").display());
+    // (method, path, body, allowed role, route template, action)
+    type Case<'a> = (
+        Method,
+        &'a str,
+        Option<&'a str>,
+        Option<Role>,
+        &'a str,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            Method::GET,
+            AGG,
+            None,
+            Some(Role::Analyst),
+            "/v1/aggregates",
+            "aggregates.read",
+        ),
+        (
+            Method::GET,
+            &series,
+            None,
+            Some(Role::Analyst),
+            "/v1/series/{pseudonym}",
+            "series.read",
+        ),
+        (
+            Method::PUT,
+            &conn,
+            Some(body),
+            Some(Role::Crm),
+            "/v1/connections/{ean}",
+            "connection.put",
+        ),
+        (
+            Method::GET,
+            &export,
+            None,
+            Some(Role::PrivacyOfficer),
+            "/v1/subjects/{ean}/export",
+            "subject.export",
+        ),
+        (
+            Method::DELETE,
+            &erase,
+            None,
+            Some(Role::PrivacyOfficer),
+            "/v1/subjects/{ean}",
+            "subject.erase",
+        ),
+        (
+            Method::GET,
+            "/metrics",
+            None,
+            Some(Role::Operator),
+            "/metrics",
+            "metrics.read",
+        ),
+        (
+            Method::POST,
+            "/v1/backups",
+            Some(&backup_body),
+            Some(Role::Operator),
+            "/v1/backups",
+            "backup.create",
+        ),
+        (Method::GET, "/healthz", None, None, "/healthz", ""),
+        (Method::GET, "/readyz", None, None, "/readyz", ""),
+        (
+            Method::GET,
+            "/openapi.json",
+            None,
+            None,
+            "/openapi.json",
+            "",
+        ),
+    ];
+    for (method, path, body, allowed, route, action) in &cases {
+        let mut callers: Vec<Option<Role>> = vec![None];
+        callers.extend(Role::ALL.map(Some));
+        for caller in callers {
+            let before = s.audit_lines().len();
+            let (status, text) = s.call(method.clone(), path, caller, *body).await;
+            let lines = s.audit_lines();
+            let what = format!("{method} {path} as {caller:?}: {status} {text}");
+            if allowed.is_none() {
+                assert_eq!(lines.len(), before, "{what}");
+                continue;
+            }
+            assert_eq!(lines.len(), before + 1, "exactly one line: {what}");
+            let l = &lines[before];
+            assert_eq!(l["route"], *route, "{what}");
+            assert_eq!(l["status"], status.as_u16(), "{what}");
+            assert!(
+                l["remote"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("127.0.0.1:")),
+                "{what}: {l}"
+            );
+            match caller {
+                None => {
+                    assert_eq!(l["action"], "auth.refused", "{what}");
+                    assert_eq!(l["actor"]["kind"], "unauthenticated", "{what}");
+                }
+                Some(c) if Some(c) == *allowed => {
+                    assert_eq!(status, StatusCode::OK, "{what}");
+                    assert_eq!(l["action"], *action, "{what}");
+                    assert_eq!(l["outcome"], "ok");
+                    assert_eq!(l["actor"]["token_id"], format!("{}-1", c.as_str()));
+                    assert_eq!(l["actor"]["role"], c.as_str());
+                }
+                Some(c) => {
+                    assert_eq!(status, StatusCode::FORBIDDEN, "{what}");
+                    assert_eq!(l["action"], "auth.refused", "{what}");
+                    assert_eq!(l["outcome"], "denied");
+                    assert_eq!(
+                        l["actor"]["token_id"],
+                        format!("{}-1", c.as_str()),
+                        "{what}"
+                    );
+                }
+            }
+        }
+    }
+    // What each allowed call noted.
+    let lines = s.audit_lines();
+    let ok = |action: &str| {
+        lines
+            .iter()
+            .find(|l| l["action"] == action && l["outcome"] == "ok")
+            .cloned()
+            .expect(action)
+    };
+    let agg = ok("aggregates.read");
+    assert_eq!(agg["params"]["granularity"], "day");
+    assert_eq!(agg["params"]["register"], "import");
+    assert!(agg["params"]["from"].as_str().is_some());
+    assert_eq!(agg["rows"], 1, "two day readings make one period");
+    assert_eq!(agg["subjects"], json!([]));
+    let ser = ok("series.read");
+    assert_eq!(ser["subjects"], json!([p.to_string()]));
+    assert_eq!(ser["rows"], 1);
+    assert_eq!(ok("subject.export")["subjects"], json!([p.to_string()]));
+    assert_eq!(
+        ok("connection.put")["subjects"],
+        json!([s.pseudonymiser.ean(&ean(61)).to_string()])
+    );
+    assert_eq!(
+        ok("subject.erase")["subjects"],
+        json!([s.pseudonymiser.ean(&ean(62)).to_string()])
+    );
+    // An unknown token is refused and audited as unauthenticated.
+    let before = s.audit_lines().len();
+    let resp = s
+        .http
+        .get(format!("http://{}{AGG}", s.addr))
+        .bearer_auth("not-a-configured-token")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let lines = s.audit_lines();
+    assert_eq!(lines.len(), before + 1);
+    assert_eq!(lines[before]["actor"]["kind"], "unauthenticated");
+
+    let raw = std::fs::read_to_string(&s.audit).expect("audit");
+    for n in [60, 61, 62] {
+        assert!(!raw.contains(ean(n).expose()), "EAN in the audit log");
+    }
+    for r in Role::ALL {
+        assert!(!raw.contains(&token(r)), "token in the audit log");
+    }
+    assert!(!raw.contains("not-a-configured-token"));
+    let report = meterstand_audit::verify(&s.audit, None).expect("verify");
+    assert!(report.is_ok(), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abuse_metrics_count_refusals_subjects_rows_and_new_addresses() {
+    let s = Server::start_tagged(ApiConfig::default(), "abuse").await;
+    let e = ean(70);
+    s.register(&e, ConsentLevel::Daily, 1000, "E1A");
+    s.write_days(&e, &[1, 2, 3], 1_000_000, 0).await;
+    let before = s.metrics().await;
+    let refused = |text: &str, reason: &str| {
+        metric(
+            text,
+            "meterstand_api_auth_refused_total",
+            &[("reason", reason)],
+        )
+    };
+    let po = "privacy_officer-abuse";
+    let analyst = "analyst-abuse";
+    // Refusals of each kind.
+    s.call(Method::GET, AGG, None, None).await;
+    s.http
+        .get(format!("http://{}{AGG}", s.addr))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .expect("send");
+    s.call(Method::GET, AGG, Some(Role::Crm), None).await;
+    // Subject operations and rows.
+    let export = format!("/v1/subjects/{}/export", e.expose());
+    for _ in 0..3 {
+        s.json(Method::GET, &export, Role::PrivacyOfficer, None)
+            .await;
+    }
+    let p = s.pseudonymiser.ean(&e);
+    let v = s
+        .json(
+            Method::GET,
+            &format!("/v1/series/{p}?from=2026-11-01&to=2026-11-04"),
+            Role::Analyst,
+            None,
+        )
+        .await;
+    assert_eq!(v["rows"].as_array().map(Vec::len), Some(2));
+    let after = s.metrics().await;
+    for reason in ["no_token", "unknown_token", "wrong_role"] {
+        assert!(
+            refused(&after, reason) >= refused(&before, reason) + 1.0,
+            "{reason}"
+        );
+    }
+    let ops = |text: &str, token: &str, op: &str| {
+        metric(
+            text,
+            "meterstand_api_subject_operations_total",
+            &[("token", token), ("operation", op)],
+        )
+    };
+    assert_eq!(
+        ops(&before, po, "subject.export"),
+        0.0,
+        "exported from the start"
+    );
+    assert_eq!(ops(&after, po, "subject.export"), 3.0);
+    assert_eq!(ops(&after, analyst, "series.read"), 1.0);
+    assert_eq!(
+        metric(
+            &after,
+            "meterstand_api_rows_returned_total",
+            &[("token", analyst)]
+        ),
+        2.0
+    );
+    // All calls came from 127.0.0.1: one new address per token that called.
+    let new_address = |text: &str, token: &str| {
+        metric(
+            text,
+            "meterstand_api_token_new_address_total",
+            &[("token", token)],
+        )
+    };
+    assert_eq!(new_address(&after, po), 1.0);
+    assert_eq!(new_address(&after, analyst), 1.0);
+    assert_eq!(new_address(&after, "operator-abuse"), 1.0);
+    assert!(!after.contains(&token(Role::Analyst)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_objecting_connection_leaves_aggregates_but_not_its_export() {
+    let s = Server::start(ApiConfig::default()).await;
+    for n in 0..11 {
+        let e = ean(80 + n);
+        s.register(&e, ConsentLevel::Daily, 1000, "E1A");
+        s.write_days(&e, &[1, 2, 3, 4], 1_000_000, 0).await;
+    }
+    let v = s.json(Method::GET, AGG, Role::Analyst, None).await;
+    assert!(
+        v["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .all(|r| r["connections"] == 11)
+    );
+    let objecting = ean(80);
+    let v = s
+        .json(
+            Method::PUT,
+            &format!("/v1/connections/{}", objecting.expose()),
+            Role::Crm,
+            Some(r#"{"consent":"daily","postcode4":"1000","profile":"E1A","analytics":false}"#),
+        )
+        .await;
+    assert_eq!(v["connection"]["analytics"], false);
+    assert!(
+        v["removed"].is_null(),
+        "an objection removes no readings: {v}"
+    );
+    let v = s.json(Method::GET, AGG, Role::Analyst, None).await;
+    let rows = v["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r["connections"] == 10), "{v}");
+    let p = s.pseudonymiser.ean(&objecting);
+    let (status, _) = s
+        .call(
+            Method::GET,
+            &format!("/v1/series/{p}?from=2026-11-01&to=2026-11-04"),
+            Some(Role::Analyst),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let v = s
+        .json(
+            Method::GET,
+            &format!("/v1/subjects/{}/export", objecting.expose()),
+            Role::PrivacyOfficer,
+            None,
+        )
+        .await;
+    assert_eq!(v["connection"]["analytics"], false);
+    assert_eq!(v["readings"]["day"].as_array().map(Vec::len), Some(8));
+    // Without the field, analytics is on (again).
+    let v = s
+        .json(
+            Method::PUT,
+            &format!("/v1/connections/{}", objecting.expose()),
+            Role::Crm,
+            Some(r#"{"consent":"daily","postcode4":"1000","profile":"E1A"}"#),
+        )
+        .await;
+    assert_eq!(v["connection"]["analytics"], true);
+    let v = s.json(Method::GET, AGG, Role::Analyst, None).await;
+    assert!(
+        v["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .all(|r| r["connections"] == 11)
     );
 }

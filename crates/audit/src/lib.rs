@@ -70,7 +70,7 @@ mod tests;
 use std::path::PathBuf;
 
 pub use chain::{ChainHead, ChainHeadParseError, GENESIS_HASH};
-pub use entry::{Actor, AuditEntry, Outcome, action};
+pub use entry::{Actor, AuditEntry, Outcome, action, holds_ean_like};
 pub use log::AuditLog;
 pub use report::{
     ActorKind, ActorReport, CsvRow, EanMapping, EanSubject, Integrity, Report, report,

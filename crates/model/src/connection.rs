@@ -99,6 +99,15 @@ pub struct Connection {
     pub consent: ConsentLevel,
     pub postcode4: Option<Postcode4>,
     pub profile: Option<Profile>,
+    /// `false` when the customer objected to analytical use (GDPR Art. 21): the connection
+    /// keeps its billing tiers but leaves every analytical output (aggregates, series,
+    /// statistics). Records written before this field existed read as `true`.
+    #[serde(default = "analytics_default")]
+    pub analytics: bool,
+}
+
+fn analytics_default() -> bool {
+    true
 }
 
 #[cfg(test)]
@@ -114,5 +123,13 @@ mod tests {
         assert!("E1A".parse::<Profile>().is_ok());
         assert!("".parse::<Profile>().is_err());
         assert!("E1A;drop".parse::<Profile>().is_err());
+    }
+
+    #[test]
+    fn analytics_defaults_to_true_for_old_records() {
+        let c: Connection =
+            serde_json::from_str(r#"{"consent":"daily","postcode4":"1234","profile":null}"#)
+                .expect("old record");
+        assert!(c.analytics);
     }
 }

@@ -68,6 +68,7 @@ pub fn connection(consent: ConsentLevel, postcode: &str) -> Connection {
         consent,
         postcode4: Some(postcode.parse().expect("postcode")),
         profile: Some("E1A".parse().expect("profile")),
+        analytics: true,
     }
 }
 
@@ -459,6 +460,56 @@ pub fn series_and_aggregates_come_from_boundary_differences(mut b: impl Backend)
     );
 }
 
+/// A connection whose customer objected to analytics (`analytics: false`) keeps its
+/// readings (billing, subject export) but counts in no aggregate cell.
+pub fn objecting_connections_leave_aggregates(mut b: impl Backend) {
+    let clock = ManualClock::new(ts("2026-12-02T00:00:00Z"));
+    let store = b.open(&clock);
+    let days: Vec<Timestamp> = (23..=25)
+        .map(|d| ts(&format!("2026-11-{d}T23:00:00Z")))
+        .collect();
+    let mut items = Vec::new();
+    for n in 0..3u8 {
+        let p = pseudo(200 + n);
+        let mut c = connection(ConsentLevel::Daily, "1234");
+        c.analytics = n != 0;
+        put(&store, p, c);
+        let mut readings = Vec::new();
+        for (i, t) in days.iter().enumerate() {
+            let i = i as u64;
+            readings.push(tiered(Register::ImportT1, *t, 10_000 + i * 1000));
+            readings.push(tiered(Register::ImportT2, *t, 20_000));
+        }
+        items.push(item(p, readings));
+    }
+    block_on(store.write(items)).expect("write");
+    let cells = store
+        .aggregate(&AggregateQuery {
+            kind: RegisterKind::Import,
+            tier: Tier::Day,
+            from: days[0],
+            to: days[2],
+            group_by: GroupBy::default(),
+        })
+        .expect("aggregate");
+    assert_eq!(cells.len(), 2, "{cells:?}");
+    assert!(
+        cells.iter().all(|c| c.connections == 2),
+        "the objecting connection is not counted: {cells:?}"
+    );
+    let export = store.export(&[pseudo(200)]).expect("export");
+    assert_eq!(
+        export.tier(Tier::Day).len(),
+        6,
+        "its readings are still held"
+    );
+    assert_eq!(
+        export.connection.map(|c| c.analytics),
+        Some(false),
+        "the objection is part of the record"
+    );
+}
+
 /// Declares one `#[test]` per conformance function for a backend fixture expression.
 #[macro_export]
 macro_rules! conformance_tests {
@@ -474,6 +525,7 @@ macro_rules! conformance_tests {
             lowering_consent_removes_tiers_no_longer_allowed,
             lowering_consent_reaches_older_key_versions,
             series_and_aggregates_come_from_boundary_differences,
+            objecting_connections_leave_aggregates,
         );
     };
     (@each $fixture:expr; $($name:ident,)*) => {

@@ -199,6 +199,7 @@ impl MemStore {
         receipt
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn scan(
         &self,
         state: &State,
@@ -395,8 +396,14 @@ impl ReadingStore for MemStore {
             .map(|k| k.1)
             .collect();
         for p in members {
+            let connection = state.connections.get(&p);
+            // An objection to analytics (GDPR Art. 21) takes the connection out of every
+            // aggregate; its readings stay for billing and subject requests.
+            if connection.is_some_and(|c| !c.analytics) {
+                continue;
+            }
             let values = self.boundary_values(&state, p, q.kind, q.tier, &bounds);
-            let group = GroupKey::of(state.connections.get(&p), q.group_by);
+            let group = GroupKey::of(connection, q.group_by);
             aggregator.add(group, &values);
         }
         Ok(aggregator.finish(&bounds))

@@ -1,0 +1,108 @@
+//! The accept loop. `axum::serve` cannot set a header read timeout, so connections are served
+//! with hyper's HTTP/1 builder directly: a client that does not complete its request head
+//! within `api.header_timeout` is disconnected, and each request carries the client address
+//! as `ConnectInfo<SocketAddr>` (what `into_make_service_with_connect_info` would give) for the
+//! audit log and the per-token address metric.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::http::Request;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_service::Service;
+
+use crate::{ApiState, router};
+
+/// Serves until `shutdown` is cancelled, then lets requests in flight finish (bodies are
+/// bounded by `api.body_timeout`) and returns.
+pub async fn serve(
+    listener: TcpListener,
+    state: ApiState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let header_timeout = state.config().header_timeout;
+    let app = router(state);
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, remote) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Per-connection failures (reset before accept) and resource exhaustion
+                // (EMFILE) must not stop the server; back off briefly on the latter.
+                if !is_connection_error(&e) {
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(serve_connection(
+            stream,
+            remote,
+            app,
+            header_timeout,
+            shutdown,
+        ));
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    remote: SocketAddr,
+    app: Router,
+    header_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(remote));
+        let mut app = app.clone();
+        async move { Ok::<_, Infallible>(app.call(req).await.unwrap_or_else(|e| match e {})) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let mut conn = pin!(builder.serve_connection(TokioIo::new(stream), service));
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error during shutdown");
+            }
+        }
+    }
+}
+
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
