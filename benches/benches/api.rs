@@ -37,6 +37,7 @@ fn fill(store: &RocksStore, p: &Pseudonymiser, cal: &Calendar) {
             consent: ConsentLevel::Daily,
             postcode4: Some(Postcode4::new(m.postcode4).expect("valid")),
             profile: Some(m.profile.parse().expect("valid")),
+            analytics: true,
         };
         store.put_connection(&[ps], c).expect("put");
         let mut readings = Vec::new();

@@ -435,8 +435,11 @@ fn cli_clients_exact_metrics_and_promtool() {
     ));
     svc.stop();
 
-    // Audit: 3 puts, 2 exports, 1 erasure, 1 refused erasure; no EAN anywhere in it or the log.
+    // Audit: 3 puts, 2 exports, 1 erasure, 1 refused erasure (and the operator's metric
+    // scrapes between them); no EAN anywhere in it or the log; the hash chain holds.
     let audit = std::fs::read_to_string(&dirs.audit).expect("audit log");
+    let verified = meterstand_audit::verify(&dirs.audit, None).expect("verify");
+    assert!(verified.is_ok(), "{verified}");
     let actions: Vec<String> = audit
         .lines()
         .map(|l| {
@@ -447,6 +450,7 @@ fn cli_clients_exact_metrics_and_promtool() {
                 v["outcome"].as_str().unwrap_or("")
             )
         })
+        .filter(|a| a != "metrics.read ok")
         .collect();
     assert_eq!(
         actions,
@@ -457,7 +461,7 @@ fn cli_clients_exact_metrics_and_promtool() {
             "subject.export ok",
             "subject.export ok",
             "subject.erase ok",
-            "subject.erase denied",
+            "auth.refused denied",
         ]
     );
     let log = std::fs::read_to_string(&dirs.log).expect("service log");

@@ -29,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 pub use backoff::Backoff;
 #[cfg(feature = "embedded-broker")]
 pub use broker::{EmbeddedBroker, EmbeddedBrokerError};
-pub use url::{BrokerUrl, BrokerUrlError};
 pub use config::{IngestConfig, MqttVersion, TlsFiles};
+pub use url::{BrokerUrl, BrokerUrlError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {

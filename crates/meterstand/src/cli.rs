@@ -188,7 +188,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             service::init_logging(&config)?;
             let runtime =
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(service::run_until_signal(config, env))
+            runtime.block_on(service::run_until_signal(config, cli.config.clone(), env))
         }
         Command::Demo(args) => {
             let runtime =

@@ -20,6 +20,7 @@ pub const KEY_FILE_ENV: &str = "METERSTAND_KEY_FILE";
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub broker: BrokerConfig,
+    pub p1: P1Section,
     pub ingest: IngestSection,
     pub store: StoreSection,
     pub keys: KeysSection,
@@ -45,6 +46,25 @@ pub struct BrokerConfig {
     pub client_key: String,
     #[serde(with = "humantime_serde_compat")]
     pub keep_alive: Duration,
+    pub protocol: MqttProtocol,
+}
+
+/// MQTT protocol version spoken to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MqttProtocol {
+    /// MQTT 5: the broker learns our packet size limit and ack window.
+    #[serde(rename = "5")]
+    V5,
+    /// MQTT 3.1.1, for brokers without MQTT 5 (the embedded broker speaks only this).
+    #[serde(rename = "3.1.1")]
+    V311,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct P1Section {
+    #[serde(with = "humantime_serde_compat")]
+    pub boundary_window: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,6 +126,10 @@ pub struct ApiSection {
     #[serde(with = "humantime_serde_compat")]
     pub max_range_month: Duration,
     pub metrics_require_token: bool,
+    #[serde(with = "humantime_serde_compat")]
+    pub header_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub body_timeout: Duration,
     pub tokens: Vec<TokenEntry>,
 }
 
@@ -363,12 +387,31 @@ impl Config {
                 "at most 10s",
             ));
         }
-        if !(1..=1_000_000).contains(&self.ingest.max_unacked) {
+        if !(1..=65_535).contains(&self.ingest.max_unacked) {
             return Err(value_err(
                 "ingest.max_unacked",
                 &self.ingest.max_unacked,
-                "1 to 1000000",
+                "1 to 65535 (MQTT 5 Receive Maximum)",
             ));
+        }
+        if self.p1.boundary_window.is_zero() || self.p1.boundary_window > Duration::from_secs(900) {
+            return Err(value_err(
+                "p1.boundary_window",
+                &humantime::format_duration(self.p1.boundary_window),
+                "more than 0 and at most 15m",
+            ));
+        }
+        for (key, d) in [
+            ("api.header_timeout", self.api.header_timeout),
+            ("api.body_timeout", self.api.body_timeout),
+        ] {
+            if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
+                return Err(value_err(
+                    key,
+                    &humantime::format_duration(d),
+                    "100ms to 10m",
+                ));
+            }
         }
         for (key, d) in [
             ("retention.interval", self.retention.interval),
@@ -487,6 +530,9 @@ impl Config {
                 month: self.api.max_range_month,
             },
             metrics_require_token: self.api.metrics_require_token,
+            header_timeout: self.api.header_timeout,
+            body_timeout: self.api.body_timeout,
+            ..meterstand_api::ApiConfig::default()
         }
     }
 

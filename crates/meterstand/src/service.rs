@@ -9,7 +9,10 @@ use std::sync::atomic::Ordering;
 use anyhow::Context;
 use meterstand_api::{ApiParts, ApiState, AuditLog, Readiness};
 use meterstand_codec::Limits;
-use meterstand_ingest::{EmbeddedBroker, Ingest, IngestConfig, IngestStatus, TlsFiles};
+use meterstand_ingest::{
+    EmbeddedBroker, Ingest, IngestConfig, IngestError, IngestHandle, IngestStatus, MqttVersion,
+    TlsFiles,
+};
 use meterstand_model::Calendar;
 use meterstand_pseudonym::{KeyRing, Pseudonymiser};
 use meterstand_store::{ReadingStore, RetentionPolicy, SystemClock};
@@ -72,6 +75,15 @@ pub fn ingest_config(config: &Config) -> anyhow::Result<IngestConfig> {
         batch_max_delay: config.ingest.batch_max_delay,
         max_unacked: config.ingest.max_unacked,
         keep_alive: config.broker.keep_alive,
+        // The embedded broker (rumqttd) speaks MQTT 3.1.1 only.
+        mqtt_version: match config.broker.protocol {
+            _ if config.broker.embedded => MqttVersion::V311,
+            crate::config::MqttProtocol::V5 => MqttVersion::V5,
+            crate::config::MqttProtocol::V311 => MqttVersion::V311,
+        },
+        session_expiry: None,
+        write_retries: 5,
+        p1_boundary_window: config.p1.boundary_window,
         calendar: Calendar::new(&config.privacy.timezone).context("privacy.timezone")?,
     })
 }
@@ -100,10 +112,20 @@ pub struct Service {
     pub store: Arc<RocksStore>,
     pub status: Arc<IngestStatus>,
     pub api_addr: std::net::SocketAddr,
+    pub api: ApiState,
     intake: CancellationToken,
     background: CancellationToken,
-    ingest_task: tokio::task::JoinHandle<()>,
+    /// Taken by whoever watches for ingest's death (`run_until_signal`).
+    ingest: Option<IngestHandle>,
     tracker: TaskTracker,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("api_addr", &self.api_addr)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Service {
@@ -137,19 +159,13 @@ impl Service {
         let status = Arc::new(IngestStatus::default());
         let intake = CancellationToken::new();
         let ingest_config = ingest_config(config)?;
-        let ingest_task = {
-            let (store, p, status, intake) = (
-                store.clone(),
-                pseudonymiser.clone(),
-                status.clone(),
-                intake.clone(),
-            );
-            tokio::spawn(async move {
-                if let Err(e) = Ingest::run(ingest_config, store, p, status, intake).await {
-                    tracing::error!(error = %e, "ingest stopped");
-                }
-            })
-        };
+        let ingest = Ingest::start(
+            ingest_config,
+            store.clone(),
+            pseudonymiser.clone(),
+            status.clone(),
+            intake.clone(),
+        )?;
 
         let background = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -159,6 +175,12 @@ impl Service {
         let api_addr = listener.local_addr()?;
         let audit = AuditLog::open(&config.api.audit_log)
             .with_context(|| format!("opening api.audit_log {}", config.api.audit_log.display()))?;
+        // The chain head, so that lines removed from the end can be detected later
+        // (`meterstand audit verify --head`).
+        match audit.head() {
+            Ok(head) => tracing::info!(%head, "audit log opened"),
+            Err(e) => tracing::warn!(error = %e, "cannot read the audit chain head"),
+        }
         let state = ApiState::new(ApiParts {
             readiness: Arc::new(ServiceReadiness {
                 store: store.clone(),
@@ -172,6 +194,7 @@ impl Service {
             config: config.api_config(),
         });
         let http_stop = background.clone();
+        let api = state.clone();
         tracker.spawn(async move {
             if let Err(e) = meterstand_api::serve(listener, state, http_stop).await {
                 tracing::error!(error = %e, "http server stopped");
@@ -209,9 +232,10 @@ impl Service {
             store,
             status,
             api_addr,
+            api,
             intake,
             background,
-            ingest_task,
+            ingest: Some(ingest),
             tracker,
         })
     }
@@ -220,7 +244,10 @@ impl Service {
     /// the store (flushing the WAL), then stop HTTP.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.intake.cancel();
-        let _ = self.ingest_task.await;
+        let ingest = match self.ingest {
+            Some(handle) => handle.await,
+            None => Ok(()),
+        };
         self.background.cancel();
         self.tracker.close();
         self.tracker.wait().await;
@@ -231,15 +258,76 @@ impl Service {
         })
         .await??;
         tracing::info!("meterstand stopped");
-        Ok(())
+        ingest.context("ingest")
+    }
+
+    /// Stops taking messages (the first step of the ordered shutdown).
+    pub fn intake_cancel(&self) {
+        self.intake.cancel();
+    }
+
+    /// The ingest handle, to watch for its death; [`Service::shutdown`] then no longer
+    /// waits for it.
+    pub fn take_ingest(&mut self) -> Option<IngestHandle> {
+        self.ingest.take()
+    }
+
+    /// Re-reads the token table from the configuration (SIGHUP, `token revoke`): a token no
+    /// longer listed is refused from the next request on.
+    pub fn reload_tokens(
+        &self,
+        config_file: Option<&std::path::Path>,
+        env: &BTreeMap<String, String>,
+    ) -> anyhow::Result<usize> {
+        let config = Config::load(config_file, env)?;
+        let table = config.token_table()?;
+        let count = config.api.tokens.len();
+        self.api.replace_tokens(table);
+        Ok(count)
     }
 }
 
-pub async fn run_until_signal(config: Config, env: BTreeMap<String, String>) -> anyhow::Result<()> {
-    let service = Service::start(&config, &env).await?;
-    wait_for_signal().await;
+/// Runs the service until SIGTERM or Ctrl-C (then an ordered shutdown) or until ingest dies
+/// (then an error, so that the process exits non-zero and its supervisor restarts it).
+/// SIGHUP re-reads the token table.
+pub async fn run_until_signal(
+    config: Config,
+    config_file: Option<PathBuf>,
+    env: BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut service = Service::start(&config, &env).await?;
+    let mut ingest = service
+        .take_ingest()
+        .context("ingest handle already taken")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = hangup.recv() => match service.reload_tokens(config_file.as_deref(), &env) {
+                Ok(n) => tracing::info!(tokens = n, "token table re-read"),
+                Err(e) => tracing::error!(error = %e, "cannot re-read the token table; the old one stays"),
+            },
+            died = &mut ingest => {
+                let e = match died {
+                    Ok(()) => IngestError::TaskFailed { task: "ingest", reason: "stopped unasked".into() },
+                    Err(e) => e,
+                };
+                tracing::error!(error = %e, "ingest died; stopping with an error");
+                if let Err(e) = service.shutdown().await {
+                    tracing::error!(error = %e, "shutdown after ingest died");
+                }
+                return Err(anyhow::Error::new(e).context("ingest died"));
+            }
+        }
+    }
     tracing::info!("shutting down");
-    service.shutdown().await
+    service.intake_cancel();
+    let ingested = ingest.await;
+    service.shutdown().await?;
+    ingested.context("ingest")
 }
 
 pub async fn wait_for_signal() {

@@ -55,6 +55,7 @@ fn store_writes(p: &Pseudonymiser, sync: bool) -> f64 {
             consent: ConsentLevel::Interval,
             postcode4: None,
             profile: None,
+            analytics: true,
         };
         store.put_connection(&[*ps], c).expect("put");
     }
@@ -101,6 +102,7 @@ fn bytes_per_reading(p: &Pseudonymiser) -> (f64, u64, f64) {
             consent: ConsentLevel::Interval,
             postcode4: None,
             profile: None,
+            analytics: true,
         };
         store.put_connection(&[ps], c).expect("put");
         // One item per day per connection: 96 quarter-hours of every register.
@@ -158,6 +160,7 @@ fn aggregate_ms(p: &Pseudonymiser) -> (f64, f64) {
             consent: ConsentLevel::Daily,
             postcode4: Some(meterstand_model::Postcode4::new(m.postcode4).expect("valid")),
             profile: Some(m.profile.parse().expect("valid")),
+            analytics: true,
         };
         store.put_connection(&[ps], c).expect("put");
         let mut readings = Vec::new();

@@ -271,6 +271,7 @@ pub(crate) fn encode_connection(c: &Connection) -> Vec<u8> {
     let profile = c.profile.as_ref().map(|p| p.as_str()).unwrap_or("");
     v.push(u8::try_from(profile.len()).unwrap_or(0));
     v.extend_from_slice(profile.as_bytes());
+    v.push(u8::from(c.analytics));
     v
 }
 
@@ -279,7 +280,10 @@ fn decode_connection(v: &[u8]) -> Option<Connection> {
     let postcode = u16::from_be_bytes([*v.get(1)?, *v.get(2)?]);
     let len = usize::from(*v.get(3)?);
     let profile = std::str::from_utf8(v.get(4..4 + len)?).ok()?;
+    // Records written before objections existed have no flag: analytics allowed.
+    let analytics = v.get(4 + len).is_none_or(|b| *b != 0);
     Some(Connection {
+        analytics,
         consent,
         postcode4: if postcode == 0 {
             None

@@ -166,9 +166,15 @@ pub(crate) fn aggregate(
         let p = Pseudonym::from_bytes(k).ok_or(StoreError::Corrupt(q.tier.as_str()))?;
         let values = load_boundaries(&mut reader, horizon, p, q.kind, q.tier, &bounds)?;
         // The group of one connection, looked up under a short read lock (never a copy of
-        // the whole table).
-        let group = GroupKey::of(shared.connections.read().get(&p), q.group_by);
-        aggregator.add(group, &values);
+        // the whole table). A connection that objected to analysis counts in no aggregate.
+        let group = {
+            let connections = shared.connections.read();
+            let c = connections.get(&p);
+            (c.is_none_or(|c| c.analytics)).then(|| GroupKey::of(c, q.group_by))
+        };
+        if let Some(group) = group {
+            aggregator.add(group, &values);
+        }
         walker.seek(layout::after_pseudonym(p));
     }
     walker.status().map_err(engine("walking a tier"))?;
