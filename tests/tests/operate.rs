@@ -542,14 +542,14 @@ fn backup_under_load_restores_to_a_consistent_store() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let backup = tmp.path().join("backup");
+    let backup = dirs.root.join("backups").join("nightly");
     let op = token_arg(&dirs, "operator");
     let out = cli(
         &dirs,
         &[
             "backup",
-            "--to",
-            &backup.display().to_string(),
+            "--name",
+            "nightly",
             "--server",
             &server,
             "--token-file",
@@ -558,6 +558,15 @@ fn backup_under_load_restores_to_a_consistent_store() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("backup written to"));
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(&backup).expect("backup dir") {
+        let meta = entry.expect("entry").metadata().expect("meta");
+        assert_eq!(
+            meta.permissions().mode() & 0o077,
+            0,
+            "backup files are owner-only"
+        );
+    }
     let during = during.join().expect("publisher");
     svc.wait_acked(5_500, Duration::from_secs(120));
 

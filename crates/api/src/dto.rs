@@ -337,14 +337,28 @@ impl ReceiptOut {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackupRequest {
-    /// Absolute directory on the server's machine, which must not exist yet. On the store's
-    /// file system the backup hard-links the immutable files and takes little space.
-    #[schema(pattern = "^/", min_length = 2)]
-    pub to: String,
+    /// Name of the backup: a new child of the configured `[backup] dir` (1 to 64 letters,
+    /// digits, `.`, `_` or `-`, not starting with `.`). On the store's file system the
+    /// backup hard-links the immutable files and takes little space.
+    #[schema(
+        pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$",
+        min_length = 1,
+        max_length = 64
+    )]
+    pub name: String,
 }
 
 impl BackupRequest {
-    pub const FIELDS: [&'static str; 1] = ["to"];
+    pub const FIELDS: [&'static str; 1] = ["name"];
+
+    /// Whether `name` is a safe child name: no separator, no `..`, no hidden file.
+    pub fn valid_name(name: &str) -> bool {
+        (1..=64).contains(&name.len())
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -450,7 +450,7 @@ pub async fn erase(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Backup written", body = BackupResponse),
-        (status = 400, description = "Bad body, relative path or existing directory", body = ErrorBody),
+        (status = 400, description = "Bad body or name, or a backup of that name exists", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Role is not operator", body = ErrorBody),
     )
@@ -465,28 +465,48 @@ pub async fn backup(
     let who = caller.require(&[Role::Operator])?.id.clone();
     let body = st.body(&headers, body).await?;
     let fields = input::json_object(&body, &BackupRequest::FIELDS)?;
-    const TO: &str = "an absolute directory that does not exist yet";
-    let to = input::string_field(&fields, "to", TO)?
-        .ok_or_else(|| ApiError::bad_request(format!("to is required: {TO}")))?
+    const NAME: &str = "1 to 64 letters, digits, '.', '_' or '-', not starting with '.'";
+    let name = input::string_field(&fields, "name", NAME)?
+        .ok_or_else(|| ApiError::bad_request(format!("name is required: {NAME}")))?
         .to_string();
-    let dir = std::path::PathBuf::from(&to);
-    if !dir.is_absolute() {
-        return Err(ApiError::bad_request("to must be an absolute path"));
+    if !BackupRequest::valid_name(&name) {
+        return Err(ApiError::bad_request(format!("name must be {NAME}")));
     }
-    // The directory is the operator's choice, not personal data; a name that could be taken
-    // for an EAN is left out of the audit line rather than refused.
-    if !meterstand_audit::holds_ean_like(&to) {
-        record.param("to", to.as_str());
+    // Backups stay under the configured directory: the request names a child, never a path.
+    let dir = st.config().backup_dir.join(&name);
+    // RocksDB builds a checkpoint in `<dir>.tmp` and empties that first: neither may exist.
+    let tmp = st.config().backup_dir.join(format!("{name}.tmp"));
+    if dir.exists() || tmp.exists() {
+        return Err(ApiError::bad_request(
+            "a backup of that name exists; choose another",
+        ));
+    }
+    // The name is the operator's choice, not personal data; one that could be taken for an
+    // EAN is left out of the audit line rather than refused.
+    if !meterstand_audit::holds_ean_like(&name) {
+        record.param("name", name.as_str());
     }
     let _permit = st.permit()?;
     let started = std::time::Instant::now();
-    let target = dir.clone();
-    let info = st.blocking(move |b| b.backup(&target)).await??;
+    let (target, parent) = (dir.clone(), st.config().backup_dir.clone());
+    let info = st
+        .blocking(move |b| {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&parent)
+                .map_err(|e| {
+                    meterstand_store::StoreError::engine("creating the backup directory", e)
+                })?;
+            b.backup(&target)
+        })
+        .await??;
     let millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     record.rows(info.files);
     tracing::info!(token = %who, path = %dir.display(), files = info.files, bytes = info.bytes, millis, "backup written");
     Ok(axum::Json(BackupResponse {
-        path: to,
+        path: dir.display().to_string(),
         files: info.files,
         bytes: info.bytes,
         millis,

@@ -73,6 +73,8 @@ pub struct ApiConfig {
     /// Client addresses remembered per token for
     /// `meterstand_api_token_new_address_total`; the oldest is forgotten first.
     pub addresses_per_token: usize,
+    /// Backups are children of this directory, named by the request (`[backup] dir`).
+    pub backup_dir: std::path::PathBuf,
 }
 
 impl Default for ApiConfig {
@@ -85,6 +87,7 @@ impl Default for ApiConfig {
             metrics_require_token: true,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            backup_dir: std::path::PathBuf::from("/var/backups/meterstand"),
             addresses_per_token: 64,
         }
     }

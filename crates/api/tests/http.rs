@@ -72,9 +72,10 @@ impl Server {
 
     /// `tag` makes the token ids (`analyst-<tag>`) unique to one test, so that per-token
     /// metrics are not shared with tests running alongside.
-    async fn start_tagged(config: ApiConfig, tag: &str) -> Server {
+    async fn start_tagged(mut config: ApiConfig, tag: &str) -> Server {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
+        config.backup_dir = dir.path().join("backups");
         let clock = Arc::new(ManualClock::new(NOW.parse().expect("now")));
         let store = Arc::new(MemStore::new(clock));
         let pseudonymiser = Arc::new(Pseudonymiser::new(&KeyRing::generate().expect("key")));
@@ -234,7 +235,7 @@ async fn every_endpoint_admits_exactly_its_roles() {
     let export = format!("/v1/subjects/{}/export", e.expose());
     let erase = format!("/v1/subjects/{}", ean(3).expose());
     let body = r#"{"consent":"daily","postcode4":"1000","profile":"E1A"}"#;
-    let backup_body = format!(r#"{{"to":"{}"}}"#, s.dir().join("backup").display());
+    let backup_body = r#"{"name":"nightly-1"}"#.to_string();
     let cases: Vec<(Method, &str, Option<&str>, Option<Role>)> = vec![
         (Method::GET, AGG, None, Some(Role::Analyst)),
         (Method::GET, &series, None, Some(Role::Analyst)),
@@ -542,11 +543,26 @@ async fn bad_input_is_refused_with_a_clear_error() {
         );
     }
     let o = Some(Role::Operator);
-    let existing = format!(r#"{{"to":"{}"}}"#, s.dir().display());
+    // Backups are confined to the configured directory: a name, never a path; an existing
+    // backup (or RocksDB's scratch `<name>.tmp`, which it would empty) is not overwritten.
+    let (first, text) = s
+        .call(Method::POST, "/v1/backups", o, Some(r#"{"name":"b1"}"#))
+        .await;
+    assert_eq!(first, StatusCode::OK, "{text}");
+    let made = s.dir().join("backups").join("b1");
+    assert!(made.is_dir(), "the backup is a child of backup.dir");
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode(&s.dir().join("backups")), 0o700);
+    std::fs::create_dir_all(s.dir().join("backups").join("b2.tmp")).expect("scratch");
     for (body, code) in [
-        (r#"{"to":"relative/dir"}"#, "bad_request"),
-        (existing.as_str(), "bad_request"),
-        (r#"{"into":"/tmp/x"}"#, "bad_request"),
+        (r#"{"name":"../escape"}"#, "bad_request"),
+        (r#"{"name":"/tmp/abs"}"#, "bad_request"),
+        (r#"{"name":".hidden"}"#, "bad_request"),
+        (r#"{"name":"b1"}"#, "bad_request"),
+        (r#"{"name":"b2"}"#, "bad_request"),
+        (r#"{"to":"/tmp/x"}"#, "bad_request"),
     ] {
         let (got, text) = s.call(Method::POST, "/v1/backups", o, Some(body)).await;
         assert_eq!(got, StatusCode::BAD_REQUEST, "{body}: {text}");
@@ -1113,7 +1129,7 @@ async fn errors_never_echo_input() {
         assert!(!has_run(&text), "{body} echoed: {text}");
         assert!(!text.contains("consent\": \"") && !text.contains(digits));
     }
-    let backup = format!(r#"{{"to": {digits}}}"#);
+    let backup = format!(r#"{{"name": {digits}}}"#);
     let (status, text) = s
         .call(
             Method::POST,
@@ -1203,7 +1219,7 @@ async fn every_call_is_one_audit_line_without_identifiers() {
     let export = format!("/v1/subjects/{}/export", e.expose());
     let erase = format!("/v1/subjects/{}", ean(62).expose());
     let body = r#"{"consent":"daily","postcode4":"1000","profile":"E1A"}"#;
-    let backup_body = format!(r#"{{"to":"{}"}}"#, s.dir().join("backup-a").display());
+    let backup_body = r#"{"name":"backup-a"}"#.to_string();
     // (method, path, body, allowed role, route template, action)
     type Case<'a> = (
         Method,

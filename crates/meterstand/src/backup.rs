@@ -1,6 +1,7 @@
-//! `meterstand backup --to DIR` asks the running service for a consistent checkpoint;
-//! `meterstand restore --from DIR` puts one in place of `store.path` (service stopped) and
-//! proves it opens.
+//! `meterstand backup --name NAME` asks the running service for a consistent checkpoint in
+//! a child of `[backup] dir`; `meterstand restore --from DIR` puts one in place of
+//! `store.path` (service stopped), replays the erasures and consent changes journalled
+//! since the backup was taken, and proves it opens.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,10 +16,11 @@ use crate::config::Config;
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
-    /// Directory for the backup, on the service's machine; it must not exist yet. On the
-    /// store's file system unchanged files are hard-linked, so a backup costs little space.
-    #[arg(long, value_name = "DIR")]
-    pub to: PathBuf,
+    /// Name of the backup: a new child of the service's `[backup] dir` (letters, digits,
+    /// '.', '_', '-'). On the store's file system unchanged files are hard-linked, so a
+    /// backup costs little space.
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -28,29 +30,30 @@ pub struct RestoreArgs {
     /// A directory written by `meterstand backup`.
     #[arg(long, value_name = "DIR")]
     pub from: PathBuf,
-    /// Move an existing store.path aside (to <path>.before-restore-<time>) instead of refusing.
+    /// Replace an existing store.path instead of refusing. The old store is deleted once
+    /// the restore opens, unless --keep-previous is given.
     #[arg(long)]
     pub force: bool,
+    /// With --force: keep the old store as <path>.before-restore-<time>. Such a copy is
+    /// outside every retention and erasure (the journal replays only onto the restored store):
+    /// delete it yourself as soon as you can.
+    #[arg(long, requires = "force")]
+    pub keep_previous: bool,
 }
 
 pub async fn backup(args: BackupArgs, default_listen: &str) -> anyhow::Result<()> {
-    let to = if args.to.is_absolute() {
-        args.to.clone()
-    } else {
-        std::env::current_dir()?.join(&args.to)
-    };
     let client = Client::new(&args.server, default_listen)?;
     let body = client
         .send(
             reqwest::Method::POST,
             "/v1/backups",
-            Some(serde_json::json!({ "to": to.display().to_string() })),
+            Some(serde_json::json!({ "name": args.name })),
         )
         .await?;
     let v: serde_json::Value = serde_json::from_str(&body).context("unexpected answer")?;
     println!(
         "backup written to {} ({} files, {} bytes, {} ms)",
-        to.display(),
+        v["path"].as_str().unwrap_or("?"),
         v["files"],
         v["bytes"],
         v["millis"]
@@ -84,6 +87,7 @@ pub fn restore(args: RestoreArgs, config: &Config) -> anyhow::Result<()> {
             args.from.display()
         );
     }
+    let mut aside = None;
     let occupied = target.exists()
         && std::fs::read_dir(&target)
             .map(|mut d| d.next().is_some())
@@ -95,7 +99,7 @@ pub fn restore(args: RestoreArgs, config: &Config) -> anyhow::Result<()> {
                 target.display()
             );
         }
-        let aside = PathBuf::from(format!(
+        let moved = PathBuf::from(format!(
             "{}.before-restore-{}",
             target.display(),
             jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")
@@ -109,15 +113,30 @@ pub fn restore(args: RestoreArgs, config: &Config) -> anyhow::Result<()> {
                 )
             })?;
         probe.close()?;
-        std::fs::rename(&target, &aside)
+        std::fs::rename(&target, &moved)
             .with_context(|| format!("moving {} aside", target.display()))?;
-        println!("moved the old store to {}", aside.display());
+        if args.keep_previous {
+            println!(
+                "kept the old store as {} (outside retention and erasure: delete it soon)",
+                moved.display()
+            );
+        }
+        aside = Some(moved);
     }
     let files = copy_dir(&args.from, &target)?;
+    // Opening replays the journal: erasures and consent changes made after the backup.
     let store = RocksStore::open(crate::service::store_config(config)?, Arc::new(SystemClock))
         .with_context(|| format!("the restored store at {} does not open", target.display()))?;
+    for line in store.replayed() {
+        println!("re-applied {line}");
+    }
     let sizes = store.refresh_size_metrics()?;
     store.close()?;
+    if let Some(aside) = aside.filter(|_| !args.keep_previous) {
+        std::fs::remove_dir_all(&aside)
+            .with_context(|| format!("deleting the previous store {}", aside.display()))?;
+        println!("deleted the previous store");
+    }
     println!(
         "restored {files} files from {} to {}; it opens cleanly (bytes per tier: interval {}, day {}, month {})",
         args.from.display(),

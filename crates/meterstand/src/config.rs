@@ -23,6 +23,7 @@ pub struct Config {
     pub p1: P1Section,
     pub ingest: IngestSection,
     pub store: StoreSection,
+    pub backup: BackupSection,
     pub keys: KeysSection,
     pub api: ApiSection,
     pub consent: ConsentSection,
@@ -85,6 +86,15 @@ pub struct IngestSection {
 pub struct StoreSection {
     pub path: PathBuf,
     pub compression: Compression,
+    /// The erasure and consent journal: outside `path`, so backups do not carry it.
+    pub journal: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSection {
+    /// Backups are children of this directory (created 0700), named by the request.
+    pub dir: PathBuf,
 }
 
 /// Block compression of the stored tiers.
@@ -401,6 +411,20 @@ impl Config {
                 "more than 0 and at most 15m",
             ));
         }
+        if inside(&self.store.journal, &self.store.path) {
+            return Err(value_err(
+                "store.journal",
+                &self.store.journal.display(),
+                "a file outside store.path (backups of the store must not carry it)",
+            ));
+        }
+        if inside(&self.backup.dir, &self.store.path) {
+            return Err(value_err(
+                "backup.dir",
+                &self.backup.dir.display(),
+                "a directory outside store.path",
+            ));
+        }
         for (key, d) in [
             ("api.header_timeout", self.api.header_timeout),
             ("api.body_timeout", self.api.body_timeout),
@@ -532,6 +556,7 @@ impl Config {
             metrics_require_token: self.api.metrics_require_token,
             header_timeout: self.api.header_timeout,
             body_timeout: self.api.body_timeout,
+            backup_dir: self.backup.dir.clone(),
             ..meterstand_api::ApiConfig::default()
         }
     }
@@ -575,6 +600,29 @@ impl Config {
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
+}
+
+/// Whether `path` lies inside `dir`, compared on absolute, lexically normalised paths.
+pub fn inside(path: &Path, dir: &Path) -> bool {
+    let absolute = |p: &Path| {
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir().unwrap_or_default().join(p)
+        };
+        let mut out = PathBuf::new();
+        for part in p.components() {
+            match part {
+                std::path::Component::ParentDir => {
+                    out.pop();
+                }
+                std::path::Component::CurDir => {}
+                other => out.push(other),
+            }
+        }
+        out
+    };
+    absolute(path).starts_with(absolute(dir))
 }
 
 /// Where the value of `key` (`section.key`, maybe with `[i]`) came from: an environment

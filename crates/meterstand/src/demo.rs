@@ -91,6 +91,8 @@ pub async fn run(
     }
     config.api.metrics_require_token = false;
     config.api.audit_log = dir.join("audit.jsonl");
+    config.store.journal = dir.join("subject-journal.jsonl");
+    config.backup.dir = dir.join("backups");
     crate::service::init_logging(&config)?;
 
     println!(

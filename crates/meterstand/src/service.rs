@@ -47,6 +47,7 @@ pub fn store_config(config: &Config) -> anyhow::Result<StoreConfig> {
         compression: config.store.compression.into(),
         time_zone: config.privacy.timezone.clone(),
         sync: true,
+        journal: Some(config.store.journal.clone()),
     })
 }
 

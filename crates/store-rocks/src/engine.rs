@@ -54,6 +54,10 @@ pub struct StoreConfig {
     pub time_zone: String,
     /// Sync the WAL on every group commit. Only benchmarks of the raw engine turn this off.
     pub sync: bool,
+    /// The erasure and consent journal (outside `path` and outside backups): erasures and
+    /// connection changes are journalled before they run, and entries the store has not
+    /// applied are replayed at open. `None`: no journal (tests, benchmarks).
+    pub journal: Option<PathBuf>,
 }
 
 impl StoreConfig {
@@ -65,6 +69,7 @@ impl StoreConfig {
             compression: Compression::Zstd,
             time_zone: "Europe/Amsterdam".into(),
             sync: true,
+            journal: None,
         }
     }
 }

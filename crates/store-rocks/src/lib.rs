@@ -23,6 +23,7 @@ use std::sync::atomic::Ordering;
 use jiff::Timestamp;
 use meterstand_model::{Connection, Reading, RegisterKind, Tier};
 use meterstand_pseudonym::Pseudonym;
+use meterstand_store::journal::{self, JournalOp, SubjectJournal};
 use meterstand_store::{
     AggregateCell, AggregateQuery, BackupInfo, Clock, ErasureReceipt, IngestItem, ReadingStore,
     ReadingWriter, SeriesRow, StoreError, SubjectExport, TierCounts, WriteOutcome,
@@ -37,9 +38,15 @@ use writer::{Command, Writer};
 /// passes on to the broker.
 const COMMAND_QUEUE: usize = 64;
 
+/// Key of the subject-journal watermark in the meta column family.
+const JOURNAL_WATERMARK: &[u8] = b"journal-watermark";
+
 /// The RocksDB-backed [`ReadingStore`].
 pub struct RocksStore {
     shared: Arc<Shared>,
+    journal: Option<SubjectJournal>,
+    /// What the journal replay at open re-applied, one line each.
+    replayed: Vec<String>,
     commands: mpsc::Sender<Command>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
@@ -53,8 +60,15 @@ impl std::fmt::Debug for RocksStore {
 }
 
 impl RocksStore {
+    /// Opens the store and replays the journal entries it has not applied yet (an erasure
+    /// cut short by a crash, or everything since a restored backup was taken).
     pub fn open(config: StoreConfig, clock: Arc<dyn Clock>) -> Result<RocksStore, StoreError> {
         metrics::init();
+        let journal = config
+            .journal
+            .as_deref()
+            .map(SubjectJournal::open)
+            .transpose()?;
         let shared = Arc::new(engine::open_shared(config, clock)?);
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let writer_shared = shared.clone();
@@ -65,11 +79,47 @@ impl RocksStore {
                 writer_shared.writer_alive.store(false, Ordering::SeqCst);
             })
             .map_err(|e| StoreError::engine("starting the writer thread", e))?;
-        Ok(RocksStore {
+        let mut store = RocksStore {
             shared,
+            journal,
+            replayed: Vec::new(),
             commands: tx,
             writer: Some(writer),
+        };
+        // Replayed without the journal attached, so that redoing an entry does not journal
+        // it again.
+        if let Some(j) = store.journal.take() {
+            let replayed = journal::replay(&store, j.path());
+            store.journal = Some(j);
+            store.replayed = replayed?;
+            for line in &store.replayed {
+                tracing::warn!(entry = %line, "re-applied a journalled subject operation");
+            }
+        }
+        Ok(store)
+    }
+
+    /// What the journal replay at open re-applied, one line each (pseudonyms only).
+    pub fn replayed(&self) -> &[String] {
+        &self.replayed
+    }
+
+    fn put_connection_now(
+        &self,
+        all: &[Pseudonym],
+        connection: Connection,
+    ) -> Result<ErasureReceipt, StoreError> {
+        let all = all.to_vec();
+        self.call_blocking(|reply| Command::PutConnection {
+            all,
+            connection,
+            reply,
         })
+    }
+
+    fn erase_now(&self, pseudonyms: &[Pseudonym]) -> Result<ErasureReceipt, StoreError> {
+        let pseudonyms = pseudonyms.to_vec();
+        self.call_blocking(|reply| Command::Erase { pseudonyms, reply })
     }
 
     pub fn path(&self) -> &Path {
@@ -202,17 +252,28 @@ impl ReadingStore for RocksStore {
         all: &[Pseudonym],
         connection: Connection,
     ) -> Result<ErasureReceipt, StoreError> {
-        let all = all.to_vec();
-        self.call_blocking(|reply| Command::PutConnection {
-            all,
-            connection,
-            reply,
-        })
+        match &self.journal {
+            // Journalled first: a crash half-way is redone at the next open.
+            Some(journal) => {
+                let seq = journal.append(JournalOp::connection(all, &connection))?;
+                let receipt = self.put_connection_now(all, connection)?;
+                self.set_journal_watermark(seq)?;
+                Ok(receipt)
+            }
+            None => self.put_connection_now(all, connection),
+        }
     }
 
     fn erase(&self, pseudonyms: &[Pseudonym]) -> Result<ErasureReceipt, StoreError> {
-        let pseudonyms = pseudonyms.to_vec();
-        self.call_blocking(|reply| Command::Erase { pseudonyms, reply })
+        match &self.journal {
+            Some(journal) => {
+                let seq = journal.append(JournalOp::erase(pseudonyms))?;
+                let receipt = self.erase_now(pseudonyms)?;
+                self.set_journal_watermark(seq)?;
+                Ok(receipt)
+            }
+            None => self.erase_now(pseudonyms),
+        }
     }
 
     fn knows(&self, p: Pseudonym) -> Result<bool, StoreError> {
@@ -261,10 +322,20 @@ impl ReadingStore for RocksStore {
             ));
         }
         self.checkpoint(dir)?;
+        // Owner only, whatever the umask: a backup holds everything the store holds.
+        use std::os::unix::fs::PermissionsExt;
+        let owner_only = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| StoreError::engine("restricting the backup's permissions", e))
+        };
+        owner_only(dir, 0o700)?;
         let mut info = BackupInfo::default();
         let entries =
             std::fs::read_dir(dir).map_err(|e| StoreError::engine("listing the backup", e))?;
         for entry in entries.flatten() {
+            // Checkpoint files are hard links to the live ones: restricting them restricts
+            // those too, which is as it should be (the data directory is owner-only).
+            owner_only(&entry.path(), 0o600)?;
             if let Ok(meta) = entry.metadata() {
                 info.files += 1;
                 info.bytes += meta.len();
@@ -276,5 +347,30 @@ impl ReadingStore for RocksStore {
 
     fn is_healthy(&self) -> bool {
         self.shared.writer_alive.load(Ordering::SeqCst) && !self.commands.is_closed()
+    }
+
+    fn journal_watermark(&self) -> Result<u64, StoreError> {
+        let meta = self.shared.cf(CF_META)?;
+        let value = self
+            .shared
+            .db
+            .get_cf(meta, JOURNAL_WATERMARK)
+            .map_err(engine("reading the journal watermark"))?;
+        match value {
+            None => Ok(0),
+            Some(v) => <[u8; 8]>::try_from(v.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt("the journal watermark")),
+        }
+    }
+
+    fn set_journal_watermark(&self, seq: u64) -> Result<(), StoreError> {
+        let meta = self.shared.cf(CF_META)?;
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        self.shared
+            .db
+            .put_cf_opt(meta, JOURNAL_WATERMARK, seq.to_be_bytes(), &opts)
+            .map_err(engine("writing the journal watermark"))
     }
 }

@@ -265,3 +265,89 @@ fn a_failed_group_leaves_no_poisoned_cache() {
         .expect("read");
     assert_eq!(stored.len(), 16);
 }
+
+fn open_journalled(
+    dir: &std::path::Path,
+    journal: &std::path::Path,
+    clock: &ManualClock,
+) -> RocksStore {
+    let mut config = StoreConfig::new(dir);
+    config.compression = Compression::None;
+    config.journal = Some(journal.to_path_buf());
+    RocksStore::open(config, Arc::new(clock.clone())).expect("open store")
+}
+
+/// Backup, erase X, lower Y's consent, restore the backup: the journal replays both, so
+/// the restore neither resurrects X nor gives Y's withdrawn tiers back.
+#[test]
+fn a_restored_backup_gets_later_erasures_and_consent_changes_replayed() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (data, backup, journal) = (
+        root.path().join("data"),
+        root.path().join("backup"),
+        root.path().join("journal").join("subjects.jsonl"),
+    );
+    let clock = ManualClock::new(ts("2026-12-02T00:00:00Z"));
+    let (x, y) = (pseudo(60), pseudo(61));
+    {
+        let store = open_journalled(&data, &journal, &clock);
+        for p in [x, y] {
+            put(&store, p, connection(ConsentLevel::Interval, "1234"));
+        }
+        let readings = quarter_hours(ts("2026-11-30T22:00:00Z"), 8, 1000, 50);
+        block_on(store.write(vec![item(x, readings.clone()), item(y, readings)])).expect("write");
+        store.backup(&backup).expect("backup");
+        store.erase(&[x]).expect("erase x");
+        store
+            .put_connection(&[y], connection(ConsentLevel::Standard, "1234"))
+            .expect("lower y");
+        store.close().expect("close");
+    }
+    // The restore: the backup in place of the data directory, opened with the journal.
+    let restored = open_journalled(&backup, &journal, &clock);
+    assert_eq!(restored.replayed().len(), 2, "{:?}", restored.replayed());
+    let x_left = restored.export(&[x]).expect("export");
+    assert!(x_left.interval.is_empty() && x_left.day.is_empty() && x_left.connection.is_none());
+    let y_left = restored.export(&[y]).expect("export");
+    assert!(y_left.interval.is_empty() && y_left.day.is_empty());
+    assert_eq!(y_left.month.len(), 2);
+    assert_eq!(
+        y_left.connection.map(|c| c.consent),
+        Some(ConsentLevel::Standard)
+    );
+    // Nothing more to replay the next time.
+    drop(restored);
+    assert!(
+        open_journalled(&backup, &journal, &clock)
+            .replayed()
+            .is_empty()
+    );
+}
+
+/// An erasure journalled but cut short before the store carried it out (a crash) is
+/// redone when the store opens.
+#[test]
+fn an_interrupted_erasure_is_redone_at_open() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (data, journal) = (root.path().join("data"), root.path().join("subjects.jsonl"));
+    let clock = ManualClock::new(ts("2026-12-02T00:00:00Z"));
+    let x = pseudo(62);
+    {
+        let store = open_journalled(&data, &journal, &clock);
+        put(&store, x, connection(ConsentLevel::Interval, "1234"));
+        block_on(store.write(vec![item(
+            x,
+            quarter_hours(ts("2026-11-26T10:00:00Z"), 8, 1000, 50),
+        )]))
+        .expect("write");
+        store.close().expect("close");
+    }
+    // What a crash between the journal append and the erasure leaves behind.
+    meterstand_store::journal::SubjectJournal::open(&journal)
+        .expect("journal")
+        .append(meterstand_store::journal::JournalOp::erase(&[x]))
+        .expect("append");
+    let store = open_journalled(&data, &journal, &clock);
+    assert_eq!(store.replayed().len(), 1);
+    assert!(store.export(&[x]).expect("export").interval.is_empty());
+}

@@ -7,6 +7,7 @@
 mod clock;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod journal;
 mod mem;
 pub mod periods;
 mod types;
@@ -78,6 +79,13 @@ pub trait ReadingStore: Send + Sync + 'static {
 
     /// Whether the store is open and its writer alive.
     fn is_healthy(&self) -> bool;
+
+    /// The last subject-journal entry this store has applied (0: none); a backup carries
+    /// the value of its moment, so a restore knows which erasures to redo.
+    fn journal_watermark(&self) -> Result<u64, StoreError>;
+
+    /// Records (durably) that the journal entry `seq` has been applied.
+    fn set_journal_watermark(&self, seq: u64) -> Result<(), StoreError>;
 }
 
 /// Ingest's side: the durable write, async because it waits for a group commit.

@@ -47,6 +47,7 @@ pub struct MemStore {
     calendar: Calendar,
     clock: Arc<dyn Clock>,
     pause: Mutex<Option<Pause>>,
+    watermark: std::sync::atomic::AtomicU64,
     fail_writes: std::sync::atomic::AtomicU32,
 }
 
@@ -67,6 +68,7 @@ impl MemStore {
             calendar: Calendar::amsterdam(),
             clock,
             pause: Mutex::new(None),
+            watermark: std::sync::atomic::AtomicU64::new(0),
             fail_writes: std::sync::atomic::AtomicU32::new(0),
         }
     }
@@ -444,5 +446,15 @@ impl ReadingStore for MemStore {
 
     fn is_healthy(&self) -> bool {
         true
+    }
+
+    fn journal_watermark(&self) -> Result<u64, StoreError> {
+        Ok(self.watermark.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    fn set_journal_watermark(&self, seq: u64) -> Result<(), StoreError> {
+        self.watermark
+            .store(seq, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 }

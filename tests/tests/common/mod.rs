@@ -209,6 +209,12 @@ impl ServiceDirs {
                 config.push_str(&format!("hash = \"sha256:{digest}\"\n"));
             }
         }
+        // The journal and backups belong next to the data, inside the test's directory.
+        config.push_str(&format!(
+            "[store]\njournal = \"{}\"\n[backup]\ndir = \"{}\"\n",
+            root.join("subject-journal.jsonl").display(),
+            root.join("backups").display()
+        ));
         let config_path = root.join("meterstand.toml");
         std::fs::write(&config_path, config).expect("config");
         ServiceDirs {
