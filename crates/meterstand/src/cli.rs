@@ -178,6 +178,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: ConfigCommand::Check,
         } => {
             let config = Config::load(cli.config.as_deref(), &env)?;
+            // Refuse here what `run` would refuse (an open key file, a token file readable
+            // by others), not only what the config text says.
+            config.preflight(&env)?;
             println!("# effective configuration (secrets redacted)");
             println!("# key file: {}", config.key_file(&env).display());
             print!("{}", config.redacted_toml());

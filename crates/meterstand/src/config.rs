@@ -32,7 +32,8 @@ pub struct Config {
     pub log: LogSection,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `Debug` is written by hand: it redacts the password.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
     pub embedded: bool,
@@ -195,6 +196,32 @@ pub struct LogSection {
 pub enum LogFormat {
     Plain,
     Json,
+}
+
+impl std::fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("embedded", &self.embedded)
+            .field("url", &self.url)
+            .field("client_id", &self.client_id)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("share_group", &self.share_group)
+            .field("username", &self.username)
+            .field(
+                "password",
+                &if self.password.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
+            .field("keep_alive", &self.keep_alive)
+            .field("protocol", &self.protocol)
+            .finish()
+    }
 }
 
 /// Durations as humantime text ("13months", "20ms") in both directions.
@@ -579,6 +606,28 @@ impl Config {
         self.retention.erasure_hold.iter().copied().collect()
     }
 
+    /// What `run` checks before it starts, so that `config check` refuses the same: the key
+    /// file loads (owner-only, owned by this user, outside the data directory) and every API
+    /// token is usable.
+    pub fn preflight(&self, env: &BTreeMap<String, String>) -> anyhow::Result<()> {
+        let key_file = self.key_file(env);
+        if inside(&key_file, &self.store.path) {
+            anyhow::bail!(
+                "key file {} lies inside store.path {}: a copy of the data would carry the key that links it to people; move it out",
+                key_file.display(),
+                self.store.path.display()
+            );
+        }
+        meterstand_pseudonym::KeyRing::load(&key_file).with_context(|| {
+            format!(
+                "loading the master key (create one with `meterstand keygen --out {}`)",
+                key_file.display()
+            )
+        })?;
+        self.token_table()?;
+        Ok(())
+    }
+
     /// The key file: `METERSTAND_KEY_FILE` wins over `keys.file`.
     pub fn key_file(&self, env: &BTreeMap<String, String>) -> PathBuf {
         env.get(KEY_FILE_ENV)
@@ -847,6 +896,32 @@ mod tests {
             text.contains("api.listen") && text.contains("METERSTAND__API__LISTEN"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn debug_never_shows_the_broker_password() {
+        let mut c = Config::load(None, &BTreeMap::new()).expect("defaults");
+        c.broker.password = "hunter2".into();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_key_file_inside_the_data_directory_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let key = data.join("master.key");
+        std::fs::create_dir_all(&data).expect("dir");
+        meterstand_pseudonym::KeyRing::generate()
+            .expect("key")
+            .create(&key)
+            .expect("write");
+        let env = env(&[
+            ("METERSTAND__STORE__PATH", data.to_str().expect("utf-8")),
+            ("METERSTAND_KEY_FILE", key.to_str().expect("utf-8")),
+        ]);
+        let c = Config::load(None, &env).expect("valid");
+        let text = format!("{:#}", c.preflight(&env).expect_err("inside"));
+        assert!(text.contains("inside store.path"), "{text}");
     }
 
     #[test]

@@ -131,6 +131,7 @@ impl std::fmt::Debug for Service {
 
 impl Service {
     pub async fn start(config: &Config, env: &BTreeMap<String, String>) -> anyhow::Result<Service> {
+        config.preflight(env)?;
         let key_file = config.key_file(env);
         let ring = KeyRing::load(&key_file).with_context(|| {
             format!(

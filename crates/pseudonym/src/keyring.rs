@@ -34,6 +34,10 @@ pub enum KeyError {
         "key file {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}` and start again"
     )]
     TooOpen { path: PathBuf, mode: u32 },
+    #[error(
+        "key file {path} belongs to user {owner}, not to the user running meterstand ({us}); run `chown` on it or run as its owner"
+    )]
+    WrongOwner { path: PathBuf, owner: u32, us: u32 },
     #[error("key file {path} line {line}: expected `v<version> <64 hex digits>`")]
     Format { path: PathBuf, line: usize },
     #[error("key file {path} holds no key")]
@@ -182,6 +186,18 @@ fn check_private(path: &Path) -> Result<(), KeyError> {
         return Err(KeyError::TooOpen {
             path: path.to_owned(),
             mode,
+        });
+    }
+    // Someone else's key file (even 0600) could be swapped by its owner; /proc/self is owned
+    // by the effective user of this process.
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(us) = std::fs::metadata("/proc/self").map(|m| m.uid())
+        && meta.uid() != us
+    {
+        return Err(KeyError::WrongOwner {
+            path: path.to_owned(),
+            owner: meta.uid(),
+            us,
         });
     }
     Ok(())

@@ -26,10 +26,19 @@ pub(crate) const CF_METERS: &str = "meters";
 pub(crate) const CF_TOMBSTONES: &str = "tombstones";
 /// Bookkeeping of the store itself (no connection data).
 pub(crate) const CF_META: &str = "meta";
+/// Readings whose block could not be decoded: block key ‖ slot (u32 BE) → value (u64 BE),
+/// kept for an operator to repair from; erased and expired like the tiers.
+pub(crate) const CF_QUARANTINE: &str = "quarantine";
 
 /// Every column family that holds data of a connection, tiers first.
-pub(crate) const CONNECTION_CFS: [&str; 5] =
-    ["interval", "day", "month", CF_CONNECTIONS, CF_METERS];
+pub(crate) const CONNECTION_CFS: [&str; 6] = [
+    "interval",
+    "day",
+    "month",
+    CF_CONNECTIONS,
+    CF_METERS,
+    CF_QUARANTINE,
+];
 
 pub(crate) fn tier_cf_name(tier: Tier) -> &'static str {
     tier.as_str()
@@ -202,13 +211,28 @@ pub(crate) fn open_shared(
             tier_options(tier, &config, horizons.clone()),
         ));
     }
-    for name in [CF_CONNECTIONS, CF_METERS, CF_TOMBSTONES, CF_META] {
+    for name in [
+        CF_CONNECTIONS,
+        CF_METERS,
+        CF_TOMBSTONES,
+        CF_META,
+        CF_QUARANTINE,
+    ] {
         let mut o = Options::default();
         o.set_compression_type(rocksdb::DBCompressionType::None);
         cfs.push(ColumnFamilyDescriptor::new(name, o));
     }
-    std::fs::create_dir_all(&config.path)
-        .map_err(|e| StoreError::engine("creating the data directory", e))?;
+    // Owner only: the store holds pseudonymous personal data.
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.path)
+            .map_err(|e| StoreError::engine("creating the data directory", e))?;
+        std::fs::set_permissions(&config.path, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| StoreError::engine("restricting the data directory to its owner", e))?;
+    }
     let db = DB::open_cf_descriptors(&db_opts, &config.path, cfs)
         .map_err(engine("opening the database"))?;
 

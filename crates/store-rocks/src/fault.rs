@@ -14,6 +14,8 @@ pub enum FaultPoint {
     BlockRead(Tier),
     /// Writing a group's batch.
     GroupWrite,
+    /// Decoding a stored block of a tier (as if it were corrupt on disk).
+    BlockDecode(Tier),
 }
 
 impl FaultPoint {
@@ -21,17 +23,23 @@ impl FaultPoint {
         match self {
             FaultPoint::BlockRead(t) => t as usize,
             FaultPoint::GroupWrite => 3,
+            FaultPoint::BlockDecode(t) => 4 + t as usize,
         }
     }
 }
 
 /// Failures still to inject, per point.
 #[derive(Debug, Default)]
-pub(crate) struct Faults([AtomicU32; 4]);
+pub(crate) struct Faults([AtomicU32; 7]);
 
 impl Faults {
     pub(crate) fn arm(&self, point: FaultPoint, times: u32) {
         self.0[point.index()].store(times, Ordering::SeqCst);
+    }
+
+    /// Whether an armed failure of `point` fires now (consuming it).
+    pub(crate) fn fires(&self, point: FaultPoint) -> bool {
+        self.check(point).is_err()
     }
 
     pub(crate) fn check(&self, point: FaultPoint) -> Result<(), StoreError> {

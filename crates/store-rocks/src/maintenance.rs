@@ -8,8 +8,8 @@ use meterstand_store::{ErasureReceipt, Kept, StoreError, TierCounts};
 use rocksdb::{BottommostLevelCompaction, CompactOptions, WriteBatch};
 
 use crate::engine::{
-    CF_CONNECTIONS, CF_META, CF_METERS, CF_TOMBSTONES, CONNECTION_CFS, Shared, encode_connection,
-    engine, tier_cf_name, tombstone_key,
+    CF_CONNECTIONS, CF_META, CF_METERS, CF_QUARANTINE, CF_TOMBSTONES, CONNECTION_CFS, Shared,
+    encode_connection, engine, tier_cf_name, tombstone_key,
 };
 use crate::{layout, metrics};
 
@@ -127,6 +127,7 @@ pub(crate) fn erase(
     let connections_cf = shared.cf(CF_CONNECTIONS)?;
     let meters_cf = shared.cf(CF_METERS)?;
     let tombstones_cf = shared.cf(CF_TOMBSTONES)?;
+    let quarantine_cf = shared.cf(CF_QUARANTINE)?;
     for p in pseudonyms {
         if shared.connections.read().contains_key(p) {
             receipt.connection = 1;
@@ -142,6 +143,7 @@ pub(crate) fn erase(
         }
         it.status().map_err(engine("scanning meters"))?;
         batch.delete_range_cf(meters_cf, &start, &end);
+        batch.delete_range_cf(quarantine_cf, &start, &end);
     }
     shared
         .db

@@ -66,6 +66,12 @@ pub static EXPORTS: LazyLock<IntCounter> = LazyLock::new(|| {
         "Subject exports carried out.",
     )
 });
+pub static QUARANTINED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "meterstand_store_quarantined_readings_total",
+        "Readings bound for a block that cannot be decoded, set aside in the quarantine column family instead of failing their batch.",
+    )
+});
 pub static REKEYED: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
         "meterstand_store_rekeyed_connections_total",
@@ -132,6 +138,7 @@ pub fn init() {
         &EXPORTS,
         &BACKUPS,
         &REKEYED,
+        &QUARANTINED,
     ] {
         LazyLock::force(c);
     }

@@ -14,7 +14,7 @@ use rocksdb::{WriteBatch, WriteOptions};
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::{CF_CONNECTIONS, CF_METERS, Shared, encode_connection, engine};
+use crate::engine::{CF_CONNECTIONS, CF_METERS, CF_QUARANTINE, Shared, encode_connection, engine};
 use crate::fault::FaultPoint;
 use crate::layout::{self, MergeResult};
 use crate::sync::{Reply, SYNC_QUEUE, Written, sync_loop, sync_wal};
@@ -315,17 +315,42 @@ impl Writer {
         let fetched = shared
             .db
             .batched_multi_get_cf(cf, missing.iter().map(|k| &k[..]), true);
+        let mut corrupt: Vec<BlockKey> = Vec::new();
         for (key, old) in missing.iter().zip(fetched) {
-            let entries = match old.map_err(engine("reading blocks"))? {
-                Some(bytes) => {
-                    layout::decode_block(&bytes).ok_or(StoreError::Corrupt(tier.as_str()))?
+            match old.map_err(engine("reading blocks"))? {
+                Some(bytes) => match layout::decode_block(&bytes)
+                    .filter(|_| !shared.faults.fires(FaultPoint::BlockDecode(tier)))
+                {
+                    Some(entries) => {
+                        cache.insert(*key, entries);
+                    }
+                    // A stored block that cannot be decoded would fail this batch on every
+                    // retry: its readings go to quarantine instead, the block stays as it is
+                    // for repair, and the rest of the batch flows.
+                    None => corrupt.push(*key),
+                },
+                None => {
+                    cache.insert(*key, Vec::new());
                 }
-                None => Vec::new(),
-            };
-            cache.insert(*key, entries);
+            }
         }
+        let quarantine = shared.cf(CF_QUARANTINE)?;
         for run in touches.chunk_by(|a, b| a.key == b.key) {
             let key = run[0].key;
+            if corrupt.contains(&key) {
+                tracing::error!(
+                    tier = tier.as_str(),
+                    "a stored block cannot be decoded; its new readings are quarantined"
+                );
+                for t in run {
+                    let mut qkey = key.to_vec();
+                    qkey.extend_from_slice(&t.slot.to_be_bytes());
+                    batch.put_cf(quarantine, qkey, t.value.to_be_bytes());
+                    outcomes[t.idx].quarantined += 1;
+                    metrics::QUARANTINED.inc();
+                }
+                continue;
+            }
             let entries = cache.entry(key).or_default();
             let mut changed = false;
             for t in run {

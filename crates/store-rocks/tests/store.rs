@@ -351,3 +351,44 @@ fn an_interrupted_erasure_is_redone_at_open() {
     assert_eq!(store.replayed().len(), 1);
     assert!(store.export(&[x]).expect("export").interval.is_empty());
 }
+
+/// A stored block that cannot be decoded does not fail its batch forever: the readings
+/// bound for it are quarantined and counted, the rest of the batch and later batches flow.
+#[test]
+fn an_undecodable_block_quarantines_its_readings_and_the_rest_flows() {
+    let mut rocks = Rocks::new();
+    let clock = ManualClock::new(ts("2026-12-02T00:00:00Z"));
+    let store = rocks.open(&clock);
+    let (p, q) = (pseudo(70), pseudo(71));
+    for c in [p, q] {
+        put(&store, c, connection(ConsentLevel::Interval, "1234"));
+    }
+    block_on(store.write(vec![item(
+        p,
+        quarter_hours(ts("2026-11-26T10:00:00Z"), 2, 1000, 50),
+    )]))
+    .expect("first write");
+    // Flush the writer's cache (a sweep clears it), then make p's block undecodable.
+    store.sweep_retention().expect("sweep");
+    store.inject_fault(FaultPoint::BlockDecode(Tier::Interval), 1);
+    let out = block_on(store.write(vec![
+        item(p, quarter_hours(ts("2026-11-26T10:30:00Z"), 1, 1200, 50)),
+        item(q, quarter_hours(ts("2026-11-26T10:00:00Z"), 2, 1000, 50)),
+    ]))
+    .expect("the batch is not failed");
+    assert_eq!(
+        out.quarantined, 1,
+        "p's reading for the bad block is set aside"
+    );
+    assert_eq!(
+        out.stored.interval,
+        4 + 1,
+        "q's readings and p's other register flow"
+    );
+    let later = block_on(store.write(vec![item(
+        q,
+        quarter_hours(ts("2026-11-26T11:00:00Z"), 1, 1200, 50),
+    )]))
+    .expect("later batch");
+    assert_eq!(later.stored.interval, 2);
+}

@@ -66,6 +66,9 @@ pub struct WriteOutcome {
     pub duplicates: u64,
     /// Tier entries already stored with a different value (the first value is kept).
     pub conflicts: u64,
+    /// Tier entries bound for a stored block that cannot be decoded: set aside (quarantined)
+    /// so that the batch and the ones after it flow.
+    pub quarantined: u64,
 }
 
 impl WriteOutcome {
@@ -75,6 +78,7 @@ impl WriteOutcome {
         self.expired.merge(&other.expired);
         self.duplicates += other.duplicates;
         self.conflicts += other.conflicts;
+        self.quarantined += other.quarantined;
     }
 }
 

@@ -35,8 +35,11 @@ pub fn init_logging(format: LogFormat, default_filter: &str) -> Result<(), Telem
         _ => EnvFilter::try_new(default_filter)
             .map_err(|e| TelemetryError::Filter(default_filter.into(), e.to_string()))?,
     };
+    // Colour codes only for a person at a terminal: a file or journald gets plain text.
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Plain => builder.try_init(),
