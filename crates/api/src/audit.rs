@@ -76,8 +76,10 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for CallRecord {
 /// The action a route stands for.
 fn action_of(route: &str) -> Option<&'static str> {
     Some(match route {
+        "/v1/statistics" => action::STATISTICS_READ,
         "/v1/aggregates" => action::AGGREGATES_READ,
-        "/v1/series/{pseudonym}" => action::SERIES_READ,
+        "/v1/series" => action::SERIES_LIST,
+        "/v1/series/{analyst_id}" => action::SERIES_READ,
         "/v1/connections/{ean}" => action::CONNECTION_PUT,
         "/v1/subjects/{ean}/export" => action::SUBJECT_EXPORT,
         "/v1/subjects/{ean}" => action::SUBJECT_ERASE,
@@ -190,7 +192,11 @@ pub(crate) async fn audit_calls(
                     .with_label_values(&[identity.id.as_str(), action])
                     .inc();
             }
-            if let (Some(rows), action::AGGREGATES_READ | action::SERIES_READ) = (rows, action) {
+            if let (
+                Some(rows),
+                action::STATISTICS_READ | action::SERIES_LIST | action::SERIES_READ,
+            ) = (rows, action)
+            {
                 metrics::ROWS_RETURNED
                     .with_label_values(&[identity.id.as_str()])
                     .inc_by(rows);

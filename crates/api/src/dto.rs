@@ -72,18 +72,17 @@ impl utoipa::PartialSchema for TimeOrDate {
 
 impl ToSchema for TimeOrDate {}
 
-/// Query of `GET /v1/aggregates` (for the document; the handler reads the query itself so
+/// Query of `GET /v1/statistics` (for the document; the handler reads the query itself so
 /// that no error repeats what was sent).
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct AggregateParams {
+pub struct StatisticsParams {
     /// First period start, inclusive: an RFC 3339 time or a local date (`2026-11-01`).
     #[param(value_type = TimeOrDate, inline)]
     pub from: String,
     /// End, exclusive: an RFC 3339 time or a local date. The range is bounded per
-    /// granularity (`api.max_range_*`, by default 93 days of intervals, 3 years of days,
-    /// 10 years of months).
+    /// granularity (`api.max_range_*`).
     #[param(value_type = TimeOrDate, inline)]
     pub to: String,
     /// `interval`, `day` (default) or `month`.
@@ -92,9 +91,11 @@ pub struct AggregateParams {
     /// `import` (default), `export` or `gas`.
     #[param(value_type = Option<RegisterParam>, inline, default = "import")]
     pub register: Option<String>,
-    /// Comma-separated connection attributes: `postcode4`, `profile`; empty for one total.
+    /// The view of the published rows: `postcode4,profile` (the rows themselves),
+    /// `postcode4`, `region`, `profile`, or empty for the total. Every view row is a sum of
+    /// published rows.
     #[param(
-        pattern = "^((postcode4|profile)(,(postcode4|profile))?)?$",
+        pattern = "^((postcode4|profile)(,(postcode4|profile))?|region)?$",
         max_length = 17
     )]
     pub group_by: Option<String>,
@@ -103,7 +104,7 @@ pub struct AggregateParams {
     pub format: Option<String>,
 }
 
-impl AggregateParams {
+impl StatisticsParams {
     pub const NAMES: [&'static str; 6] = [
         "from",
         "to",
@@ -114,7 +115,7 @@ impl AggregateParams {
     ];
 }
 
-/// Query of `GET /v1/series/{pseudonym}`.
+/// Query of `GET /v1/series/{analyst_id}`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -154,32 +155,47 @@ impl ExportParams {
     pub const NAMES: [&'static str; 1] = ["format"];
 }
 
+/// Frozen statistics: for each period, the published rows (or a view of them, each a sum
+/// of published rows) of at least `k` connections.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct AggregateResponse {
+pub struct StatisticsResponse {
     /// `Wh` for electricity, `dm3` for gas.
     pub unit: String,
     pub granularity: String,
     pub register: String,
-    pub group_by: Vec<String>,
-    pub rows: Vec<AggregateRow>,
-    pub suppressed_cells: u64,
+    /// The view's grouping, normalised: `postcode4,profile`, `postcode4`, `region`,
+    /// `profile` or empty.
+    pub group_by: String,
+    /// Every row counts at least this many connections.
+    pub min_group_size: u32,
+    /// Frozen periods in the range (periods not frozen yet, or before retention, are absent).
+    pub periods: u64,
+    pub rows: Vec<StatisticsRow>,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct AggregateRow {
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StatisticsRow {
     pub period_start: String,
-    /// The grouped attributes; null where a connection has none registered.
-    pub group: BTreeMap<String, Option<String>>,
-    /// Contributing connections; null when suppressed.
-    pub connections: Option<u64>,
-    /// Sum of consumption in `unit`; null when suppressed.
-    pub consumption: Option<u64>,
-    pub suppressed: bool,
+    /// What the row covers: `area` (a postcode4, a two-digit region, `unknown`, `rest` for
+    /// everyone not in another row of the period, or `*`) and/or `profile` (a profile,
+    /// `unknown`, or `*` for merged profiles), as the grouping has them.
+    pub group: BTreeMap<String, String>,
+    pub connections: u32,
+    /// Sum of consumption in `unit`.
+    pub consumption: u64,
+}
+
+/// The analyst ids of the connections whose series are open to analysis.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SeriesListResponse {
+    /// `a1-<32 hex>` each, sorted.
+    pub analyst_ids: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SeriesResponse {
-    pub pseudonym: String,
+    /// The series' analyst id (never the storage pseudonym).
+    pub analyst_id: String,
     pub unit: String,
     pub granularity: String,
     pub register: String,
@@ -206,7 +222,8 @@ pub struct ConnectionBody {
     #[schema(pattern = "^[A-Za-z0-9]{1,8}$", min_length = 1, max_length = 8)]
     pub profile: Option<String>,
     /// `false` when the customer objected to analytical use: the connection keeps its
-    /// billing readings but leaves aggregates, series and statistics. Default `true`.
+    /// billing readings but leaves series and every statistic computed afterwards.
+    /// Default `true`.
     #[schema(default = true)]
     #[serde(default)]
     pub analytics: Option<bool>,

@@ -3,6 +3,7 @@
 //! then asks the store on a blocking thread. What a call touched is noted in its
 //! [`CallRecord`]; the audit layer writes the line whatever the outcome.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use axum::body::Body;
@@ -11,8 +12,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use meterstand_model::{Connection, ConsentLevel, Ean, Postcode4, Profile, Tier};
-use meterstand_pseudonym::Pseudonym;
-use meterstand_store::AggregateQuery;
+use meterstand_pseudonym::{AnalystId, Pseudonym, Pseudonymiser};
+use meterstand_statistics::GroupBy;
+use meterstand_store::ReadingStore;
 
 use crate::ApiState;
 use crate::audit::CallRecord;
@@ -20,7 +22,6 @@ use crate::auth::{Caller, Role};
 use crate::dto::*;
 use crate::error::{ApiError, ErrorBody};
 use crate::input::{self, QueryParams, RawQuery};
-use crate::kanon;
 use crate::params::{self, Format};
 
 /// A path segment that could not be decoded; its text is not repeated.
@@ -50,141 +51,209 @@ fn csv_response(
     Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response())
 }
 
-/// Consumption per period and group over all connections, k-anonymised.
+/// The group of a view row, keyed as the grouping names it.
+fn group_of(row: &meterstand_statistics::Row, g: GroupBy) -> BTreeMap<String, String> {
+    let mut group = BTreeMap::new();
+    if matches!(g, GroupBy::Row | GroupBy::Postcode4 | GroupBy::Region) {
+        group.insert("area".to_string(), row.area.to_string());
+    }
+    if matches!(g, GroupBy::Row | GroupBy::Profile) {
+        group.insert("profile".to_string(), row.profile.to_string());
+    }
+    group
+}
+
+/// Frozen statistics: per period the published rows of at least `k` connections, or a
+/// view of them (every view row a sum of whole published rows).
 #[utoipa::path(
-    get, path = "/v1/aggregates", tag = "analyst",
-    params(AggregateParams),
+    get, path = "/v1/statistics", tag = "analyst",
+    params(StatisticsParams),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Consumption per period and group; small cells suppressed",
-            content((AggregateResponse = "application/json"), (String = "text/csv"))),
+        (status = 200, description = "Frozen statistics per period and group; every row counts at least privacy.min_group_size connections",
+            content((StatisticsResponse = "application/json"), (String = "text/csv"))),
         (status = 400, description = "Bad parameter or range too large", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Role is not analyst", body = ErrorBody),
     )
 )]
-pub async fn aggregates(
+pub async fn statistics(
     State(st): State<ApiState>,
     caller: Caller,
     record: CallRecord,
     q: RawQuery,
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Analyst])?;
-    let q = QueryParams::parse(q, &AggregateParams::NAMES)?;
+    let q = QueryParams::parse(q, &StatisticsParams::NAMES)?;
     let tier = params::granularity(q.get("granularity"))?;
     record.param("granularity", tier.as_str());
     let kind = params::register(q.get("register"))?;
     record.param("register", kind.as_str());
     let group_by = params::group_by(q.get("group_by"))?;
-    record.param("group_by", params::group_by_text(group_by));
+    record.param("group_by", group_by.as_str());
     let format = params::format(q.get("format"))?;
     record.param("format", format.as_str());
     let (from, to) = params::range(&q, tier, st.calendar(), &st.config().max_range)?;
     record.param("from", from.to_string());
     record.param("to", to.to_string());
     let _permit = st.permit()?;
-    let query = AggregateQuery {
-        kind,
-        tier,
-        from,
-        to,
-        group_by,
-    };
-    let cells = st.blocking(move |b| b.aggregate(&query)).await??;
-    let released = kanon::suppress(cells, u64::from(st.config().min_group_size));
-    let mut names = Vec::new();
-    if group_by.postcode4 {
-        names.push("postcode4".to_string());
+    let periods = st
+        .blocking(move |b| b.statistics(tier, kind, from, to))
+        .await??;
+    let mut rows = Vec::new();
+    for period in &periods {
+        let start = period.key.period_start.to_string();
+        for row in meterstand_statistics::view(&period.rows, group_by) {
+            rows.push(StatisticsRow {
+                period_start: start.clone(),
+                group: group_of(&row, group_by),
+                connections: row.connections,
+                consumption: row.consumption,
+            });
+        }
     }
-    if group_by.profile {
-        names.push("profile".to_string());
-    }
-    let rows: Vec<AggregateRow> = released
-        .into_iter()
-        .map(|r| {
-            let mut group = std::collections::BTreeMap::new();
-            if group_by.postcode4 {
-                group.insert("postcode4".into(), r.group.postcode4.map(|p| p.to_string()));
-            }
-            if group_by.profile {
-                group.insert(
-                    "profile".into(),
-                    r.group.profile.as_ref().map(|p| p.as_str().to_string()),
-                );
-            }
-            AggregateRow {
-                period_start: r.period_start.to_string(),
-                group,
-                connections: r.cell.map(|c| c.0),
-                consumption: r.cell.map(|c| c.1),
-                suppressed: r.cell.is_none(),
-            }
-        })
-        .collect();
-    let suppressed_cells = rows.iter().filter(|r| r.suppressed).count() as u64;
     record.rows(rows.len() as u64);
-    let response = AggregateResponse {
+    let response = StatisticsResponse {
         unit: kind.stored_unit().to_string(),
         granularity: tier.as_str().to_string(),
         register: kind.as_str().to_string(),
-        group_by: names,
+        group_by: group_by.as_str().to_string(),
+        min_group_size: st.config().min_group_size,
+        periods: periods.len() as u64,
         rows,
-        suppressed_cells,
     };
     match format {
         Format::Json => Ok(axum::Json(response).into_response()),
         Format::Csv => csv_response(|w| {
-            let mut header = vec!["period_start"];
-            header.extend(response.group_by.iter().map(String::as_str));
-            header.extend(["connections", "consumption", "suppressed", "unit"]);
-            w.write_record(&header)?;
+            w.write_record([
+                "period_start",
+                "area",
+                "profile",
+                "connections",
+                "consumption",
+                "unit",
+            ])?;
             for row in &response.rows {
-                let mut rec = vec![row.period_start.clone()];
-                for name in &response.group_by {
-                    rec.push(row.group.get(name).cloned().flatten().unwrap_or_default());
-                }
-                rec.push(row.connections.map(|n| n.to_string()).unwrap_or_default());
-                rec.push(row.consumption.map(|n| n.to_string()).unwrap_or_default());
-                rec.push(row.suppressed.to_string());
-                rec.push(response.unit.clone());
-                w.write_record(&rec)?;
+                let field = |name: &str| row.group.get(name).cloned().unwrap_or_default();
+                w.write_record([
+                    row.period_start.clone(),
+                    field("area"),
+                    field("profile"),
+                    row.connections.to_string(),
+                    row.consumption.to_string(),
+                    response.unit.clone(),
+                ])?;
             }
             Ok(())
         }),
     }
 }
 
-/// One pseudonymous connection's consumption per period.
+/// Retired: per-query suppression could be combined into answers about one household.
+/// Analysts read `/v1/statistics`, the one safe way to ask.
 #[utoipa::path(
-    get, path = "/v1/series/{pseudonym}", tag = "analyst",
-    params(("pseudonym" = String, Path, description = "A pseudonym, e.g. v1-<32 hex>", pattern = "^v[0-9]{1,5}-[0-9a-f]{32}$"), SeriesParams),
+    get, path = "/v1/aggregates", tag = "analyst",
+    security(("bearer" = [])),
+    responses(
+        (status = 410, description = "Retired; use /v1/statistics", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Role is not analyst", body = ErrorBody),
+    )
+)]
+pub async fn aggregates(caller: Caller) -> Result<Response, ApiError> {
+    caller.require(&[Role::Analyst])?;
+    Err(ApiError::new(
+        StatusCode::GONE,
+        "retired",
+        "/v1/aggregates is retired; use /v1/statistics",
+    ))
+}
+
+/// The storage pseudonym behind an analyst id, if its series is open to analysis: not
+/// erased, consent not `off`, no objection. Found by deriving the analyst id of every
+/// pseudonym held (one keyed hash each), never by inverting it.
+fn open_series(
+    b: &dyn ReadingStore,
+    ps: &Pseudonymiser,
+    wanted: Option<AnalystId>,
+) -> Result<Vec<(AnalystId, Pseudonym)>, meterstand_store::StoreError> {
+    let mut out = Vec::new();
+    for p in b.pseudonyms()? {
+        let Some(id) = ps.analyst_id(p) else { continue };
+        if wanted.is_some_and(|w| w != id) {
+            continue;
+        }
+        let connection = b.connection(p)?;
+        let open = connection
+            .as_ref()
+            .is_none_or(|c| c.analytics && c.consent != ConsentLevel::Off);
+        if open {
+            out.push((id, p));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The analyst ids of the series open to analysis: the only way to learn one.
+#[utoipa::path(
+    get, path = "/v1/series", tag = "analyst",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Analyst ids", body = SeriesListResponse),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Role is not analyst", body = ErrorBody),
+    )
+)]
+pub async fn series_list(
+    State(st): State<ApiState>,
+    caller: Caller,
+    record: CallRecord,
+    q: RawQuery,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Analyst])?;
+    QueryParams::parse(q, &[])?;
+    let _permit = st.permit()?;
+    let ps = st.pseudonymiser_arc();
+    let ids = st.blocking(move |b| open_series(b, &ps, None)).await??;
+    record.rows(ids.len() as u64);
+    Ok(axum::Json(SeriesListResponse {
+        analyst_ids: ids.iter().map(|(id, _)| id.to_string()).collect(),
+    })
+    .into_response())
+}
+
+/// One connection's consumption per period, by analyst id.
+#[utoipa::path(
+    get, path = "/v1/series/{analyst_id}", tag = "analyst",
+    params(("analyst_id" = String, Path, description = "An analyst id from GET /v1/series: a1-<32 hex>", pattern = "^a1-[0-9a-f]{32}$"), SeriesParams),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Consumption per period",
             content((SeriesResponse = "application/json"), (String = "text/csv"))),
-        (status = 400, description = "Bad pseudonym or parameter", body = ErrorBody),
+        (status = 400, description = "Not an analyst id, or a bad parameter", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Role is not analyst", body = ErrorBody),
-        (status = 404, description = "Nothing stored under this pseudonym", body = ErrorBody),
+        (status = 404, description = "No series open to analysis under this id", body = ErrorBody),
     )
 )]
 pub async fn series(
     State(st): State<ApiState>,
     caller: Caller,
     record: CallRecord,
-    pseudonym: Result<Path<String>, PathRejection>,
+    analyst_id: Result<Path<String>, PathRejection>,
     q: RawQuery,
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Analyst])?;
-    let bad_pseudonym = || {
+    let bad_id = || {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            "bad_pseudonym",
-            "a pseudonym looks like v1-<32 hex digits>",
+            "bad_analyst_id",
+            "an analyst id looks like a1-<32 hex digits>; GET /v1/series lists them",
         )
     };
-    let p = Pseudonym::from_str(&path_segment(pseudonym).map_err(|_| bad_pseudonym())?)
-        .map_err(|_| bad_pseudonym())?;
+    let id = AnalystId::from_str(&path_segment(analyst_id).map_err(|_| bad_id())?)
+        .map_err(|_| bad_id())?;
     let q = QueryParams::parse(q, &SeriesParams::NAMES)?;
     let tier = params::granularity(q.get("granularity"))?;
     record.param("granularity", tier.as_str());
@@ -196,21 +265,26 @@ pub async fn series(
     record.param("from", from.to_string());
     record.param("to", to.to_string());
     let _permit = st.permit()?;
-    record.subjects(&[p]);
-    let rows = st
+    let ps = st.pseudonymiser_arc();
+    let found = st
         .blocking(move |b| {
-            // A connection that objected to analytics is not there for analysts.
-            let objected = b.connection(p)?.is_some_and(|c| !c.analytics);
-            if objected || !b.knows(p)? {
+            let Some((_, p)) = open_series(b, &ps, Some(id))?.into_iter().next() else {
                 return Ok(None);
-            }
-            b.series(p, kind, tier, from, to).map(Some)
+            };
+            b.series(p, kind, tier, from, to)
+                .map(|rows| Some((p, rows)))
         })
-        .await??
-        .ok_or_else(|| ApiError::not_found("nothing is stored under this pseudonym"))?;
+        .await??;
+    let Some((p, rows)) = found else {
+        return Err(ApiError::not_found(
+            "no series open to analysis under this analyst id",
+        ));
+    };
+    // The audit log names the subject by its storage pseudonym, like every other line.
+    record.subjects(&[p]);
     record.rows(rows.len() as u64);
     let response = SeriesResponse {
-        pseudonym: p.to_string(),
+        analyst_id: id.to_string(),
         unit: kind.stored_unit().to_string(),
         granularity: tier.as_str().to_string(),
         register: kind.as_str().to_string(),

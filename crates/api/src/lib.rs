@@ -1,4 +1,5 @@
-//! The HTTP API (DESIGN §4, §6): analyst aggregates with k-anonymity and pseudonymous series,
+//! The HTTP API (DESIGN §4, §6): analyst statistics (frozen, k-anonymous across queries)
+//! and series by analyst id,
 //! CRM connection registration, privacy-officer export and erasure, backups, health,
 //! readiness, metrics and `/openapi.json`. Bearer tokens carry roles; the token table can be
 //! replaced at runtime. Every call is audited in the hash-chained log of `meterstand-audit`.
@@ -13,7 +14,6 @@ pub mod dto;
 mod error;
 mod handlers;
 mod input;
-mod kanon;
 pub mod metrics;
 mod openapi;
 mod params;
@@ -55,7 +55,8 @@ pub trait Readiness: Send + Sync + 'static {
 /// Limits and privacy settings of the API.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
-    /// Aggregate cells with fewer contributing connections are suppressed.
+    /// `k`: every statistics row counts at least this many connections (the freeze job
+    /// applies it; the API reports it).
     pub min_group_size: u32,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
@@ -175,6 +176,9 @@ impl ApiState {
     pub(crate) fn pseudonymiser(&self) -> &Pseudonymiser {
         &self.inner.pseudonymiser
     }
+    pub(crate) fn pseudonymiser_arc(&self) -> Arc<Pseudonymiser> {
+        self.inner.pseudonymiser.clone()
+    }
     pub(crate) fn audit_log(&self) -> &AuditLog {
         &self.inner.audit
     }
@@ -228,8 +232,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_endpoint))
         .route("/openapi.json", get(openapi))
+        .route("/v1/statistics", get(handlers::statistics))
         .route("/v1/aggregates", get(handlers::aggregates))
-        .route("/v1/series/{pseudonym}", get(handlers::series))
+        .route("/v1/series", get(handlers::series_list))
+        .route("/v1/series/{analyst_id}", get(handlers::series))
         .route("/v1/connections/{ean}", put(handlers::put_connection))
         .route("/v1/subjects/{ean}/export", get(handlers::export))
         .route("/v1/subjects/{ean}", delete(handlers::erase))

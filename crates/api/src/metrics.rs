@@ -1,5 +1,5 @@
 //! API metrics. Every label is bounded: routes are the matched templates
-//! (`/v1/series/{pseudonym}`) or `unmatched`, never raw paths; methods are the known ones or
+//! (`/v1/series/{analyst_id}`) or `unmatched`, never raw paths; methods are the known ones or
 //! `other`; refusal reasons and audit actions are fixed sets; token labels are configured
 //! token ids (few, chosen by the operator, never the secret).
 
@@ -71,23 +71,27 @@ pub static TOKEN_NEW_ADDRESS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 /// Every route with its method, for exporting each series from the start.
-pub const ROUTES: [(&str, &str); 10] = [
+pub const ROUTES: [(&str, &str); 12] = [
     ("/healthz", "GET"),
     ("/readyz", "GET"),
     ("/metrics", "GET"),
     ("/openapi.json", "GET"),
+    ("/v1/statistics", "GET"),
     ("/v1/aggregates", "GET"),
-    ("/v1/series/{pseudonym}", "GET"),
+    ("/v1/series", "GET"),
+    ("/v1/series/{analyst_id}", "GET"),
     ("/v1/connections/{ean}", "PUT"),
     ("/v1/subjects/{ean}/export", "GET"),
     ("/v1/subjects/{ean}", "DELETE"),
     ("/v1/backups", "POST"),
 ];
-const STATUSES: [&str; 10] = [
-    "200", "400", "401", "403", "404", "408", "413", "415", "500", "503",
+const STATUSES: [&str; 11] = [
+    "200", "400", "401", "403", "404", "408", "410", "413", "415", "500", "503",
 ];
-pub const AUDIT_ACTIONS: [&str; 8] = [
+pub const AUDIT_ACTIONS: [&str; 10] = [
+    meterstand_audit::action::STATISTICS_READ,
     meterstand_audit::action::AGGREGATES_READ,
+    meterstand_audit::action::SERIES_LIST,
     meterstand_audit::action::SERIES_READ,
     meterstand_audit::action::CONNECTION_PUT,
     meterstand_audit::action::SUBJECT_EXPORT,

@@ -13,14 +13,16 @@ use crate::handlers;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "meterstand", description = "Pseudonymised smart-meter readings: aggregates, series, connections, data-subject requests."),
+    info(title = "meterstand", description = "Pseudonymised smart-meter readings: frozen statistics, series by analyst id, connections, data-subject requests."),
     paths(
         crate::healthz, crate::readyz, crate::metrics_endpoint, crate::openapi,
-        handlers::aggregates, handlers::series, handlers::put_connection,
+        handlers::statistics, handlers::aggregates, handlers::series_list, handlers::series,
+        handlers::put_connection,
         handlers::export, handlers::erase, handlers::backup,
     ),
     components(schemas(
-        AggregateResponse, AggregateRow, SeriesResponse, SeriesRowOut, ConnectionBody,
+        StatisticsResponse, StatisticsRow, SeriesListResponse, SeriesResponse, SeriesRowOut,
+        ConnectionBody,
         ConnectionOut, ConnectionResponse, ExportResponse, ExportReadings, ReadingOut,
         ReceiptOut, DeletedOut, KeptOut, BackupRequest, BackupResponse, ErrorBody, ErrorDetail,
         GranularityParam, RegisterParam, FormatParam, ConsentParam,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use meterstand_model::{Calendar, RegisterKind, Tier};
-use meterstand_store::GroupBy;
+use meterstand_statistics::GroupBy;
 
 use crate::error::ApiError;
 use crate::input::QueryParams;
@@ -60,6 +60,9 @@ pub fn format(text: Option<&str>) -> Result<Format, ApiError> {
     match text.unwrap_or("json") {
         "json" => Ok(Format::Json),
         "csv" => Ok(Format::Csv),
+        "parquet" => Err(ApiError::bad_request(
+            "format parquet is not available in this build; format must be json or csv",
+        )),
         _ => Err(ApiError::bad_request("format must be json or csv")),
     }
 }
@@ -74,30 +77,24 @@ pub fn register(text: Option<&str>) -> Result<RegisterKind, ApiError> {
         .map_err(|_| ApiError::bad_request("register must be import, export or gas"))
 }
 
+const GROUP_BY: &str = "group_by must be empty, postcode4, profile, postcode4,profile or region";
+
+/// The view of the published rows a query asks for.
 pub fn group_by(text: Option<&str>) -> Result<GroupBy, ApiError> {
-    let mut g = GroupBy::default();
+    let (mut postcode4, mut profile, mut region) = (false, false, false);
     for part in text.unwrap_or("").split(',').map(str::trim) {
         match part {
             "" => {}
-            "postcode4" => g.postcode4 = true,
-            "profile" => g.profile = true,
-            _ => {
-                return Err(ApiError::bad_request(
-                    "group_by accepts only postcode4 and profile, comma-separated",
-                ));
-            }
+            "postcode4" => postcode4 = true,
+            "profile" => profile = true,
+            "region" => region = true,
+            _ => return Err(ApiError::bad_request(GROUP_BY)),
         }
     }
-    Ok(g)
-}
-
-/// The normalised text of a grouping, for the audit line.
-pub fn group_by_text(g: GroupBy) -> &'static str {
-    match (g.postcode4, g.profile) {
-        (false, false) => "",
-        (true, false) => "postcode4",
-        (false, true) => "profile",
-        (true, true) => "postcode4,profile",
+    match (region, postcode4, profile) {
+        (true, false, false) => Ok(GroupBy::Region),
+        (true, _, _) => Err(ApiError::bad_request(GROUP_BY)),
+        (false, p, q) => Ok(GroupBy::from_fields(p, q)),
     }
 }
 
@@ -189,12 +186,11 @@ mod tests {
     fn group_by_is_limited_to_connection_attributes() {
         assert_eq!(
             group_by(Some("postcode4,profile")).expect("ok"),
-            GroupBy {
-                postcode4: true,
-                profile: true
-            }
+            GroupBy::Row
         );
+        assert_eq!(group_by(Some("region")).expect("ok"), GroupBy::Region);
+        assert!(group_by(Some("region,profile")).is_err());
         assert!(group_by(Some("pseudonym")).is_err());
-        assert_eq!(group_by(None).expect("ok"), GroupBy::default());
+        assert_eq!(group_by(None).expect("ok"), GroupBy::Total);
     }
 }

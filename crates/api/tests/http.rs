@@ -202,6 +202,32 @@ impl Server {
         .expect("put");
     }
 
+    /// The analyst id of a storage pseudonym (what `GET /v1/series` lists).
+    fn analyst(&self, p: meterstand_pseudonym::Pseudonym) -> String {
+        self.pseudonymiser
+            .analyst_id(p)
+            .expect("known key version")
+            .to_string()
+    }
+
+    /// Runs the freeze job as the service does, 48 h settle, looking back far enough for
+    /// the November days these tests write (the clock stands at 2026-11-20).
+    fn freeze(&self) {
+        let store = self.store.clone();
+        tokio::task::block_in_place(|| {
+            meterstand_store::freeze::run(
+                store.as_ref(),
+                &self.calendar,
+                &meterstand_store::freeze::FreezeConfig {
+                    lookback: Duration::from_secs(60 * 86_400),
+                    ..Default::default()
+                },
+                NOW.parse().expect("now"),
+            )
+            .expect("freeze");
+        });
+    }
+
     fn dir(&self) -> &std::path::Path {
         self._dir.path()
     }
@@ -221,7 +247,7 @@ impl Drop for Server {
     }
 }
 
-const AGG: &str = "/v1/aggregates?from=2026-11-01&to=2026-11-04&granularity=day&register=import";
+const AGG: &str = "/v1/statistics?from=2026-11-01&to=2026-11-04&granularity=day&register=import";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_admits_exactly_its_roles() {
@@ -230,7 +256,7 @@ async fn every_endpoint_admits_exactly_its_roles() {
     s.register(&e, ConsentLevel::Daily, 1000, "E1A");
     s.write_days(&e, &[1, 2], 1_000_000, 0).await;
     let p = s.pseudonymiser.ean(&e);
-    let series = format!("/v1/series/{p}?from=2026-11-01&to=2026-11-03");
+    let series = format!("/v1/series/{}?from=2026-11-01&to=2026-11-03", s.analyst(p));
     let conn = format!("/v1/connections/{}", ean(2).expose());
     let export = format!("/v1/subjects/{}/export", e.expose());
     let erase = format!("/v1/subjects/{}", ean(3).expose());
@@ -283,9 +309,9 @@ async fn every_endpoint_admits_exactly_its_roles() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aggregates_suppress_groups_under_the_minimum_size() {
+async fn statistics_publish_frozen_rows_of_at_least_k() {
     let s = Server::start(ApiConfig::default()).await;
-    // 10 connections in 1000, 9 in 2000, 9 in 3000: the two nines hide each other.
+    // 10 connections in 1000, 9 in 2000, 9 in 3000: the nines merge into the remainder.
     let mut n = 0;
     for (postcode, count) in [(1000u16, 10u64), (2000, 9), (3000, 9)] {
         for i in 0..count {
@@ -295,46 +321,55 @@ async fn aggregates_suppress_groups_under_the_minimum_size() {
             s.write_days(&e, &[1, 2, 3, 4], 5_000_000 * n, i).await;
         }
     }
+    let query = format!("{AGG}&group_by=postcode4");
+    let v = s.json(Method::GET, &query, Role::Analyst, None).await;
+    assert_eq!(v["rows"], json!([]), "nothing is frozen yet");
+    s.freeze();
+    let v = s.json(Method::GET, &query, Role::Analyst, None).await;
+    assert_eq!(v["unit"], "Wh");
+    assert_eq!(v["periods"], 3);
+    let rows = v["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 6, "3 days x (1000, rest): {v}");
+    for row in rows {
+        match row["group"]["area"].as_str().expect("area") {
+            "1000" => {
+                assert_eq!(row["connections"], 10);
+                // 10 connections x (10 kWh + i Wh), i = 0..9: 100 kWh + 45 Wh.
+                assert_eq!(row["consumption"], 100_045);
+            }
+            "rest" => assert_eq!(row["connections"], 18),
+            other => panic!("unexpected area {other}: {v}"),
+        }
+    }
+    // The rows themselves say what they cover.
     let v = s
         .json(
             Method::GET,
-            &format!("{AGG}&group_by=postcode4"),
+            &format!("{AGG}&group_by=postcode4,profile"),
             Role::Analyst,
             None,
         )
         .await;
-    assert_eq!(v["unit"], "Wh");
-    let rows = v["rows"].as_array().expect("rows");
-    assert_eq!(rows.len(), 9, "3 days x 3 postcodes: {v}");
-    for row in rows {
-        let pc = row["group"]["postcode4"].as_str().expect("postcode");
-        if pc == "1000" {
-            assert_eq!(row["suppressed"], false);
-            assert_eq!(row["connections"], 10);
-            // 10 connections x (10 kWh + i Wh), i = 0..9: 100 kWh + 45 Wh.
-            assert_eq!(row["consumption"], 100_045);
-        } else {
-            assert_eq!(row["suppressed"], true, "{row}");
-            assert!(row["connections"].is_null() && row["consumption"].is_null());
-        }
-    }
-    assert_eq!(v["suppressed_cells"], 6);
-
-    // Without grouping, one cell of 28 connections per day.
+    assert_eq!(
+        v["rows"][0]["group"],
+        json!({"area": "1000", "profile": "E1A"})
+    );
+    assert_eq!(
+        v["rows"][1]["group"],
+        json!({"area": "rest", "profile": "*"})
+    );
+    // Without grouping, one row of 28 connections per day.
     let v = s.json(Method::GET, AGG, Role::Analyst, None).await;
     let rows = v["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), 3);
-    assert!(
-        rows.iter()
-            .all(|r| r["connections"] == 28 && r["suppressed"] == false)
-    );
+    assert!(rows.iter().all(|r| r["connections"] == 28));
     assert_eq!(rows[0]["group"], json!({}));
 
-    // CSV has the same columns.
+    // CSV has the same figures.
     let (status, csv) = s
         .call(
             Method::GET,
-            &format!("{AGG}&group_by=postcode4&format=csv"),
+            &format!("{query}&format=csv"),
             Some(Role::Analyst),
             None,
         )
@@ -343,10 +378,20 @@ async fn aggregates_suppress_groups_under_the_minimum_size() {
     let mut lines = csv.lines();
     assert_eq!(
         lines.next(),
-        Some("period_start,postcode4,connections,consumption,suppressed,unit")
+        Some("period_start,area,profile,connections,consumption,unit")
     );
-    assert!(csv.contains(",1000,10,100045,false,Wh"));
-    assert!(csv.contains(",2000,,,true,Wh"));
+    assert!(csv.contains(",1000,,10,100045,Wh"), "{csv}");
+    // The retired endpoint says where to go.
+    let (status, text) = s
+        .call(
+            Method::GET,
+            "/v1/aggregates?from=2026-11-01&to=2026-11-04",
+            Some(Role::Analyst),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::GONE, "{text}");
+    assert!(text.contains("/v1/statistics"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,7 +401,8 @@ async fn bad_input_is_refused_with_a_clear_error() {
     s.register(&e, ConsentLevel::Daily, 1000, "E1A");
     s.write_days(&e, &[1, 2, 3], 1_000, 0).await;
     let p = s.pseudonymiser.ean(&e);
-    let unknown = s.pseudonymiser.ean(&ean(8));
+    let unknown = s.analyst(s.pseudonymiser.ean(&ean(8)));
+    let storage = s.pseudonymiser.ean(&ean(8));
     let a = Some(Role::Analyst);
     let bad_check = "871687120000000010";
     // (method, path, role, body, status, error code)
@@ -364,7 +410,7 @@ async fn bad_input_is_refused_with_a_clear_error() {
     let cases: Vec<Case> = vec![
         (
             Method::GET,
-            "/v1/aggregates?from=2026-11-01&to=soon".into(),
+            "/v1/statistics?from=2026-11-01&to=soon".into(),
             a,
             None,
             400,
@@ -372,7 +418,7 @@ async fn bad_input_is_refused_with_a_clear_error() {
         ),
         (
             Method::GET,
-            "/v1/aggregates?from=2026-11-05&to=2026-11-01".into(),
+            "/v1/statistics?from=2026-11-05&to=2026-11-01".into(),
             a,
             None,
             400,
@@ -380,7 +426,7 @@ async fn bad_input_is_refused_with_a_clear_error() {
         ),
         (
             Method::GET,
-            "/v1/aggregates?to=2026-11-01".into(),
+            "/v1/statistics?to=2026-11-01".into(),
             a,
             None,
             400,
@@ -396,7 +442,7 @@ async fn bad_input_is_refused_with_a_clear_error() {
         ),
         (
             Method::GET,
-            "/v1/aggregates?from=2026-11-01&to=2026-11-02&granularity=week".into(),
+            "/v1/statistics?from=2026-11-01&to=2026-11-02&granularity=week".into(),
             a,
             None,
             400,
@@ -404,7 +450,7 @@ async fn bad_input_is_refused_with_a_clear_error() {
         ),
         (
             Method::GET,
-            "/v1/aggregates?from=2026-11-01&to=2026-11-02&register=water".into(),
+            "/v1/statistics?from=2026-11-01&to=2026-11-02&register=water".into(),
             a,
             None,
             400,
@@ -412,7 +458,7 @@ async fn bad_input_is_refused_with_a_clear_error() {
         ),
         (
             Method::GET,
-            "/v1/aggregates?from=2026-11-01&to=2026-11-02&group_by=pseudonym".into(),
+            "/v1/statistics?from=2026-11-01&to=2026-11-02&group_by=pseudonym".into(),
             a,
             None,
             400,
@@ -420,7 +466,7 @@ async fn bad_input_is_refused_with_a_clear_error() {
         ),
         (
             Method::GET,
-            "/v1/aggregates?from=2026-11-01&to=2026-11-02&ean=1".into(),
+            "/v1/statistics?from=2026-11-01&to=2026-11-02&ean=1".into(),
             a,
             None,
             400,
@@ -428,7 +474,7 @@ async fn bad_input_is_refused_with_a_clear_error() {
         ),
         (
             Method::GET,
-            "/v1/aggregates?from=2026-01-01&to=2026-11-01&granularity=interval".into(),
+            "/v1/statistics?from=2026-01-01&to=2026-11-01&granularity=interval".into(),
             a,
             None,
             400,
@@ -436,7 +482,7 @@ async fn bad_input_is_refused_with_a_clear_error() {
         ),
         (
             Method::GET,
-            "/v1/aggregates?from=2020-01-01&to=2026-11-01&granularity=day".into(),
+            "/v1/statistics?from=2020-01-01&to=2026-11-01&granularity=day".into(),
             a,
             None,
             400,
@@ -452,15 +498,26 @@ async fn bad_input_is_refused_with_a_clear_error() {
         ),
         (
             Method::GET,
-            "/v1/series/v1-nothex?from=2026-11-01&to=2026-11-03".into(),
+            format!("/v1/series/{storage}?from=2026-11-01&to=2026-11-03"),
             a,
             None,
             400,
-            "bad_pseudonym",
+            "bad_analyst_id",
         ),
         (
             Method::GET,
-            format!("/v1/series/{p}?from=2026-11-01&to=2026-11-03&granularity=year"),
+            "/v1/series/a1-nothex?from=2026-11-01&to=2026-11-03".into(),
+            a,
+            None,
+            400,
+            "bad_analyst_id",
+        ),
+        (
+            Method::GET,
+            format!(
+                "/v1/series/{}?from=2026-11-01&to=2026-11-03&granularity=year",
+                s.analyst(p)
+            ),
             a,
             None,
             400,
@@ -597,12 +654,16 @@ async fn series_gives_one_pseudonymous_connection() {
     let v = s
         .json(
             Method::GET,
-            &format!("/v1/series/{p}?from=2026-11-01&to=2026-11-03&granularity=day"),
+            &format!(
+                "/v1/series/{}?from=2026-11-01&to=2026-11-03&granularity=day",
+                s.analyst(p)
+            ),
             Role::Analyst,
             None,
         )
         .await;
-    assert_eq!(v["pseudonym"], p.to_string());
+    assert_eq!(v["analyst_id"], s.analyst(p));
+    assert_ne!(v["analyst_id"], p.to_string());
     assert_eq!(v["unit"], "Wh");
     let rows = v["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), 2);
@@ -768,7 +829,7 @@ async fn requests_beyond_the_concurrency_limit_are_refused_not_queued() {
         ..ApiConfig::default()
     };
     let s = Arc::new(Server::start(config).await);
-    let (entered, release) = s.store.pause_next_aggregate();
+    let (entered, release) = s.store.pause_next_statistics();
     let first = {
         let s = s.clone();
         tokio::spawn(async move { s.call(Method::GET, AGG, Some(Role::Analyst), None).await })
@@ -801,8 +862,10 @@ async fn openapi_documents_every_route() {
         ("/readyz", "get"),
         ("/metrics", "get"),
         ("/openapi.json", "get"),
+        ("/v1/statistics", "get"),
         ("/v1/aggregates", "get"),
-        ("/v1/series/{pseudonym}", "get"),
+        ("/v1/series", "get"),
+        ("/v1/series/{analyst_id}", "get"),
         ("/v1/connections/{ean}", "put"),
         ("/v1/subjects/{ean}/export", "get"),
         ("/v1/subjects/{ean}", "delete"),
@@ -813,9 +876,9 @@ async fn openapi_documents_every_route() {
             "{method} {path} undocumented"
         );
     }
-    assert_eq!(v["paths"].as_object().map(|m| m.len()), Some(10));
+    assert_eq!(v["paths"].as_object().map(|m| m.len()), Some(12));
     assert!(v["components"]["securitySchemes"]["bearer"].is_object());
-    let params = v["paths"]["/v1/aggregates"]["get"]["parameters"]
+    let params = v["paths"]["/v1/statistics"]["get"]["parameters"]
         .as_array()
         .expect("params");
     let names: Vec<&str> = params.iter().filter_map(|p| p["name"].as_str()).collect();
@@ -865,11 +928,11 @@ async fn openapi_documents_every_route() {
         assert_eq!(ean["required"], true);
     }
     assert!(
-        param("/v1/series/{pseudonym}", "get", "pseudonym")["schema"]["pattern"]
+        param("/v1/series/{analyst_id}", "get", "analyst_id")["schema"]["pattern"]
             .as_str()
             .is_some()
     );
-    for path in ["/v1/aggregates", "/v1/series/{pseudonym}"] {
+    for path in ["/v1/statistics", "/v1/series/{analyst_id}"] {
         assert_eq!(
             enumeration(&param(path, "get", "granularity")),
             ["interval", "day", "month"]
@@ -892,7 +955,7 @@ async fn openapi_documents_every_route() {
         }
     }
     assert!(
-        param("/v1/aggregates", "get", "group_by")["schema"]["pattern"]
+        param("/v1/statistics", "get", "group_by")["schema"]["pattern"]
             .as_str()
             .is_some_and(|p| p.contains("postcode4") && p.contains("profile"))
     );
@@ -910,8 +973,8 @@ async fn openapi_documents_every_route() {
     assert!(body["analytics"].is_object(), "{body}");
     // Every /v1 operation lists the refusals it can meet, with the error schema.
     for (path, method) in [
-        ("/v1/aggregates", "get"),
-        ("/v1/series/{pseudonym}", "get"),
+        ("/v1/statistics", "get"),
+        ("/v1/series/{analyst_id}", "get"),
         ("/v1/connections/{ean}", "put"),
         ("/v1/subjects/{ean}/export", "get"),
         ("/v1/subjects/{ean}", "delete"),
@@ -1071,7 +1134,7 @@ async fn metric_labels_stay_bounded_under_made_up_methods_and_paths() {
         methods.push(name.clone());
         let method = Method::from_bytes(name.as_bytes()).expect("method");
         let path = if i % 2 == 0 {
-            "/v1/aggregates".to_string()
+            "/v1/statistics".to_string()
         } else {
             format!("/random/{seed}")
         };
@@ -1141,15 +1204,15 @@ async fn errors_never_echo_input() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(!has_run(&text), "{text}");
     for query in [
-        format!("/v1/aggregates?from={digits}&to=2026-11-02"),
-        format!("/v1/aggregates?from=2026-11-01&to=2026-11-02&{digits}=1"),
-        format!("/v1/aggregates?from=2026-11-01&to=2026-11-02&granularity={digits}"),
-        format!("/v1/aggregates?from=2026-11-01&to=2026-11-02&register={digits}"),
-        format!("/v1/aggregates?from=2026-11-01&to=2026-11-02&group_by={digits}"),
-        format!("/v1/aggregates?from=2026-11-01&to=2026-11-02&format={digits}"),
-        format!("/v1/aggregates?from=2026-11-01&from={digits}&to=2026-11-02"),
-        format!("/v1/series/v1-{digits}?from=2026-11-01&to=2026-11-02"),
-        format!("/v1/series/v1-0123456789abcdef0123456789abcdef?from=x&to=2026-11-02&ean={digits}"),
+        format!("/v1/statistics?from={digits}&to=2026-11-02"),
+        format!("/v1/statistics?from=2026-11-01&to=2026-11-02&{digits}=1"),
+        format!("/v1/statistics?from=2026-11-01&to=2026-11-02&granularity={digits}"),
+        format!("/v1/statistics?from=2026-11-01&to=2026-11-02&register={digits}"),
+        format!("/v1/statistics?from=2026-11-01&to=2026-11-02&group_by={digits}"),
+        format!("/v1/statistics?from=2026-11-01&to=2026-11-02&format={digits}"),
+        format!("/v1/statistics?from=2026-11-01&from={digits}&to=2026-11-02"),
+        format!("/v1/series/a1-{digits}?from=2026-11-01&to=2026-11-02"),
+        format!("/v1/series/a1-0123456789abcdef0123456789abcdef?from=x&to=2026-11-02&ean={digits}"),
     ] {
         let (status, text) = s.call(Method::GET, &query, Some(Role::Analyst), None).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {text}");
@@ -1214,7 +1277,7 @@ async fn every_call_is_one_audit_line_without_identifiers() {
     s.register(&e, ConsentLevel::Daily, 1000, "E1A");
     s.write_days(&e, &[1, 2], 1_000_000, 0).await;
     let p = s.pseudonymiser.ean(&e);
-    let series = format!("/v1/series/{p}?from=2026-11-01&to=2026-11-03");
+    let series = format!("/v1/series/{}?from=2026-11-01&to=2026-11-03", s.analyst(p));
     let conn = format!("/v1/connections/{}", ean(61).expose());
     let export = format!("/v1/subjects/{}/export", e.expose());
     let erase = format!("/v1/subjects/{}", ean(62).expose());
@@ -1235,15 +1298,15 @@ async fn every_call_is_one_audit_line_without_identifiers() {
             AGG,
             None,
             Some(Role::Analyst),
-            "/v1/aggregates",
-            "aggregates.read",
+            "/v1/statistics",
+            "statistics.read",
         ),
         (
             Method::GET,
             &series,
             None,
             Some(Role::Analyst),
-            "/v1/series/{pseudonym}",
+            "/v1/series/{analyst_id}",
             "series.read",
         ),
         (
@@ -1353,11 +1416,11 @@ async fn every_call_is_one_audit_line_without_identifiers() {
             .cloned()
             .expect(action)
     };
-    let agg = ok("aggregates.read");
+    let agg = ok("statistics.read");
     assert_eq!(agg["params"]["granularity"], "day");
     assert_eq!(agg["params"]["register"], "import");
     assert!(agg["params"]["from"].as_str().is_some());
-    assert_eq!(agg["rows"], 1, "two day readings make one period");
+    assert_eq!(agg["rows"], 0, "nothing frozen: no rows");
     assert_eq!(agg["subjects"], json!([]));
     let ser = ok("series.read");
     assert_eq!(ser["subjects"], json!([p.to_string()]));
@@ -1432,7 +1495,7 @@ async fn abuse_metrics_count_refusals_subjects_rows_and_new_addresses() {
     let v = s
         .json(
             Method::GET,
-            &format!("/v1/series/{p}?from=2026-11-01&to=2026-11-04"),
+            &format!("/v1/series/{}?from=2026-11-01&to=2026-11-04", s.analyst(p)),
             Role::Analyst,
             None,
         )
@@ -1482,21 +1545,13 @@ async fn abuse_metrics_count_refusals_subjects_rows_and_new_addresses() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_objecting_connection_leaves_aggregates_but_not_its_export() {
+async fn an_objecting_connection_leaves_statistics_and_series_but_not_its_export() {
     let s = Server::start(ApiConfig::default()).await;
     for n in 0..11 {
         let e = ean(80 + n);
         s.register(&e, ConsentLevel::Daily, 1000, "E1A");
         s.write_days(&e, &[1, 2, 3, 4], 1_000_000, 0).await;
     }
-    let v = s.json(Method::GET, AGG, Role::Analyst, None).await;
-    assert!(
-        v["rows"]
-            .as_array()
-            .expect("rows")
-            .iter()
-            .all(|r| r["connections"] == 11)
-    );
     let objecting = ean(80);
     let v = s
         .json(
@@ -1511,6 +1566,7 @@ async fn an_objecting_connection_leaves_aggregates_but_not_its_export() {
         v["removed"].is_null(),
         "an objection removes no readings: {v}"
     );
+    s.freeze();
     let v = s.json(Method::GET, AGG, Role::Analyst, None).await;
     let rows = v["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), 3);
@@ -1519,7 +1575,7 @@ async fn an_objecting_connection_leaves_aggregates_but_not_its_export() {
     let (status, _) = s
         .call(
             Method::GET,
-            &format!("/v1/series/{p}?from=2026-11-01&to=2026-11-04"),
+            &format!("/v1/series/{}?from=2026-11-01&to=2026-11-04", s.analyst(p)),
             Some(Role::Analyst),
             None,
         )
@@ -1535,7 +1591,7 @@ async fn an_objecting_connection_leaves_aggregates_but_not_its_export() {
         .await;
     assert_eq!(v["connection"]["analytics"], false);
     assert_eq!(v["readings"]["day"].as_array().map(Vec::len), Some(8));
-    // Without the field, analytics is on (again).
+    // Without the field, analytics is on (again); frozen statistics do not change.
     let v = s
         .json(
             Method::PUT,
@@ -1545,12 +1601,13 @@ async fn an_objecting_connection_leaves_aggregates_but_not_its_export() {
         )
         .await;
     assert_eq!(v["connection"]["analytics"], true);
+    s.freeze();
     let v = s.json(Method::GET, AGG, Role::Analyst, None).await;
     assert!(
         v["rows"]
             .as_array()
             .expect("rows")
             .iter()
-            .all(|r| r["connections"] == 11)
+            .all(|r| r["connections"] == 10)
     );
 }

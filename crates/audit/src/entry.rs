@@ -12,6 +12,8 @@ pub mod action {
     pub const STATISTICS_READ: &str = "statistics.read";
     pub const AGGREGATES_READ: &str = "aggregates.read";
     pub const SERIES_READ: &str = "series.read";
+    /// The analyst ids of the series open to analysis.
+    pub const SERIES_LIST: &str = "series.list";
     pub const SUBJECT_EXPORT: &str = "subject.export";
     pub const SUBJECT_ERASE: &str = "subject.erase";
     pub const CONNECTION_PUT: &str = "connection.put";

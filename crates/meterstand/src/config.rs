@@ -29,6 +29,7 @@ pub struct Config {
     pub consent: ConsentSection,
     pub retention: RetentionSection,
     pub privacy: PrivacySection,
+    pub statistics: StatisticsSection,
     pub log: LogSection,
 }
 
@@ -172,9 +173,20 @@ pub struct RetentionSection {
     pub day: Duration,
     #[serde(with = "humantime_serde_compat")]
     pub month: Duration,
+    /// Frozen statistics (anonymous; they outlive the readings and erasure).
+    #[serde(with = "humantime_serde_compat")]
+    pub statistics: Duration,
     #[serde(with = "humantime_serde_compat")]
     pub sweep_interval: Duration,
     pub erasure_hold: Vec<Tier>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatisticsSection {
+    /// How long a closed period waits for late readings before it is frozen.
+    #[serde(with = "humantime_serde_compat")]
+    pub settle: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -476,6 +488,22 @@ impl Config {
                     "at least 1day",
                 ));
             }
+        }
+        if self.retention.statistics < self.retention.month {
+            return Err(value_err(
+                "retention.statistics",
+                &humantime::format_duration(self.retention.statistics),
+                "at least retention.month (statistics outlive the readings they come from)",
+            ));
+        }
+        if self.statistics.settle < Duration::from_secs(60)
+            || self.statistics.settle > Duration::from_secs(30 * 86_400)
+        {
+            return Err(value_err(
+                "statistics.settle",
+                &humantime::format_duration(self.statistics.settle),
+                "1m to 30days",
+            ));
         }
         if self.retention.sweep_interval < Duration::from_secs(1) {
             return Err(value_err(

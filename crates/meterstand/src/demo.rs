@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use meterstand_api::dto::AggregateResponse;
+use meterstand_api::dto::StatisticsResponse;
 use meterstand_model::Calendar;
 use meterstand_pseudonym::KeyRing;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
@@ -195,7 +195,7 @@ pub async fn run(
         "metrics    http://{api}/metrics   readiness http://{api}/readyz   health http://{api}/healthz"
     );
     println!(
-        "aggregate  curl -H \"Authorization: Bearer $(cat {t}/analyst.token)\" 'http://{api}/v1/aggregates?from={}&to={}&group_by=postcode4,profile&format=csv'",
+        "statistics curl -H \"Authorization: Bearer $(cat {t}/analyst.token)\" 'http://{api}/v1/statistics?from={}&to={}&group_by=postcode4,profile&format=csv'",
         from, to
     );
     println!(
@@ -335,44 +335,33 @@ async fn print_summary(
     let body = analyst
         .send(
             reqwest::Method::GET,
-            &format!("/v1/aggregates?from={from}&to={to}&granularity=day&register=import&group_by=postcode4"),
+            &format!("/v1/statistics?from={from}&to={to}&granularity=day&register=import&group_by=postcode4"),
             None,
         )
         .await?;
-    let agg: AggregateResponse = serde_json::from_str(&body).context("aggregate answer")?;
+    let stats: StatisticsResponse = serde_json::from_str(&body).context("statistics answer")?;
     println!(
-        "\n== sample aggregate (GET /v1/aggregates): import per day by postcode area, cells under {} connections suppressed",
+        "\n== sample statistics (GET /v1/statistics): import per day by area, rows of at least {} connections; a day appears once it is frozen, statistics.settle after it ends",
         config.privacy.min_group_size
     );
     println!(
         "{:<22} {:>8} {:>11} {:>14}",
-        "day starts (UTC)", "postcode", "connections", "consumption"
+        "day starts (UTC)", "area", "connections", "consumption"
     );
-    for row in agg.rows.iter().take(12) {
-        let postcode = row
-            .group
-            .get("postcode4")
-            .cloned()
-            .flatten()
-            .unwrap_or_else(|| "-".into());
-        match (row.connections, row.consumption) {
-            (Some(n), Some(wh)) => println!(
-                "{:<22} {:>8} {:>11} {:>10.1} kWh",
-                row.period_start,
-                postcode,
-                n,
-                wh as f64 / 1000.0
-            ),
-            _ => println!(
-                "{:<22} {:>8} {:>11} {:>14}",
-                row.period_start, postcode, "suppressed", "suppressed"
-            ),
-        }
+    for row in stats.rows.iter().take(12) {
+        let area = row.group.get("area").cloned().unwrap_or_else(|| "-".into());
+        println!(
+            "{:<22} {:>8} {:>11} {:>10.1} kWh",
+            row.period_start,
+            area,
+            row.connections,
+            row.consumption as f64 / 1000.0
+        );
     }
     println!(
-        "({} cells, {} suppressed; the first 12 shown)",
-        agg.rows.len(),
-        agg.suppressed_cells
+        "({} rows over {} frozen days; the first 12 shown)",
+        stats.rows.len(),
+        stats.periods
     );
     Ok(())
 }

@@ -41,6 +41,7 @@ pub fn store_config(config: &Config) -> anyhow::Result<StoreConfig> {
             interval: config.retention.interval,
             day: config.retention.day,
             month: config.retention.month,
+            statistics: config.retention.statistics,
             erasure_hold: config.erasure_hold(),
             ..RetentionPolicy::default()
         },
@@ -226,6 +227,35 @@ impl Service {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
                     Err(e) => tracing::error!(error = %e, "retention sweep panicked"),
+                }
+            }
+        });
+        // The statistics freeze: at start-up, then every minute, on a blocking thread.
+        let freeze = meterstand_store::freeze::FreezeConfig {
+            settle: config.statistics.settle,
+            k: config.privacy.min_group_size,
+            ..Default::default()
+        };
+        let calendar = Calendar::new(&config.privacy.timezone).context("privacy.timezone")?;
+        let (freeze_store, freeze_stop) = (store.clone(), background.clone());
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = freeze_stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let (s, cal, cfg) = (freeze_store.clone(), calendar.clone(), freeze.clone());
+                let run = tokio::task::spawn_blocking(move || {
+                    meterstand_store::freeze::run(s.as_ref(), &cal, &cfg, jiff::Timestamp::now())
+                });
+                match run.await {
+                    Ok(Ok(r)) if r.periods > 0 => {
+                        tracing::info!(periods = r.periods, units = r.units, "statistics frozen")
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "statistics freeze failed"),
+                    Err(e) => tracing::error!(error = %e, "statistics freeze panicked"),
                 }
             }
         });

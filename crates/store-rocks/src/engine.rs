@@ -29,6 +29,12 @@ pub(crate) const CF_META: &str = "meta";
 /// Readings whose block could not be decoded: block key ‖ slot (u32 BE) → value (u64 BE),
 /// kept for an operator to repair from; erased and expired like the tiers.
 pub(crate) const CF_QUARANTINE: &str = "quarantine";
+/// Frozen statistics: anonymous rows of at least k connections, no identifier (see
+/// `stats.rs` for the key layout).
+pub(crate) const CF_STATISTICS: &str = "statistics";
+/// Column families without connection data, flushed with the others so that no WAL file
+/// outlives an erasure.
+pub(crate) const OTHER_CFS: [&str; 3] = [CF_TOMBSTONES, CF_META, CF_STATISTICS];
 
 /// Every column family that holds data of a connection, tiers first.
 pub(crate) const CONNECTION_CFS: [&str; 6] = [
@@ -117,6 +123,11 @@ pub(crate) struct Shared {
     pub(crate) horizons: Arc<Horizons>,
     pub(crate) writer_alive: AtomicBool,
     pub(crate) faults: crate::fault::Faults,
+    /// Per tier, the latest end (UTC seconds) of a frozen statistics period: a reading
+    /// stored before it is late. Loaded at open, raised by each freeze.
+    pub(crate) frozen_until: [AtomicI64; 3],
+    /// One freeze at a time, so that "not frozen yet, write" cannot race.
+    pub(crate) freeze_lock: parking_lot::Mutex<()>,
 }
 
 impl Shared {
@@ -217,6 +228,7 @@ pub(crate) fn open_shared(
         CF_TOMBSTONES,
         CF_META,
         CF_QUARANTINE,
+        CF_STATISTICS,
     ] {
         let mut o = Options::default();
         o.set_compression_type(rocksdb::DBCompressionType::None);
@@ -248,8 +260,11 @@ pub(crate) fn open_shared(
         horizons,
         writer_alive: AtomicBool::new(true),
         faults: Default::default(),
+        frozen_until: Default::default(),
+        freeze_lock: parking_lot::Mutex::new(()),
     };
     load_connections(&shared)?;
+    crate::stats::load_watermarks(&shared)?;
     Ok(shared)
 }
 

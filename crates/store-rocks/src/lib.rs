@@ -1,6 +1,6 @@
 //! The RocksDB engine behind `meterstand-store`'s traits. Modules depend only on the ones
 //! listed before them: `layout` (keys and blocks) → `engine` (open, options, shared state)
-//! → `read` (scans, series, aggregates, export) → `maintenance` (connection changes,
+//! → `read` (scans, series, tier members, export) → `stats` (frozen statistics) → `maintenance` (connection changes,
 //! erasure, purge, sweep) → `sync` (WAL sync thread) → `writer` (the one thread that
 //! mutates) → this facade. Layout and reasons: `DESIGN.md` beside this crate.
 
@@ -10,6 +10,7 @@ pub mod layout;
 mod maintenance;
 pub mod metrics;
 mod read;
+mod stats;
 mod sync;
 mod writer;
 
@@ -25,12 +26,12 @@ use meterstand_model::{Connection, Reading, RegisterKind, Tier};
 use meterstand_pseudonym::Pseudonym;
 use meterstand_store::journal::{self, JournalOp, SubjectJournal};
 use meterstand_store::{
-    AggregateCell, AggregateQuery, BackupInfo, Clock, ErasureReceipt, IngestItem, ReadingStore,
+    BackupInfo, Clock, ErasureReceipt, FrozenPeriod, IngestItem, Member, PeriodKey, ReadingStore,
     ReadingWriter, SeriesRow, StoreError, SubjectExport, TierCounts, WriteOutcome,
 };
 use tokio::sync::{mpsc, oneshot};
 
-use engine::{CF_META, CF_TOMBSTONES, CONNECTION_CFS, Shared, engine, tier_cf_name};
+use engine::{CF_META, CONNECTION_CFS, OTHER_CFS, Shared, engine, tier_cf_name};
 use writer::{Command, Writer};
 
 /// Commands queued for the writer. Each holds up to one ingest batch, so 64 bound the
@@ -201,7 +202,7 @@ impl RocksStore {
         };
         let _ = handle.join();
         let mut cfs = Vec::new();
-        for name in CONNECTION_CFS.iter().chain(&[CF_TOMBSTONES, CF_META]) {
+        for name in CONNECTION_CFS.iter().chain(&OTHER_CFS) {
             cfs.push(self.shared.cf(name)?);
         }
         self.shared
@@ -307,8 +308,36 @@ impl ReadingStore for RocksStore {
         read::series(&self.shared, p, kind, tier, from, to)
     }
 
-    fn aggregate(&self, query: &AggregateQuery) -> Result<Vec<AggregateCell>, StoreError> {
-        read::aggregate(&self.shared, query)
+    fn members(
+        &self,
+        tier: Tier,
+        kind: RegisterKind,
+        bounds: &[Timestamp],
+        f: &mut dyn FnMut(Member<'_>),
+    ) -> Result<(), StoreError> {
+        read::members(&self.shared, tier, kind, bounds, f)
+    }
+
+    fn pseudonyms(&self) -> Result<Vec<Pseudonym>, StoreError> {
+        read::pseudonyms(&self.shared)
+    }
+
+    fn freeze(&self, periods: &[FrozenPeriod]) -> Result<u64, StoreError> {
+        stats::freeze(&self.shared, periods)
+    }
+
+    fn is_frozen(&self, key: PeriodKey) -> Result<bool, StoreError> {
+        stats::is_frozen(&self.shared, key)
+    }
+
+    fn statistics(
+        &self,
+        tier: Tier,
+        kind: RegisterKind,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<FrozenPeriod>, StoreError> {
+        stats::read(&self.shared, tier, kind, from, to)
     }
 
     fn sweep_retention(&self) -> Result<TierCounts, StoreError> {

@@ -8,7 +8,8 @@ use meterstand_store::{ErasureReceipt, Kept, StoreError, TierCounts};
 use rocksdb::{BottommostLevelCompaction, CompactOptions, WriteBatch};
 
 use crate::engine::{
-    CF_CONNECTIONS, CF_META, CF_METERS, CF_QUARANTINE, CF_TOMBSTONES, CONNECTION_CFS, Shared,
+    CF_CONNECTIONS, CF_META, CF_METERS, CF_QUARANTINE, CF_TOMBSTONES, CONNECTION_CFS,
+    OTHER_CFS, Shared,
     encode_connection, engine, tier_cf_name, tombstone_key,
 };
 use crate::{layout, metrics};
@@ -170,7 +171,7 @@ pub(crate) fn erase(
 /// bound naming the pseudonym stays in it.
 fn purge(shared: &Shared, pseudonyms: &[Pseudonym]) -> Result<(), StoreError> {
     let mut all_cfs = Vec::new();
-    for name in CONNECTION_CFS.iter().chain(&[CF_TOMBSTONES, CF_META]) {
+    for name in CONNECTION_CFS.iter().chain(&OTHER_CFS) {
         all_cfs.push(shared.cf(name)?);
     }
     shared
@@ -258,6 +259,10 @@ pub(crate) fn sweep(shared: &Shared) -> Result<TierCounts, StoreError> {
         metrics::RETENTION_DELETED
             .with_label_values(&[tier.as_str()])
             .inc_by(removed.get(tier));
+    }
+    let periods = crate::stats::sweep(shared)?;
+    if periods > 0 {
+        tracing::info!(periods, "statistics past retention.statistics removed");
     }
     Ok(removed)
 }

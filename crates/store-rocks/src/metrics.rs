@@ -79,6 +79,19 @@ pub static REKEYED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+pub static FROZEN_PERIODS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "meterstand_statistics_frozen_periods_total",
+        "Statistics periods frozen (a day with its quarter-hours counts each period).",
+    )
+});
+pub static LATE_READINGS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "meterstand_statistics_late_readings_total",
+        "Tier entries newly stored for a period whose statistics were already frozen (not applied to them).",
+    )
+});
+
 pub static BACKUPS: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
         "meterstand_store_backups_total",
@@ -139,6 +152,8 @@ pub fn init() {
         &BACKUPS,
         &REKEYED,
         &QUARANTINED,
+        &FROZEN_PERIODS,
+        &LATE_READINGS,
     ] {
         LazyLock::force(c);
     }

@@ -1,17 +1,15 @@
-//! Reads: one register's readings in a range, consumption per period, group aggregates,
-//! exports. They run on the caller's (blocking) thread against the live database; the
+//! Reads: one register's readings in a range, consumption per period, the members of a
+//! tier (for the statistics freeze), exports. They run on the caller's (blocking) thread against the live database; the
 //! period arithmetic is the interface crate's, shared with every backend.
 
 use jiff::Timestamp;
 use meterstand_model::{QUARTER_SECONDS, Reading, Register, RegisterKind, Tier};
 use meterstand_pseudonym::Pseudonym;
-use meterstand_store::periods::{self, Aggregator, BoundaryValues};
-use meterstand_store::{
-    AggregateCell, AggregateQuery, GroupKey, SeriesRow, StoreError, SubjectExport,
-};
+use meterstand_store::periods::{self, BoundaryValues};
+use meterstand_store::{Member, SeriesRow, StoreError, SubjectExport};
 use rocksdb::{DB, DBRawIteratorWithThreadMode};
 
-use crate::engine::{CF_METERS, Shared, engine};
+use crate::engine::{CF_METERS, Shared, engine, tombstone_key};
 use crate::layout;
 
 type RawIter<'a> = DBRawIteratorWithThreadMode<'a, DB>;
@@ -141,44 +139,71 @@ pub(crate) fn series(
         .collect())
 }
 
-pub(crate) fn aggregate(
+/// Walks every pseudonym of `tier` once, loading its values on `bounds`; see
+/// [`meterstand_store::ReadingStore::members`].
+pub(crate) fn members(
     shared: &Shared,
-    q: &AggregateQuery,
-) -> Result<Vec<AggregateCell>, StoreError> {
-    let bounds = periods::boundaries(
-        &shared.calendar,
-        q.tier,
-        q.kind.registers()[0],
-        q.from,
-        q.to,
-    )?;
-    let periods = bounds.len().saturating_sub(1);
-    if periods == 0 {
-        return Ok(Vec::new());
+    tier: Tier,
+    kind: RegisterKind,
+    bounds: &[Timestamp],
+    f: &mut dyn FnMut(Member<'_>),
+) -> Result<(), StoreError> {
+    if bounds.is_empty() {
+        return Ok(());
     }
-    let horizon = shared.read_horizon(q.tier);
-    let cf = shared.tier_cf(q.tier)?;
+    let horizon = shared.read_horizon(tier);
+    let cf = shared.tier_cf(tier)?;
     let mut walker = shared.db.raw_iterator_cf(cf);
     let mut reader = shared.db.raw_iterator_cf(cf);
-    let mut aggregator = Aggregator::new(periods);
     walker.seek_to_first();
     while let Some(k) = walker.key() {
-        let p = Pseudonym::from_bytes(k).ok_or(StoreError::Corrupt(q.tier.as_str()))?;
-        let values = load_boundaries(&mut reader, horizon, p, q.kind, q.tier, &bounds)?;
-        // The group of one connection, looked up under a short read lock (never a copy of
-        // the whole table). A connection that objected to analysis counts in no aggregate.
-        let group = {
-            let connections = shared.connections.read();
-            let c = connections.get(&p);
-            (c.is_none_or(|c| c.analytics)).then(|| GroupKey::of(c, q.group_by))
-        };
-        if let Some(group) = group {
-            aggregator.add(group, &values);
-        }
+        let p = Pseudonym::from_bytes(k).ok_or(StoreError::Corrupt(tier.as_str()))?;
         walker.seek(layout::after_pseudonym(p));
+        let values = load_boundaries(&mut reader, horizon, p, kind, tier, bounds)?;
+        if values
+            .per_register
+            .iter()
+            .all(|v| v.iter().all(Option::is_none))
+        {
+            continue;
+        }
+        // The record under a short read lock (never a copy of the whole table).
+        let connection = shared.connections.read().get(&p).cloned();
+        if connection.is_none() && erased(shared, p) {
+            continue;
+        }
+        f(Member {
+            pseudonym: p,
+            connection: connection.as_ref(),
+            values: &values,
+        });
     }
-    walker.status().map_err(engine("walking a tier"))?;
-    Ok(aggregator.finish(&bounds))
+    walker.status().map_err(engine("walking a tier"))
+}
+
+/// An erased connection that was not registered again (its held tiers stay, for billing).
+fn erased(shared: &Shared, p: Pseudonym) -> bool {
+    let tombstones = shared.tombstones.read();
+    !tombstones.is_empty() && tombstones.contains(&tombstone_key(p))
+}
+
+/// Every pseudonym with a connection record or readings, erased ones left out.
+pub(crate) fn pseudonyms(shared: &Shared) -> Result<Vec<Pseudonym>, StoreError> {
+    let mut all: std::collections::BTreeSet<Pseudonym> =
+        shared.connections.read().keys().copied().collect();
+    for tier in Tier::ALL {
+        let mut walker = shared.db.raw_iterator_cf(shared.tier_cf(tier)?);
+        walker.seek_to_first();
+        while let Some(k) = walker.key() {
+            let p = Pseudonym::from_bytes(k).ok_or(StoreError::Corrupt(tier.as_str()))?;
+            all.insert(p);
+            walker.seek(layout::after_pseudonym(p));
+        }
+        walker.status().map_err(engine("walking a tier"))?;
+    }
+    let connections = shared.connections.read();
+    all.retain(|p| connections.contains_key(p) || !erased(shared, *p));
+    Ok(all.into_iter().collect())
 }
 
 pub(crate) fn knows(shared: &Shared, p: Pseudonym) -> Result<bool, StoreError> {

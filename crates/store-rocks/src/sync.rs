@@ -81,4 +81,5 @@ fn record_outcome(o: &WriteOutcome) {
     }
     metrics::DUPLICATES.inc_by(o.duplicates);
     metrics::CONFLICTS.inc_by(o.conflicts);
+    metrics::LATE_READINGS.inc_by(o.late);
 }

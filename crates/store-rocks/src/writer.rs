@@ -68,6 +68,8 @@ struct Touch {
     slot: u32,
     value: u64,
     idx: usize,
+    /// For a period whose statistics are already frozen.
+    late: bool,
 }
 
 struct Pending {
@@ -241,6 +243,10 @@ impl Writer {
         let shared = self.shared.clone();
         let meters_cf = shared.cf(CF_METERS)?;
         let horizons = Tier::ALL.map(|t| shared.horizons.get(t));
+        // The statistics watermark: a reading stored before it is late (one comparison per
+        // tier entry; the freeze raises it).
+        let frozen_until = Tier::ALL
+            .map(|t| shared.frozen_until[t as usize].load(std::sync::atomic::Ordering::Relaxed));
         let mut touched: [Vec<Touch>; 3] = Default::default();
         let connections = shared.connections.read();
         let tombstones = shared.tombstones.read();
@@ -268,6 +274,7 @@ impl Writer {
                                 slot,
                                 value: tr.reading.value,
                                 idx,
+                                late: tr.reading.time.as_second() < frozen_until[tier as usize],
                             });
                             stored_any = true;
                         }
@@ -358,6 +365,9 @@ impl Writer {
                     MergeResult::Inserted => {
                         changed = true;
                         outcomes[t.idx].stored.add(tier, 1);
+                        if t.late {
+                            outcomes[t.idx].late += 1;
+                        }
                     }
                     MergeResult::Duplicate => outcomes[t.idx].duplicates += 1,
                     MergeResult::Conflict => outcomes[t.idx].conflicts += 1,

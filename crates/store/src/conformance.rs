@@ -10,7 +10,9 @@ use meterstand_model::{
 };
 use meterstand_pseudonym::Pseudonym;
 
-use crate::{AggregateQuery, GroupBy, IngestItem, ManualClock, ReadingStore, ReadingWriter};
+use crate::{
+    FrozenPeriod, IngestItem, ManualClock, PeriodKey, ReadingStore, ReadingWriter, open_to_analysis,
+};
 
 /// Opens a store of the backend under test, on the clock given.
 pub trait Backend {
@@ -364,7 +366,7 @@ pub fn lowering_consent_reaches_older_key_versions(mut b: impl Backend) {
     );
 }
 
-pub fn series_and_aggregates_come_from_boundary_differences(mut b: impl Backend) {
+pub fn series_and_members_come_from_boundary_differences(mut b: impl Backend) {
     let clock = ManualClock::new(ts("2026-12-02T00:00:00Z"));
     let store = b.open(&clock);
     // Day readings at local midnights of 24..27 November (UTC 23:00 the day before).
@@ -421,48 +423,37 @@ pub fn series_and_aggregates_come_from_boundary_differences(mut b: impl Backend)
         "only the first day has both boundary readings"
     );
 
-    let cells = store
-        .aggregate(&AggregateQuery {
-            kind: RegisterKind::Import,
-            tier: Tier::Day,
-            from: days[0],
-            to: days[3],
-            group_by: GroupBy {
-                postcode4: true,
-                profile: false,
-            },
-        })
-        .expect("aggregate");
-    let cell = |day: usize, postcode: u16| {
-        cells
-            .iter()
-            .find(|c| {
-                c.period_start == days[day] && c.group.postcode4.map(|p| p.get()) == Some(postcode)
+    // Per period: (connections, consumption) of the members in postcode 1234, and the
+    // members of 5678.
+    let cells = |postcode: &str| -> Vec<(u64, u64)> {
+        let mut out = vec![(0u64, 0u64); 3];
+        store
+            .members(Tier::Day, RegisterKind::Import, &days, &mut |m| {
+                if m.connection
+                    .and_then(|c| c.postcode4)
+                    .map(|p| p.to_string())
+                    != Some(postcode.to_string())
+                {
+                    return;
+                }
+                for (k, c) in m.values.contributions(3) {
+                    out[k].0 += 1;
+                    out[k].1 += c;
+                }
             })
-            .cloned()
-            .expect("cell")
+            .expect("members");
+        out
     };
-    let first = cell(0, 1234);
-    assert_eq!(first.connections, 10);
-    assert_eq!(
-        first.consumption,
-        (0..10).map(|n| 1000 + n + 500).sum::<u64>()
-    );
-    assert_eq!(
-        cell(1, 1234).connections,
-        9,
-        "the gappy connection is not counted"
-    );
-    assert_eq!(cell(0, 5678).connections, 2);
-    assert!(
-        cell(0, 5678).group.profile.is_none(),
-        "profile is not grouped unless asked"
-    );
+    let first = cells("1234")[0];
+    assert_eq!(first.0, 10);
+    assert_eq!(first.1, (0..10).map(|n| 1000 + n + 500).sum::<u64>());
+    assert_eq!(cells("1234")[1].0, 9, "the gappy connection is not counted");
+    assert_eq!(cells("5678")[0].0, 2);
 }
 
 /// A connection whose customer objected to analytics (`analytics: false`) keeps its
-/// readings (billing, subject export) but counts in no aggregate cell.
-pub fn objecting_connections_leave_aggregates(mut b: impl Backend) {
+/// readings (billing, subject export) and is a member with its record, which says so.
+pub fn objecting_connections_are_members_marked_as_objecting(mut b: impl Backend) {
     let clock = ManualClock::new(ts("2026-12-02T00:00:00Z"));
     let store = b.open(&clock);
     let days: Vec<Timestamp> = (23..=25)
@@ -483,19 +474,20 @@ pub fn objecting_connections_leave_aggregates(mut b: impl Backend) {
         items.push(item(p, readings));
     }
     block_on(store.write(items)).expect("write");
-    let cells = store
-        .aggregate(&AggregateQuery {
-            kind: RegisterKind::Import,
-            tier: Tier::Day,
-            from: days[0],
-            to: days[2],
-            group_by: GroupBy::default(),
+    let mut open = 0;
+    let mut members = 0;
+    store
+        .members(Tier::Day, RegisterKind::Import, &days, &mut |m| {
+            members += 1;
+            if open_to_analysis(m.connection) {
+                open += 1;
+            }
         })
-        .expect("aggregate");
-    assert_eq!(cells.len(), 2, "{cells:?}");
-    assert!(
-        cells.iter().all(|c| c.connections == 2),
-        "the objecting connection is not counted: {cells:?}"
+        .expect("members");
+    assert_eq!(
+        (members, open),
+        (3, 2),
+        "the objecting connection is marked"
     );
     let export = store.export(&[pseudo(200)]).expect("export");
     assert_eq!(
@@ -508,6 +500,188 @@ pub fn objecting_connections_leave_aggregates(mut b: impl Backend) {
         Some(false),
         "the objection is part of the record"
     );
+}
+
+fn frozen(tier: Tier, start: &str, consumption: u64) -> FrozenPeriod {
+    use meterstand_statistics::{Area, ProfileCover, Row};
+    FrozenPeriod {
+        key: PeriodKey {
+            tier,
+            kind: RegisterKind::Import,
+            period_start: ts(start),
+        },
+        rows: vec![
+            Row {
+                area: Area::Postcode4("1234".parse().expect("postcode")),
+                profile: ProfileCover::Profile("E1A".parse().expect("profile")),
+                connections: 10,
+                consumption,
+            },
+            Row {
+                area: Area::Remainder,
+                profile: ProfileCover::Any,
+                connections: 12,
+                consumption: consumption * 2,
+            },
+        ],
+    }
+}
+
+/// A frozen period is stored once and never overwritten; reads return periods in order
+/// with their rows as frozen; an empty period (fleet below k) is frozen too.
+pub fn statistics_are_frozen_once_and_read_back(mut b: impl Backend) {
+    let clock = ManualClock::new(ts("2026-12-02T00:00:00Z"));
+    let store = b.open(&clock);
+    let a = frozen(Tier::Day, "2026-11-23T23:00:00Z", 100);
+    let c = frozen(Tier::Day, "2026-11-24T23:00:00Z", 300);
+    let empty = FrozenPeriod {
+        rows: Vec::new(),
+        ..frozen(Tier::Day, "2026-11-25T23:00:00Z", 0)
+    };
+    assert!(!store.is_frozen(a.key).expect("read"));
+    assert_eq!(
+        store
+            .freeze(&[c.clone(), a.clone(), empty.clone()])
+            .expect("freeze"),
+        3
+    );
+    assert!(store.is_frozen(a.key).expect("read"));
+    let mut changed = a.clone();
+    changed.rows[0].consumption = 999;
+    assert_eq!(
+        store.freeze(&[changed]).expect("freeze"),
+        0,
+        "never overwritten"
+    );
+    let read = store
+        .statistics(
+            Tier::Day,
+            RegisterKind::Import,
+            ts("2026-11-23T23:00:00Z"),
+            ts("2026-11-26T00:00:00Z"),
+        )
+        .expect("read");
+    assert_eq!(read, vec![a.clone(), c.clone(), empty]);
+    let one = store
+        .statistics(
+            Tier::Day,
+            RegisterKind::Import,
+            ts("2026-11-24T00:00:00Z"),
+            ts("2026-11-25T00:00:00Z"),
+        )
+        .expect("read");
+    assert_eq!(one, vec![c]);
+    assert!(
+        store
+            .statistics(
+                Tier::Day,
+                RegisterKind::Gas,
+                ts("2026-11-01T00:00:00Z"),
+                ts("2026-12-01T00:00:00Z")
+            )
+            .expect("read")
+            .is_empty(),
+        "other register kinds are separate"
+    );
+}
+
+/// Statistics outlive erasure and the readings' retention, and go after their own.
+pub fn statistics_outlive_erasure_and_have_their_own_retention(mut b: impl Backend) {
+    let clock = ManualClock::new(ts("2026-12-02T00:00:00Z"));
+    let store = b.open(&clock);
+    let p = pseudo(77);
+    put(&store, p, connection(ConsentLevel::Interval, "1234"));
+    block_on(store.write(vec![item(
+        p,
+        quarter_hours(ts("2026-11-23T23:00:00Z"), 8, 10, 1),
+    )]))
+    .expect("write");
+    let a = frozen(Tier::Interval, "2026-11-23T23:00:00Z", 100);
+    store.freeze(std::slice::from_ref(&a)).expect("freeze");
+    store.erase(&[p]).expect("erase");
+    let read = |store: &dyn ReadingStore| {
+        store
+            .statistics(
+                Tier::Interval,
+                RegisterKind::Import,
+                ts("2026-11-23T00:00:00Z"),
+                ts("2026-11-25T00:00:00Z"),
+            )
+            .expect("read")
+    };
+    assert_eq!(read(&store), vec![a.clone()]);
+    // Past interval retention (13 months): the statistic stays.
+    clock.set(ts("2028-06-01T00:00:00Z"));
+    store.sweep_retention().expect("sweep");
+    assert_eq!(read(&store), vec![a]);
+    // Past ten years: gone.
+    clock.set(ts("2036-12-01T00:00:00Z"));
+    store.sweep_retention().expect("sweep");
+    assert!(read(&store).is_empty());
+}
+
+/// A reading newly stored for a period whose statistics are frozen is counted as late.
+pub fn readings_for_frozen_periods_are_counted_as_late(mut b: impl Backend) {
+    let clock = ManualClock::new(ts("2026-12-02T00:00:00Z"));
+    let store = b.open(&clock);
+    let p = pseudo(78);
+    put(&store, p, connection(ConsentLevel::Interval, "1234"));
+    store
+        .freeze(&[frozen(Tier::Interval, "2026-11-23T23:00:00Z", 1)])
+        .expect("freeze");
+    let outcome = block_on(store.write(vec![item(
+        p,
+        vec![
+            tiered(Register::ImportT1, ts("2026-11-23T23:00:00Z"), 5),
+            tiered(Register::ImportT1, ts("2026-11-30T12:00:00Z"), 9),
+        ],
+    )]))
+    .expect("write");
+    // The first reading is an interval and a day boundary; only its interval entry is in
+    // a frozen tier (nothing of the day tier is frozen).
+    assert_eq!(outcome.late, 1, "{outcome:?}");
+    let again = block_on(store.write(vec![item(
+        p,
+        vec![tiered(Register::ImportT1, ts("2026-11-23T23:00:00Z"), 5)],
+    )]))
+    .expect("write");
+    assert_eq!(again.late, 0, "a duplicate is not late");
+}
+
+/// Erased connections are neither members nor listed; others are.
+pub fn erased_connections_are_not_members(mut b: impl Backend) {
+    let clock = ManualClock::new(ts("2026-12-02T00:00:00Z"));
+    let store = b.open(&clock);
+    let day = ts("2026-11-23T23:00:00Z");
+    for n in [90u8, 91] {
+        put(
+            &store,
+            pseudo(n),
+            connection(ConsentLevel::Standard, "1234"),
+        );
+        block_on(store.write(vec![item(
+            pseudo(n),
+            vec![tiered(Register::ImportT1, ts("2026-10-31T23:00:00Z"), 5)],
+        )]))
+        .expect("write");
+    }
+    let _ = day;
+    store.erase(&[pseudo(90)]).expect("erase");
+    let mut seen = Vec::new();
+    store
+        .members(
+            Tier::Month,
+            RegisterKind::Import,
+            &[ts("2026-10-31T23:00:00Z"), ts("2026-11-30T23:00:00Z")],
+            &mut |m| seen.push(m.pseudonym),
+        )
+        .expect("members");
+    assert_eq!(
+        seen,
+        vec![pseudo(91)],
+        "the held month reading of the erased one is not a member"
+    );
+    assert_eq!(store.pseudonyms().expect("list"), vec![pseudo(91)]);
 }
 
 /// Declares one `#[test]` per conformance function for a backend fixture expression.
@@ -524,8 +698,12 @@ macro_rules! conformance_tests {
             a_connection_record_moves_to_the_current_key_when_its_ean_is_seen_again,
             lowering_consent_removes_tiers_no_longer_allowed,
             lowering_consent_reaches_older_key_versions,
-            series_and_aggregates_come_from_boundary_differences,
-            objecting_connections_leave_aggregates,
+            series_and_members_come_from_boundary_differences,
+            objecting_connections_are_members_marked_as_objecting,
+            statistics_are_frozen_once_and_read_back,
+            statistics_outlive_erasure_and_have_their_own_retention,
+            readings_for_frozen_periods_are_counted_as_late,
+            erased_connections_are_not_members,
         );
     };
     (@each $fixture:expr; $($name:ident,)*) => {

@@ -8,12 +8,15 @@ mod clock;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod journal;
+pub mod freeze;
 mod mem;
 pub mod periods;
+mod statistics;
 mod types;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use mem::MemStore;
+pub use statistics::{FrozenPeriod, Member, PeriodKey, open_to_analysis};
 pub use types::*;
 
 use std::future::Future;
@@ -67,8 +70,38 @@ pub trait ReadingStore: Send + Sync + 'static {
         to: Timestamp,
     ) -> Result<Vec<SeriesRow>, StoreError>;
 
-    /// Consumption per period and group over all connections, with contributor counts.
-    fn aggregate(&self, query: &AggregateQuery) -> Result<Vec<AggregateCell>, StoreError>;
+    /// Calls `f` once for every connection with a reading of `tier` on one of `bounds`
+    /// (sorted period boundaries), with its values there per register of `kind`. Erased
+    /// connections are skipped. The freeze job computes statistics from this.
+    fn members(
+        &self,
+        tier: Tier,
+        kind: RegisterKind,
+        bounds: &[Timestamp],
+        f: &mut dyn FnMut(Member<'_>),
+    ) -> Result<(), StoreError>;
+
+    /// Every pseudonym the store holds anything for (a connection record or readings), for
+    /// the API's analyst-id look-up. Erased ones are not listed.
+    fn pseudonyms(&self) -> Result<Vec<Pseudonym>, StoreError>;
+
+    /// Stores the statistics of periods that are not frozen yet, all or none, and returns
+    /// how many were newly frozen. A frozen period is never overwritten: its entry here is
+    /// ignored. Readings later stored for a frozen period are counted in
+    /// [`WriteOutcome::late`].
+    fn freeze(&self, periods: &[FrozenPeriod]) -> Result<u64, StoreError>;
+
+    /// Whether this period is frozen.
+    fn is_frozen(&self, key: PeriodKey) -> Result<bool, StoreError>;
+
+    /// The frozen periods of `tier` and `kind` starting in `[from, to)`, in time order.
+    fn statistics(
+        &self,
+        tier: Tier,
+        kind: RegisterKind,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<FrozenPeriod>, StoreError>;
 
     /// Removes readings past their tier's retention; returns how many per tier.
     fn sweep_retention(&self) -> Result<TierCounts, StoreError>;

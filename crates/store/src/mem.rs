@@ -13,9 +13,11 @@ use meterstand_model::{
 use meterstand_pseudonym::Pseudonym;
 use parking_lot::Mutex;
 
-use crate::periods::{self, Aggregator, BoundaryValues};
+use meterstand_statistics::Row;
+
+use crate::periods::{self, BoundaryValues};
 use crate::{
-    AggregateCell, AggregateQuery, BackupInfo, Clock, ErasureReceipt, GroupKey, IngestItem, Kept,
+    BackupInfo, Clock, ErasureReceipt, FrozenPeriod, IngestItem, Kept, Member, PeriodKey,
     ReadingStore, ReadingWriter, RetentionPolicy, SeriesRow, StoreError, SubjectExport, TierCounts,
     WriteOutcome,
 };
@@ -30,9 +32,13 @@ struct State {
     tombstones: HashSet<Pseudonym>,
     readings: BTreeMap<Key, u64>,
     meters: BTreeSet<(Pseudonym, Pseudonym)>,
+    /// Frozen statistics: (tier, kind, period start) → rows.
+    statistics: BTreeMap<(Tier, RegisterKind, i64), Vec<Row>>,
+    /// Per tier, the latest end of a frozen period: later readings before it are late.
+    frozen_until: [i64; 3],
 }
 
-/// A test hook: the next aggregate call says it entered, then waits for release.
+/// A test hook: the next statistics call says it entered, then waits for release.
 #[derive(Debug)]
 struct Pause {
     entered: mpsc::Sender<()>,
@@ -73,9 +79,9 @@ impl MemStore {
         }
     }
 
-    /// The next aggregate call sends on the first channel, then blocks until the second
+    /// The next statistics call sends on the first channel, then blocks until the second
     /// one receives (or 10 s pass): a request held in flight.
-    pub fn pause_next_aggregate(&self) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+    pub fn pause_next_statistics(&self) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
         let (entered_tx, entered_rx) = mpsc::channel();
         let (release_tx, release_rx) = mpsc::channel();
         *self.pause.lock() = Some(Pause {
@@ -93,6 +99,11 @@ impl MemStore {
 
     fn horizon(&self, tier: Tier) -> i64 {
         self.retention.horizon(tier, self.clock.now()).as_second()
+    }
+
+    fn horizon_statistics(&self) -> i64 {
+        let secs = i64::try_from(self.retention.statistics.as_secs()).unwrap_or(i64::MAX);
+        self.clock.now().as_second().saturating_sub(secs)
     }
 
     fn allowed(&self, state: &State, p: Pseudonym) -> TierSet {
@@ -143,6 +154,9 @@ impl MemStore {
                             None => {
                                 state.readings.insert(key, tr.reading.value);
                                 out.stored.add(tier, 1);
+                                if key.3 < state.frozen_until[tier as usize] {
+                                    out.late += 1;
+                                }
                             }
                             Some(v) if *v == tr.reading.value => out.duplicates += 1,
                             Some(_) => out.conflicts += 1,
@@ -380,40 +394,124 @@ impl ReadingStore for MemStore {
             .collect())
     }
 
-    fn aggregate(&self, q: &AggregateQuery) -> Result<Vec<AggregateCell>, StoreError> {
+    fn members(
+        &self,
+        tier: Tier,
+        kind: RegisterKind,
+        bounds: &[Timestamp],
+        f: &mut dyn FnMut(Member<'_>),
+    ) -> Result<(), StoreError> {
+        let state = self.state.lock();
+        let members: BTreeSet<Pseudonym> = state
+            .readings
+            .keys()
+            .filter(|k| k.0 == tier && !state.tombstones.contains(&k.1))
+            .map(|k| k.1)
+            .collect();
+        for p in members {
+            let values = self.boundary_values(&state, p, kind, tier, bounds);
+            if values
+                .per_register
+                .iter()
+                .all(|v| v.iter().all(Option::is_none))
+            {
+                continue;
+            }
+            f(Member {
+                pseudonym: p,
+                connection: state.connections.get(&p),
+                values: &values,
+            });
+        }
+        Ok(())
+    }
+
+    fn pseudonyms(&self) -> Result<Vec<Pseudonym>, StoreError> {
+        let state = self.state.lock();
+        let mut all: BTreeSet<Pseudonym> = state.connections.keys().copied().collect();
+        all.extend(state.readings.keys().map(|k| k.1));
+        all.retain(|p| !state.tombstones.contains(p) || state.connections.contains_key(p));
+        Ok(all.into_iter().collect())
+    }
+
+    fn freeze(&self, periods: &[FrozenPeriod]) -> Result<u64, StoreError> {
+        let mut state = self.state.lock();
+        let mut frozen = 0;
+        for period in periods {
+            let key = (
+                period.key.tier,
+                period.key.kind,
+                period.key.period_start.as_second(),
+            );
+            if state.statistics.contains_key(&key) {
+                continue;
+            }
+            state.statistics.insert(key, period.rows.clone());
+            frozen += 1;
+            let end = self
+                .calendar
+                .next_boundary(
+                    period.key.tier,
+                    period.key.kind.registers()[0],
+                    period.key.period_start,
+                )
+                .as_second();
+            let until = &mut state.frozen_until[period.key.tier as usize];
+            *until = (*until).max(end);
+        }
+        Ok(frozen)
+    }
+
+    fn is_frozen(&self, key: PeriodKey) -> Result<bool, StoreError> {
+        Ok(self.state.lock().statistics.contains_key(&(
+            key.tier,
+            key.kind,
+            key.period_start.as_second(),
+        )))
+    }
+
+    fn statistics(
+        &self,
+        tier: Tier,
+        kind: RegisterKind,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<FrozenPeriod>, StoreError> {
         if let Some(pause) = self.pause.lock().take() {
             let _ = pause.entered.send(());
             let _ = pause
                 .release
                 .recv_timeout(std::time::Duration::from_secs(10));
         }
-        let bounds =
-            periods::boundaries(&self.calendar, q.tier, q.kind.registers()[0], q.from, q.to)?;
-        let mut aggregator = Aggregator::new(bounds.len().saturating_sub(1));
         let state = self.state.lock();
-        let members: BTreeSet<Pseudonym> = state
-            .readings
-            .keys()
-            .filter(|k| k.0 == q.tier)
-            .map(|k| k.1)
-            .collect();
-        for p in members {
-            let connection = state.connections.get(&p);
-            // An objection to analytics (GDPR Art. 21) takes the connection out of every
-            // aggregate; its readings stay for billing and subject requests.
-            if connection.is_some_and(|c| !c.analytics) {
-                continue;
-            }
-            let values = self.boundary_values(&state, p, q.kind, q.tier, &bounds);
-            let group = GroupKey::of(connection, q.group_by);
-            aggregator.add(group, &values);
+        let horizon = self.horizon_statistics();
+        let range = (tier, kind, from.as_second().max(horizon))..(tier, kind, to.as_second());
+        if range.start.2 >= range.end.2 {
+            return Ok(Vec::new());
         }
-        Ok(aggregator.finish(&bounds))
+        Ok(state
+            .statistics
+            .range(range)
+            .filter_map(|((tier, kind, start), rows)| {
+                Some(FrozenPeriod {
+                    key: PeriodKey {
+                        tier: *tier,
+                        kind: *kind,
+                        period_start: Timestamp::from_second(*start).ok()?,
+                    },
+                    rows: rows.clone(),
+                })
+            })
+            .collect())
     }
 
     fn sweep_retention(&self) -> Result<TierCounts, StoreError> {
         let horizons = Tier::ALL.map(|t| self.horizon(t));
+        let statistics_horizon = self.horizon_statistics();
         let mut state = self.state.lock();
+        state
+            .statistics
+            .retain(|key, _| key.2 >= statistics_horizon);
         let mut removed = TierCounts::default();
         state.readings.retain(|key, _| {
             let keep = key.3 >= horizons[key.0 as usize];

@@ -1,14 +1,11 @@
 //! Period arithmetic every backend shares: which boundaries a query spans, consumption as
-//! the difference of two cumulative readings on consecutive boundaries, and the assembly of
-//! group aggregates. A connection lacking either boundary reading of a period, or whose
+//! the difference of two cumulative readings on consecutive boundaries. A connection lacking either boundary reading of a period, or whose
 //! register went backwards in it (a meter swap), does not contribute to that period.
-
-use std::collections::HashMap;
 
 use jiff::Timestamp;
 use meterstand_model::{Calendar, Register, Tier};
 
-use crate::{AggregateCell, GroupKey, StoreError};
+use crate::StoreError;
 
 /// Periods one query may span: a year of quarter-hours with room to spare.
 pub const MAX_PERIODS: usize = 40_000;
@@ -68,57 +65,5 @@ impl BoundaryValues {
     /// Every period's consumption that can be known.
     pub fn contributions(&self, periods: usize) -> impl Iterator<Item = (usize, u64)> + '_ {
         (0..periods).filter_map(|k| self.consumption(k).map(|c| (k, c)))
-    }
-}
-
-/// Sums contributions per group and period, then lists the cells in period and group order.
-#[derive(Debug)]
-pub struct Aggregator {
-    periods: usize,
-    cells: HashMap<GroupKey, Vec<(u64, u64)>>,
-}
-
-impl Aggregator {
-    pub fn new(periods: usize) -> Aggregator {
-        Aggregator {
-            periods,
-            cells: HashMap::new(),
-        }
-    }
-
-    pub fn add(&mut self, group: GroupKey, values: &BoundaryValues) {
-        let mut contributions = values.contributions(self.periods).peekable();
-        if contributions.peek().is_none() {
-            return;
-        }
-        let periods = self.periods;
-        let row = self
-            .cells
-            .entry(group)
-            .or_insert_with(|| vec![(0, 0); periods]);
-        for (k, c) in contributions {
-            row[k].0 += 1;
-            row[k].1 += c;
-        }
-    }
-
-    pub fn finish(self, bounds: &[Timestamp]) -> Vec<AggregateCell> {
-        let mut groups: Vec<_> = self.cells.into_iter().collect();
-        groups.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut out = Vec::new();
-        for (k, period_start) in bounds.iter().take(self.periods).enumerate() {
-            for (group, row) in &groups {
-                let (connections, consumption) = row[k];
-                if connections > 0 {
-                    out.push(AggregateCell {
-                        period_start: *period_start,
-                        group: group.clone(),
-                        connections,
-                        consumption,
-                    });
-                }
-            }
-        }
-        out
     }
 }

@@ -1,9 +1,7 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use meterstand_model::{
-    Connection, Postcode4, Profile, Reading, RegisterKind, Tier, TierSet, TieredReading,
-};
+use meterstand_model::{Connection, Reading, Tier, TierSet, TieredReading};
 use meterstand_pseudonym::Pseudonym;
 
 /// What a connection sent in one message, already pseudonymised.
@@ -69,6 +67,9 @@ pub struct WriteOutcome {
     /// Tier entries bound for a stored block that cannot be decoded: set aside (quarantined)
     /// so that the batch and the ones after it flow.
     pub quarantined: u64,
+    /// Tier entries newly stored for a period whose statistics are already frozen (they
+    /// are not applied to the statistics).
+    pub late: u64,
 }
 
 impl WriteOutcome {
@@ -79,6 +80,7 @@ impl WriteOutcome {
         self.duplicates += other.duplicates;
         self.conflicts += other.conflicts;
         self.quarantined += other.quarantined;
+        self.late += other.late;
     }
 }
 
@@ -88,6 +90,8 @@ pub struct RetentionPolicy {
     pub interval: Duration,
     pub day: Duration,
     pub month: Duration,
+    /// Frozen statistics (anonymous: rows of at least k connections, no identifier).
+    pub statistics: Duration,
     /// Tiers kept on erasure (month readings: fiscal retention, Art. 52 AWR).
     pub erasure_hold: TierSet,
     /// Why the held tiers are kept, for the receipt.
@@ -102,6 +106,8 @@ impl Default for RetentionPolicy {
             interval: Duration::from_secs(13 * 2_630_016),
             day: Duration::from_secs(24 * 2_630_016),
             month: Duration::from_secs(7 * 365 * DAY + 2 * DAY),
+            // humantime's "10years" (a year is 365.25 days).
+            statistics: Duration::from_secs(3_652 * DAY + DAY / 2),
             erasure_hold: TierSet::EMPTY.with(Tier::Month),
             hold_reason:
                 "fiscal retention obligation (Art. 52 AWR): billing readings are kept for 7 years"
@@ -200,52 +206,6 @@ pub struct BackupInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeriesRow {
     pub period_start: Timestamp,
-    pub consumption: u64,
-}
-
-/// Which connection attributes to group by. Only these: a query cannot name a connection.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct GroupBy {
-    pub postcode4: bool,
-    pub profile: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct GroupKey {
-    pub postcode4: Option<Postcode4>,
-    pub profile: Option<Profile>,
-}
-
-impl GroupKey {
-    /// The group a connection falls in under `group_by` (unregistered: no attributes).
-    pub fn of(connection: Option<&Connection>, group_by: GroupBy) -> GroupKey {
-        GroupKey {
-            postcode4: connection
-                .filter(|_| group_by.postcode4)
-                .and_then(|c| c.postcode4),
-            profile: connection
-                .filter(|_| group_by.profile)
-                .and_then(|c| c.profile.clone()),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct AggregateQuery {
-    pub kind: RegisterKind,
-    pub tier: Tier,
-    pub from: Timestamp,
-    pub to: Timestamp,
-    pub group_by: GroupBy,
-}
-
-/// Consumption of one group in one period, with the number of connections that had both
-/// boundary readings (the only ones that contribute).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AggregateCell {
-    pub period_start: Timestamp,
-    pub group: GroupKey,
-    pub connections: u64,
     pub consumption: u64,
 }
 

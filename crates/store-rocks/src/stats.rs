@@ -1,0 +1,255 @@
+//! Frozen statistics in their own column family, `statistics`. Depends on `engine` only.
+//!
+//! ```text
+//! key   = tier (1 byte: 0 interval, 1 day, 2 month)
+//!       | register kind (1 byte: 0 import, 1 export, 2 gas)
+//!       | period start (UTC seconds, i64 with the sign bit flipped, big-endian)
+//!       | row index (u16 BE; 0xffff is the period's frozen marker)      = 12 bytes
+//! value = row: `meterstand_statistics::encode`; marker: the row count (u16 BE)
+//! ```
+//!
+//! A period is written once, rows and marker in one batch, and never rewritten; a period
+//! without the marker does not exist. No key or value holds an identifier: rows count at
+//! least k connections. Retention: `retention.statistics`, by the sweep.
+
+use std::sync::atomic::Ordering;
+
+use jiff::Timestamp;
+use meterstand_model::{RegisterKind, Tier};
+use meterstand_store::{FrozenPeriod, PeriodKey, StoreError};
+use rocksdb::WriteBatch;
+
+use crate::engine::{CF_STATISTICS, Shared, engine};
+use crate::metrics;
+
+const MARKER: u16 = 0xffff;
+const KEY_LEN: usize = 12;
+
+fn kinds() -> [RegisterKind; 3] {
+    [
+        RegisterKind::Import,
+        RegisterKind::Export,
+        RegisterKind::Gas,
+    ]
+}
+
+fn prefix(tier: Tier, kind: RegisterKind) -> [u8; 2] {
+    [tier as u8, kind as u8]
+}
+
+fn time_bytes(secs: i64) -> [u8; 8] {
+    ((secs as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn key(tier: Tier, kind: RegisterKind, secs: i64, index: u16) -> [u8; KEY_LEN] {
+    let mut k = [0u8; KEY_LEN];
+    k[..2].copy_from_slice(&prefix(tier, kind));
+    k[2..10].copy_from_slice(&time_bytes(secs));
+    k[10..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn parse(k: &[u8]) -> Option<(i64, u16)> {
+    if k.len() != KEY_LEN {
+        return None;
+    }
+    let t = u64::from_be_bytes(k[2..10].try_into().ok()?) ^ (1 << 63);
+    Some((t as i64, u16::from_be_bytes([k[10], k[11]])))
+}
+
+fn end_of(shared: &Shared, key: PeriodKey) -> i64 {
+    shared
+        .calendar
+        .next_boundary(key.tier, key.kind.registers()[0], key.period_start)
+        .as_second()
+}
+
+fn raise(shared: &Shared, tier: Tier, end: i64) {
+    shared.frozen_until[tier as usize].fetch_max(end, Ordering::SeqCst);
+}
+
+/// The latest frozen period per tier, read at open, so that late readings are counted
+/// after a restart too.
+pub(crate) fn load_watermarks(shared: &Shared) -> Result<(), StoreError> {
+    let cf = shared.cf(CF_STATISTICS)?;
+    for tier in meterstand_model::Tier::ALL {
+        for kind in kinds() {
+            let mut it = shared.db.raw_iterator_cf(cf);
+            it.seek_for_prev(key(tier, kind, i64::MAX, MARKER));
+            if let Some(k) = it.key()
+                && k.starts_with(&prefix(tier, kind))
+                && let Some((start, _)) = parse(k)
+                && let Ok(start) = Timestamp::from_second(start)
+            {
+                let end = end_of(
+                    shared,
+                    PeriodKey {
+                        tier,
+                        kind,
+                        period_start: start,
+                    },
+                );
+                raise(shared, tier, end);
+            }
+            it.status().map_err(engine("reading statistics"))?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn is_frozen(shared: &Shared, k: PeriodKey) -> Result<bool, StoreError> {
+    let cf = shared.cf(CF_STATISTICS)?;
+    Ok(shared
+        .db
+        .get_pinned_cf(cf, key(k.tier, k.kind, k.period_start.as_second(), MARKER))
+        .map_err(engine("reading statistics"))?
+        .is_some())
+}
+
+pub(crate) fn freeze(shared: &Shared, periods: &[FrozenPeriod]) -> Result<u64, StoreError> {
+    let _one = shared.freeze_lock.lock();
+    let cf = shared.cf(CF_STATISTICS)?;
+    let mut batch = WriteBatch::default();
+    let mut frozen = 0u64;
+    let mut ends = Vec::new();
+    for period in periods {
+        let k = period.key;
+        if is_frozen(shared, k)? {
+            continue;
+        }
+        let secs = k.period_start.as_second();
+        let count = u16::try_from(period.rows.len())
+            .ok()
+            .filter(|n| *n < MARKER)
+            .ok_or(StoreError::InvalidQuery(
+                "too many statistics rows in one period".into(),
+            ))?;
+        for (i, row) in period.rows.iter().enumerate() {
+            let i = u16::try_from(i).unwrap_or(MARKER - 1);
+            batch.put_cf(
+                cf,
+                key(k.tier, k.kind, secs, i),
+                meterstand_statistics::encode(row),
+            );
+        }
+        batch.put_cf(cf, key(k.tier, k.kind, secs, MARKER), count.to_be_bytes());
+        frozen += 1;
+        ends.push((k.tier, end_of(shared, k)));
+    }
+    if frozen > 0 {
+        shared
+            .db
+            .write_opt(batch, &shared.write_opts())
+            .map_err(engine("writing statistics"))?;
+        for (tier, end) in ends {
+            raise(shared, tier, end);
+        }
+        metrics::FROZEN_PERIODS.inc_by(frozen);
+    }
+    Ok(frozen)
+}
+
+fn horizon(shared: &Shared) -> i64 {
+    let secs = i64::try_from(shared.config.retention.statistics.as_secs()).unwrap_or(i64::MAX);
+    shared.clock.now().as_second().saturating_sub(secs)
+}
+
+pub(crate) fn read(
+    shared: &Shared,
+    tier: Tier,
+    kind: RegisterKind,
+    from: Timestamp,
+    to: Timestamp,
+) -> Result<Vec<FrozenPeriod>, StoreError> {
+    let from = from.as_second().max(horizon(shared));
+    let to = to.as_second();
+    if from >= to {
+        return Ok(Vec::new());
+    }
+    let cf = shared.cf(CF_STATISTICS)?;
+    let end = key(tier, kind, to, 0);
+    let mut it = shared.db.raw_iterator_cf(cf);
+    it.seek(key(tier, kind, from, 0));
+    let mut out = Vec::new();
+    let mut rows = Vec::new();
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        if k >= end.as_slice() {
+            break;
+        }
+        let (start, index) = parse(k).ok_or(StoreError::Corrupt("statistics"))?;
+        if index == MARKER {
+            let count = usize::from(u16::from_be_bytes(
+                v.try_into()
+                    .map_err(|_| StoreError::Corrupt("statistics"))?,
+            ));
+            if rows.len() != count {
+                return Err(StoreError::Corrupt("statistics"));
+            }
+            out.push(FrozenPeriod {
+                key: PeriodKey {
+                    tier,
+                    kind,
+                    period_start: Timestamp::from_second(start)
+                        .map_err(|_| StoreError::Corrupt("statistics"))?,
+                },
+                rows: std::mem::take(&mut rows),
+            });
+        } else {
+            rows.push(
+                meterstand_statistics::decode(v).map_err(|_| StoreError::Corrupt("statistics"))?,
+            );
+        }
+        it.next();
+    }
+    it.status().map_err(engine("reading statistics"))?;
+    Ok(out)
+}
+
+/// Deletes the statistics of periods that started before `retention.statistics` ago.
+pub(crate) fn sweep(shared: &Shared) -> Result<u64, StoreError> {
+    let cf = shared.cf(CF_STATISTICS)?;
+    let horizon = horizon(shared);
+    let mut batch = WriteBatch::default();
+    let mut periods = 0;
+    for tier in Tier::ALL {
+        for kind in kinds() {
+            let start = key(tier, kind, i64::MIN, 0);
+            let end = key(tier, kind, horizon, 0);
+            let mut it = shared.db.raw_iterator_cf(cf);
+            it.seek(start);
+            while let Some(k) = it.key() {
+                if k >= end.as_slice() {
+                    break;
+                }
+                if parse(k).is_some_and(|(_, i)| i == MARKER) {
+                    periods += 1;
+                }
+                it.next();
+            }
+            it.status().map_err(engine("sweeping statistics"))?;
+            batch.delete_range_cf(cf, start, end);
+        }
+    }
+    if periods > 0 {
+        shared
+            .db
+            .write_opt(batch, &shared.write_opts())
+            .map_err(engine("sweeping statistics"))?;
+    }
+    Ok(periods)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_by_time_including_before_1970() {
+        let a = key(Tier::Day, RegisterKind::Import, -5, 0);
+        let b = key(Tier::Day, RegisterKind::Import, 5, 0);
+        let c = key(Tier::Day, RegisterKind::Import, 5, MARKER);
+        assert!(a < b && b < c);
+        assert_eq!(parse(&c), Some((5, MARKER)));
+        assert_eq!(parse(&a), Some((-5, 0)));
+    }
+}
