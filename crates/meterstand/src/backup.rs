@@ -28,7 +28,7 @@ pub struct RestoreArgs {
     /// A directory written by `meterstand backup`.
     #[arg(long, value_name = "DIR")]
     pub from: PathBuf,
-    /// Move an existing store.path aside (to <path>.before-restore-<time>) instead of refusing.
+    /// Move an existing store.path aside (to PATH.before-restore-TIME) instead of refusing.
     #[arg(long)]
     pub force: bool,
 }
