@@ -4,20 +4,18 @@
 //! subscriber that only acknowledges. Messages are queued in the broker for a persistent
 //! session first, so each figure measures delivery, not the publisher.
 
-#[path = "../../tests/tests/common/mod.rs"]
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{Mosquitto, Publisher, json_payload, quarters_ago};
 use jiff::Timestamp;
 use meterstand_ingest::{Ingest, IngestConfig, IngestStatus};
-use meterstand_model::{ConsentLevel, Ean, Reading, Register};
+use meterstand_model::{ConsentLevel, Reading, Register};
 use meterstand_pseudonym::{KeyRing, Pseudonymiser};
 use meterstand_store::SystemClock;
 use meterstand_store_rocks::{RocksStore, StoreConfig};
+use meterstand_testkit::fleet::json_payload;
+use meterstand_testkit::{Mosquitto, Publisher, ean_from, quarters_ago};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 
@@ -28,7 +26,7 @@ fn messages(single: bool) -> Vec<(String, Vec<u8>, u64)> {
         for i in 0..100_000u64 {
             let c = i % 10_000;
             let q = (i / 10_000) as i64;
-            let ean = Ean::from_body(87_100_000_000_000_000 + c).expect("fits");
+            let ean = ean_from(0, c);
             let r = Reading {
                 register: Register::ImportT1,
                 time: Timestamp::from_second(start.as_second() + q * 900).expect("ok"),
@@ -45,7 +43,7 @@ fn messages(single: bool) -> Vec<(String, Vec<u8>, u64)> {
         for i in 0..12_000u64 {
             let c = i % 1_000;
             let day = (i / 1_000) as i64;
-            let ean = Ean::from_body(87_100_000_000_100_000 + c).expect("fits");
+            let ean = ean_from(0, 100_000 + c);
             let readings: Vec<Reading> = (0..96)
                 .map(|q| Reading {
                     register: Register::ImportT1,
@@ -214,7 +212,7 @@ fn main() {
         .build()
         .expect("runtime");
     let tmp = tempfile::tempdir().expect("tempdir");
-    let broker = Mosquitto::start(&tmp.path().join("mosquitto"));
+    let broker = Mosquitto::start_in(&tmp.path().join("mosquitto"));
     // METERSTAND_BENCH_SINGLE_ONLY=1 skips the batched run (for profiling the single one).
     let single_only = std::env::var_os("METERSTAND_BENCH_SINGLE_ONLY").is_some();
     for (name, single) in [("single", true), ("batched", false)] {

@@ -47,7 +47,7 @@ fn token(role: Role) -> String {
 }
 
 fn ean(n: u64) -> Ean {
-    Ean::from_body(87_168_712_000_000_000 + n).expect("ean")
+    meterstand_testkit::ean_from(6, n)
 }
 
 const NOW: &str = "2026-11-20T12:00:00Z";

@@ -1,9 +1,6 @@
 //! Ingest against a real Mosquitto on a free port, storing into `MemStore`: hostile sizes,
 //! P1 telegrams, and redelivery after ingest died on a failing store.
 
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -14,84 +11,9 @@ use meterstand_ingest::{Ingest, IngestConfig, IngestError, IngestHandle, IngestS
 use meterstand_model::{ConsentLevel, Ean, MeterId, Register, Tier};
 use meterstand_pseudonym::{KeyRing, Pseudonymiser};
 use meterstand_store::{MemStore, ReadingStore, RetentionPolicy, SystemClock};
+use meterstand_testkit::{Mosquitto, ean_from, free_port};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-fn current_user() -> String {
-    Command::new("id")
-        .arg("-un")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "root".into())
-}
-
-/// Mosquitto with its default limits (no message size limit), killed on drop.
-struct Mosquitto {
-    port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Mosquitto {
-    fn start() -> Mosquitto {
-        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-            .expect("mosquitto is not installed (apt-get install mosquitto)");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "user {}\npersistence false\nlog_dest file {}\nlistener {port} 127.0.0.1\nallow_anonymous true\n",
-                current_user(),
-                Path::new(dir.path()).join("mosquitto.log").display()
-            ),
-        )
-        .expect("conf");
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not open {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Mosquitto {
-            port,
-            child,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn pseudonymiser() -> Arc<Pseudonymiser> {
     Arc::new(Pseudonymiser::new(&KeyRing::from_keys([(1, [9u8; 32])])))
@@ -106,7 +28,7 @@ fn store() -> Arc<MemStore> {
 }
 
 fn ean(i: u64) -> Ean {
-    Ean::from_body(87_100_000_000_000_500 + i).expect("ean")
+    ean_from(5, i)
 }
 
 /// A quarter-hour boundary an hour or so ago: valid, and within every retention.

@@ -34,7 +34,7 @@ pub struct RestoreArgs {
     /// the restore opens, unless --keep-previous is given.
     #[arg(long)]
     pub force: bool,
-    /// With --force: keep the old store as <path>.before-restore-<time>. Such a copy is
+    /// With --force: keep the old store as PATH.before-restore-TIME. Such a copy is
     /// outside every retention and erasure (the journal replays only onto the restored store):
     /// delete it yourself as soon as you can.
     #[arg(long, requires = "force")]

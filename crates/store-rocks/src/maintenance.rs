@@ -8,9 +8,8 @@ use meterstand_store::{ErasureReceipt, Kept, StoreError, TierCounts};
 use rocksdb::{BottommostLevelCompaction, CompactOptions, WriteBatch};
 
 use crate::engine::{
-    CF_CONNECTIONS, CF_META, CF_METERS, CF_QUARANTINE, CF_TOMBSTONES, CONNECTION_CFS,
-    OTHER_CFS, Shared,
-    encode_connection, engine, tier_cf_name, tombstone_key,
+    CF_CONNECTIONS, CF_META, CF_METERS, CF_QUARANTINE, CF_TOMBSTONES, CONNECTION_CFS, OTHER_CFS,
+    Shared, encode_connection, engine, tier_cf_name, tombstone_key,
 };
 use crate::{layout, metrics};
 

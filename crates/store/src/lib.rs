@@ -7,8 +7,8 @@
 mod clock;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
-pub mod journal;
 pub mod freeze;
+pub mod journal;
 mod mem;
 pub mod periods;
 mod statistics;

@@ -1,12 +1,13 @@
 //! What operators, the CRM and the privacy officer do through the binary: the CLI clients
 //! against a running service, exact counters on `/metrics`, `promtool check metrics`, and a
-//! backup taken under load, restored and compared.
+//! backup taken under load, restored and compared. The service runs in-process except where
+//! the test reads its log or counts its metrics exactly (metrics are per process).
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -14,25 +15,9 @@ use jiff::Timestamp;
 use meterstand_model::{Calendar, ConsentLevel, Ean, Reading, Register, Tier};
 use meterstand_store::{ReadingStore, TierCounts};
 
+/// This file's own EANs.
 fn ean(n: u64) -> Ean {
-    Ean::from_body(87_100_000_000_200_000 + n).expect("fits")
-}
-
-fn cli(dirs: &ServiceDirs, args: &[&str]) -> Output {
-    Command::new(meterstand_binary())
-        .args(["--config".as_ref(), dirs.config.as_os_str()])
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("METERSTAND__STORE__PATH", &dirs.data)
-        .env("METERSTAND__STORE__COMPRESSION", "none")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run meterstand")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    ean_from(2, n)
 }
 
 fn token_arg(dirs: &ServiceDirs, role: &str) -> String {
@@ -51,9 +36,10 @@ fn recent_midnight(cal: &Calendar) -> Timestamp {
 #[test]
 fn cli_clients_exact_metrics_and_promtool() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let broker = Mosquitto::start(&tmp.path().join("mosquitto"));
+    let broker = Mosquitto::start_in(&tmp.path().join("mosquitto"));
     let dirs = ServiceDirs::new(&tmp.path().join("svc"));
-    let svc = ServiceProcess::start(
+    // A child process: the test counts metrics exactly and reads the process's JSON log.
+    let svc = Spawned::start(
         &dirs,
         &broker.url(),
         &[
@@ -65,8 +51,7 @@ fn cli_clients_exact_metrics_and_promtool() {
 
     // The CRM imports connections; two bad rows are reported by line and skipped.
     let csv = tmp.path().join("connections.csv");
-    let mut bad = ean(9).expose().to_string();
-    bad.replace_range(17.., if bad.ends_with('0') { "1" } else { "0" });
+    let bad = bad_check_digit(&ean(9));
     std::fs::write(
         &csv,
         format!(
@@ -149,8 +134,9 @@ fn cli_clients_exact_metrics_and_promtool() {
     assert_eq!((stored.interval, stored.day, stored.month), (4, 2, 0));
     assert_eq!((dropped.interval, dropped.day), (12, 2));
 
-    let (status, exposition) =
-        http(svc.api, "GET", "/metrics", Some(&token("operator")), None).expect("metrics");
+    let (status, exposition) = svc
+        .http("GET", "/metrics", Some(&token("operator")), None)
+        .expect("metrics");
     assert_eq!(status, 200);
     let metrics: BTreeMap<&str, f64> = exposition
         .lines()
@@ -244,7 +230,7 @@ fn cli_clients_exact_metrics_and_promtool() {
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     for file in [
         "config/grafana/meterstand.json",
         "config/prometheus/alerts.yml",
@@ -427,8 +413,9 @@ fn cli_clients_exact_metrics_and_promtool() {
         text(&out.stderr)
     );
 
-    let (_, exposition) =
-        http(svc.api, "GET", "/metrics", Some(&token("operator")), None).expect("metrics");
+    let (_, exposition) = svc
+        .http("GET", "/metrics", Some(&token("operator")), None)
+        .expect("metrics");
     assert!(exposition.contains("meterstand_store_erasures_total 1\n"));
     assert!(exposition.contains(
         r#"meterstand_api_requests_total{method="DELETE",route="/v1/subjects/{ean}",status="403"} 1"#
@@ -521,9 +508,9 @@ fn interval_readings(
 #[test]
 fn backup_under_load_restores_to_a_consistent_store() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let broker = Mosquitto::start(&tmp.path().join("mosquitto"));
+    let broker = Mosquitto::start_in(&tmp.path().join("mosquitto"));
     let dirs = ServiceDirs::new(&tmp.path().join("svc"));
-    let svc = ServiceProcess::start(&dirs, &broker.url(), &[]);
+    let svc = InProcess::start(&dirs, &broker.url(), &[]);
     let server = format!("http://{}", svc.api);
 
     let before = publish_stream(broker.port, "backup-a", 0, 500);
@@ -531,11 +518,7 @@ fn backup_under_load_restores_to_a_consistent_store() {
     let port = broker.port;
     let during = std::thread::spawn(move || publish_stream(port, "backup-b", 500, 5_500));
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while svc
-        .metric("meterstand_ingest_messages_total")
-        .unwrap_or(0.0)
-        < 1_000.0
-    {
+    while svc.acked() < 1_000 {
         assert!(
             std::time::Instant::now() < deadline,
             "the stream did not start"
@@ -596,7 +579,7 @@ fn backup_under_load_restores_to_a_consistent_store() {
     svc.stop();
 
     let restored_path = tmp.path().join("restored");
-    let out = Command::new(meterstand_binary())
+    let out = Command::new(METERSTAND)
         .args(["--config".as_ref(), dirs.config.as_os_str()])
         .args(["restore", "--from", &backup.display().to_string()])
         .env_clear()
@@ -651,19 +634,19 @@ fn backup_under_load_restores_to_a_consistent_store() {
 #[test]
 fn after_a_key_rotation_connection_records_follow_their_ean() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let broker = Mosquitto::start(&tmp.path().join("mosquitto"));
+    let broker = Mosquitto::start_in(&tmp.path().join("mosquitto"));
     let dirs = ServiceDirs::new(&tmp.path().join("svc"));
     let standard = [("METERSTAND__CONSENT__DEFAULT", "standard")];
     let e = ean(77);
-    let svc = ServiceProcess::start(&dirs, &broker.url(), &standard);
-    let (status, body) = http(
-        svc.api,
-        "PUT",
-        &format!("/v1/connections/{}", e.expose()),
-        Some(&token("crm")),
-        Some(r#"{"consent":"interval","postcode4":"1234"}"#),
-    )
-    .expect("put");
+    let svc = InProcess::start(&dirs, &broker.url(), &standard);
+    let (status, body) = svc
+        .http(
+            "PUT",
+            &format!("/v1/connections/{}", e.expose()),
+            Some(&token("crm")),
+            Some(r#"{"consent":"interval","postcode4":"1234"}"#),
+        )
+        .expect("put");
     assert_eq!(status, 200, "{body}");
     svc.stop();
 
@@ -678,7 +661,7 @@ fn after_a_key_rotation_connection_records_follow_their_ean() {
         ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let svc = ServiceProcess::start(&dirs, &broker.url(), &standard);
+    let svc = InProcess::start(&dirs, &broker.url(), &standard);
     let t0 = quarters_ago(8);
     let readings: Vec<Reading> = (0..4)
         .map(|i| Reading {
@@ -695,26 +678,21 @@ fn after_a_key_rotation_connection_records_follow_their_ean() {
     publisher.wait_acked();
     svc.wait_acked(1, Duration::from_secs(30));
     // The interval consent registered under version 1 still applies.
-    assert_eq!(
-        svc.metric(r#"meterstand_store_readings_stored_total{tier="interval"}"#),
-        Some(4.0)
-    );
-    assert_eq!(
-        svc.metric(r#"meterstand_store_dropped_by_consent_total{tier="interval"}"#),
-        Some(0.0)
-    );
+    let totals = svc.service_totals();
+    assert_eq!(totals.stored.interval, 4);
+    assert_eq!(totals.dropped_by_consent.interval, 0);
     assert_eq!(
         svc.metric("meterstand_store_rekeyed_connections_total"),
         Some(1.0)
     );
-    let (status, body) = http(
-        svc.api,
-        "GET",
-        &format!("/v1/subjects/{}/export", e.expose()),
-        Some(&token("privacy_officer")),
-        None,
-    )
-    .expect("export");
+    let (status, body) = svc
+        .http(
+            "GET",
+            &format!("/v1/subjects/{}/export", e.expose()),
+            Some(&token("privacy_officer")),
+            None,
+        )
+        .expect("export");
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert!(
