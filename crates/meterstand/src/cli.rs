@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use meterstand_pseudonym::KeyRing;
 
 use crate::config::Config;
-use crate::{backup, client, config, demo, service, simulate};
+use crate::{audit, backup, client, config, demo, service, simulate};
 
 #[derive(Debug, Parser)]
 #[command(name = "meterstand", version, about = "Private-by-construction smart-meter reading store", long_about = None)]
@@ -59,6 +59,12 @@ enum Command {
     Backup(backup::BackupArgs),
     /// Put a backup in place of store.path (service stopped) and check that it opens.
     Restore(backup::RestoreArgs),
+    /// The audit log: verify its hash chain, or report what was accessed (for a breach
+    /// report: which subjects, which data, since when, by whom).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -81,6 +87,27 @@ enum TokenCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// Remove a token's entry from the config file given with --config (comments and other
+    /// entries stay) and, with --pid, send the running service SIGHUP so that it re-reads
+    /// its token table: the token is refused from the next request on.
+    Revoke {
+        /// The token's id.
+        #[arg(long)]
+        id: String,
+        /// The running service's process id (e.g. `systemctl show -p MainPID meterstand`).
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check every line's hash and the chain; exits 1 and names the first broken line when
+    /// a line was removed, altered or reordered.
+    Verify(audit::VerifyArgs),
+    /// Per token: calls, refused calls, rows and subjects (pseudonyms) in a window; with
+    /// --eans, the affected subjects of a CRM list as EANs. JSON or CSV.
+    Report(audit::ReportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +179,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token {
             command: TokenCommand::New { role, id, out },
         } => client::new_token(&id, &role, out.as_deref()),
+        Command::Token {
+            command: TokenCommand::Revoke { id, pid },
+        } => revoke_token(cli.config.as_deref(), &env, &id, pid),
+        Command::Audit { command } => {
+            let config = Config::load(cli.config.as_deref(), &env)?;
+            match command {
+                AuditCommand::Verify(args) => audit::verify(args, &config),
+                AuditCommand::Report(args) => audit::report(args, &config, &env),
+            }
+        }
         Command::Backup(args) => {
             let listen = config_listen(cli.config.as_deref())?;
             runtime()?.block_on(backup::backup(args, &listen))
@@ -205,6 +242,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     };
     done.map(|()| ExitCode::SUCCESS)
+}
+
+fn revoke_token(
+    config_file: Option<&std::path::Path>,
+    env: &BTreeMap<String, String>,
+    id: &str,
+    pid: Option<u32>,
+) -> anyhow::Result<()> {
+    let Some(path) = config_file else {
+        anyhow::bail!("give the service's config file with --config: the token is removed from it");
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let (revised, removed) = audit::remove_token_entry(&text, id);
+    if !removed {
+        anyhow::bail!(
+            "{} has no [[api.tokens]] entry with id {id:?}",
+            path.display()
+        );
+    }
+    std::fs::write(path, revised).with_context(|| format!("writing {}", path.display()))?;
+    // The revised file must still be a valid configuration before the service re-reads it.
+    Config::load(Some(path), env).context("the config without the token")?;
+    println!("removed token {id:?} from {}", path.display());
+    match pid {
+        Some(pid) => {
+            let status = std::process::Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status()
+                .context("running kill -HUP")?;
+            anyhow::ensure!(status.success(), "kill -HUP {pid} failed");
+            println!("sent SIGHUP to {pid}: the token is refused from now on");
+        }
+        None => {
+            println!("send the service SIGHUP (systemctl reload meterstand) to refuse it at once")
+        }
+    }
+    Ok(())
 }
 
 fn keygen(out: &std::path::Path, rotate: bool) -> anyhow::Result<()> {

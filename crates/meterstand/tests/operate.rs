@@ -420,7 +420,75 @@ fn cli_clients_exact_metrics_and_promtool() {
     assert!(exposition.contains(
         r#"meterstand_api_requests_total{method="DELETE",route="/v1/subjects/{ean}",status="403"} 1"#
     ));
+
+    // Revocation without a restart: the token leaves the config file and the running
+    // service, told by SIGHUP, refuses it from then on.
+    let stats = "/v1/statistics?from=2026-11-01&to=2026-11-02&granularity=day";
+    let before = svc
+        .http("GET", stats, Some(&token("analyst")), None)
+        .expect("stats");
+    assert_eq!(before.0, 200, "{}", before.1);
+    let out = cli(
+        &dirs,
+        &[
+            "token",
+            "revoke",
+            "--id",
+            "analyst-1",
+            "--pid",
+            &svc.child.id().to_string(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = svc
+            .http("GET", stats, Some(&token("analyst")), None)
+            .expect("stats");
+        if status == 401 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revoked token is still accepted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     svc.stop();
+
+    // `audit verify` passes on the log as written, and `audit report` lists the privacy
+    // officer's calls in the window.
+    let out = cli(
+        &dirs,
+        &[
+            "audit",
+            "verify",
+            "--log",
+            &dirs.audit.display().to_string(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let window = [
+        "--from",
+        "2000-01-01T00:00:00Z",
+        "--to",
+        "2100-01-01T00:00:00Z",
+    ];
+    let mut args = vec!["audit", "report", "--token", "privacy_officer-1", "--log"];
+    let log_path = dirs.audit.display().to_string();
+    args.push(&log_path);
+    args.extend(window);
+    let out = cli(&dirs, &args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report json");
+    let actors = report["actors"].as_array().expect("actors");
+    assert_eq!(actors.len(), 1, "{report}");
+    assert!(actors[0]["calls"].as_u64().unwrap_or(0) >= 3, "{report}");
 
     // Audit: 3 puts, 2 exports, 1 erasure, 1 refused erasure (and the operator's metric
     // scrapes between them); no EAN anywhere in it or the log; the hash chain holds.
@@ -437,7 +505,7 @@ fn cli_clients_exact_metrics_and_promtool() {
                 v["outcome"].as_str().unwrap_or("")
             )
         })
-        .filter(|a| a != "metrics.read ok")
+        .filter(|a| a != "metrics.read ok" && a != "statistics.read ok")
         .collect();
     assert_eq!(
         actions,
@@ -449,8 +517,22 @@ fn cli_clients_exact_metrics_and_promtool() {
             "subject.export ok",
             "subject.erase ok",
             "auth.refused denied",
+            "auth.refused denied",
         ]
     );
+    // An edited line is caught, by the library and by the CLI's exit code.
+    let edited = audit.replacen("subject.export", "subject.exporx", 1);
+    std::fs::write(&dirs.audit, edited).expect("edit");
+    let out = cli(
+        &dirs,
+        &[
+            "audit",
+            "verify",
+            "--log",
+            &dirs.audit.display().to_string(),
+        ],
+    );
+    assert!(!out.status.success(), "an edited audit log verified");
     let log = std::fs::read_to_string(&dirs.log).expect("service log");
     assert!(log.lines().count() > 3);
     for line in log.lines() {
