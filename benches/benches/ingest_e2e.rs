@@ -40,16 +40,33 @@ fn messages(single: bool) -> Vec<(String, Vec<u8>, u64)> {
         }
     } else {
         let start = quarters_ago(96 * 12);
+        // Household increments by hour of day, with noise (E1A-like: 20–60 Wh a quarter at
+        // night, up to 400 Wh in the evening): not constant steps, which encode unrealistically
+        // well.
+        let mut registers: Vec<u64> = (0..1_000u64).map(|c| 1_000_000 + c * 7_919).collect();
+        let mut rng = meterstand_model::sim::SimRng::new(2026);
         for i in 0..12_000u64 {
             let c = i % 1_000;
             let day = (i / 1_000) as i64;
             let ean = ean_from(0, 100_000 + c);
             let readings: Vec<Reading> = (0..96)
-                .map(|q| Reading {
-                    register: Register::ImportT1,
-                    time: Timestamp::from_second(start.as_second() + (day * 96 + q) * 900)
-                        .expect("ok"),
-                    value: 1_000_000 + (day * 96 + q) as u64 * 30,
+                .map(|q| {
+                    let hour = (q / 4) as u64;
+                    let (low, high) = match hour {
+                        0..=6 => (20, 60),
+                        7..=9 => (60, 200),
+                        10..=16 => (40, 150),
+                        17..=22 => (150, 400),
+                        _ => (60, 120),
+                    };
+                    let slot = &mut registers[c as usize];
+                    *slot += low + rng.below(high - low + 1);
+                    Reading {
+                        register: Register::ImportT1,
+                        time: Timestamp::from_second(start.as_second() + (day * 96 + q) * 900)
+                            .expect("ok"),
+                        value: *slot,
+                    }
                 })
                 .collect();
             out.push((
@@ -251,4 +268,18 @@ fn main() {
             );
         }
     }
+    // Beside speed: the whole process (publisher data, broker client, ingest, store).
+    println!("ingest_peak_rss_mib {:.0} MiB", peak_rss_mib());
+}
+
+/// Peak resident memory of this process so far (VmHWM), in MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }

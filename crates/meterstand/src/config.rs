@@ -90,6 +90,59 @@ pub struct StoreSection {
     pub compression: Compression,
     /// The erasure and consent journal: outside `path`, so backups do not carry it.
     pub journal: PathBuf,
+    /// One memory budget for RocksDB (block cache and memtables) and the writer's caches.
+    pub memory: ByteSize,
+}
+
+/// A size in bytes written with a binary unit: `256MiB`, `1GiB`, `512KiB`, or plain bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ByteSize, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (digits, unit) = s.split_at(split);
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size such as 256MiB or 1GiB"))?;
+        let factor: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            _ => return Err(format!("{s:?}: the unit must be B, KiB, MiB or GiB")),
+        };
+        n.checked_mul(factor)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl std::fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            n if n % (1 << 30) == 0 && n > 0 => write!(f, "{}GiB", n >> 30),
+            n if n % (1 << 20) == 0 && n > 0 => write!(f, "{}MiB", n >> 20),
+            n if n % (1 << 10) == 0 && n > 0 => write!(f, "{}KiB", n >> 10),
+            n => write!(f, "{n}B"),
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -448,6 +501,13 @@ impl Config {
                 "p1.boundary_window",
                 &humantime::format_duration(self.p1.boundary_window),
                 "more than 0 and at most 15m",
+            ));
+        }
+        if !(32 << 20..=64 << 30).contains(&self.store.memory.0) {
+            return Err(value_err(
+                "store.memory",
+                &self.store.memory,
+                "32MiB to 64GiB",
             ));
         }
         if inside(&self.store.journal, &self.store.path) {

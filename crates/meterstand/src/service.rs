@@ -49,6 +49,7 @@ pub fn store_config(config: &Config) -> anyhow::Result<StoreConfig> {
         time_zone: config.privacy.timezone.clone(),
         sync: true,
         journal: Some(config.store.journal.clone()),
+        memory: config.store.memory.0,
     })
 }
 

@@ -251,4 +251,17 @@ fn main() {
     let (median, best) = aggregate_ms(&p);
     println!("store_members_walk_ms {median:.1} ms");
     println!("store_members_walk_best_ms {best:.1} ms");
+    println!("store_peak_rss_mib {:.0} MiB", peak_rss_mib());
+}
+
+/// Peak resident memory of this process so far (VmHWM), in MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }

@@ -73,6 +73,27 @@ pub struct StoreConfig {
     /// connection changes are journalled before they run, and entries the store has not
     /// applied are replayed at open. `None`: no journal (tests, benchmarks).
     pub journal: Option<PathBuf>,
+    /// One memory budget in bytes (`store.memory`): three quarters for RocksDB's block cache,
+    /// which memtables are charged to as well (a write-buffer manager holds them to a quarter
+    /// of the budget), and one quarter for the writer's decoded blocks.
+    pub memory: u64,
+}
+
+impl StoreConfig {
+    /// The RocksDB share of the budget: block cache and memtables together.
+    pub(crate) fn rocksdb_bytes(&self) -> usize {
+        usize::try_from(self.memory / 4 * 3).unwrap_or(usize::MAX)
+    }
+
+    /// The memtables' share, within the RocksDB share.
+    pub(crate) fn memtable_bytes(&self) -> usize {
+        usize::try_from(self.memory / 4).unwrap_or(usize::MAX)
+    }
+
+    /// The writer's decoded-block cache share.
+    pub fn writer_cache_bytes(&self) -> u64 {
+        self.memory / 4
+    }
 }
 
 impl StoreConfig {
@@ -85,6 +106,7 @@ impl StoreConfig {
             time_zone: "Europe/Amsterdam".into(),
             sync: true,
             journal: None,
+            memory: 256 << 20,
         }
     }
 }
@@ -211,15 +233,23 @@ pub(crate) fn open_shared(
     db_opts.set_max_manifest_file_size(MANIFEST_ROLL_BYTES);
     // ... and no space-amplification allowance on top of that limit: with the default (500 %)
     // the MANIFEST would only roll at six times its compacted size.
-    let db_opts = db_opts
+    let mut db_opts = db_opts
         .get_options_from_string("max_manifest_space_amp_pct=0")
         .map_err(engine("setting the MANIFEST policy"))?;
 
+    // One budget: every column family's blocks and every memtable are charged to one cache.
+    let cache = rocksdb::Cache::new_lru_cache(config.rocksdb_bytes());
+    let memtables = rocksdb::WriteBufferManager::new_write_buffer_manager_with_cache(
+        config.memtable_bytes(),
+        false,
+        cache.clone(),
+    );
+    db_opts.set_write_buffer_manager(&memtables);
     let mut cfs = Vec::new();
     for tier in Tier::ALL {
         cfs.push(ColumnFamilyDescriptor::new(
             tier_cf_name(tier),
-            tier_options(tier, &config, horizons.clone()),
+            tier_options(tier, &config, horizons.clone(), &cache),
         ));
     }
     for name in [
@@ -271,7 +301,12 @@ pub(crate) fn open_shared(
 /// A new MANIFEST once the current one exceeds this: small, so erasures roll it quickly.
 const MANIFEST_ROLL_BYTES: usize = 1;
 
-fn tier_options(tier: Tier, config: &StoreConfig, horizons: Arc<Horizons>) -> Options {
+fn tier_options(
+    tier: Tier,
+    config: &StoreConfig,
+    horizons: Arc<Horizons>,
+    cache: &rocksdb::Cache,
+) -> Options {
     let mut o = Options::default();
     let compression = match config.compression {
         Compression::None => rocksdb::DBCompressionType::None,
@@ -284,6 +319,7 @@ fn tier_options(tier: Tier, config: &StoreConfig, horizons: Arc<Horizons>) -> Op
     let mut table = BlockBasedOptions::default();
     table.set_block_size(16 * 1024);
     table.set_bloom_filter(10.0, false);
+    table.set_block_cache(cache);
     o.set_block_based_table_factory(&table);
     let span = layout::bucket_quarters(tier);
     // Drops whole blocks whose last slot is past retention while compaction rewrites them

@@ -44,8 +44,26 @@ pub(crate) enum Command {
 
 /// Readings gathered into one group commit at most, to bound its latency.
 const GROUP_COMMIT_READINGS: usize = 64 * 1024;
-/// Decoded blocks the writer keeps per tier at most; the cache is cleared whole when full.
-const BLOCK_CACHE_ENTRIES: usize = 262_144;
+/// Bytes a cached block of `tier` takes at most: key, map slot and vector header, plus 16
+/// bytes per (slot, value) entry of a full block (96 quarter-hours a day, 32 days in a day
+/// bucket, 13 month boundaries in a month bucket).
+fn full_block_bytes(tier: Tier) -> u64 {
+    let entries = match tier {
+        Tier::Interval => 100,
+        Tier::Day => 32,
+        Tier::Month => 13,
+    };
+    (layout::KEY_LEN as u64) + 48 + entries * 16
+}
+
+/// Blocks the writer keeps per tier, so that the three caches together stay within the
+/// writer's share of `store.memory` even when every block is full; a tier's cache is
+/// cleared whole when full.
+fn cache_entries(budget: u64, tier: Tier) -> usize {
+    usize::try_from(budget / 3 / full_block_bytes(tier))
+        .unwrap_or(usize::MAX)
+        .max(1024)
+}
 
 type BlockKey = [u8; layout::KEY_LEN];
 
@@ -312,7 +330,8 @@ impl Writer {
                 missing.push(t.key);
             }
         }
-        if cache.len() + missing.len() > BLOCK_CACHE_ENTRIES {
+        let limit = cache_entries(shared.config.writer_cache_bytes(), tier);
+        if cache.len() + missing.len() > limit {
             cache.clear();
             missing.clear();
             missing.extend(touches.iter().map(|t| t.key));
