@@ -171,6 +171,7 @@ impl Server {
             }
         }
         let item = IngestItem {
+            correction: false,
             connection: self.pseudonymiser.ean(e),
             previous: Vec::new(),
             meter: self
