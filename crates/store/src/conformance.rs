@@ -707,8 +707,7 @@ pub fn corrections_replace_the_reading_in_every_tier(mut b: impl Backend) {
         put(&store, q, connection(ConsentLevel::Interval, "1234"));
     }
     let readings = quarter_hours(ts("2026-11-30T22:00:00Z"), 8, 1000, 50);
-    block_on(store.write(vec![item(p, readings.clone()), item(other, readings)]))
-        .expect("write");
+    block_on(store.write(vec![item(p, readings.clone()), item(other, readings)])).expect("write");
     let midnight = ts("2026-11-30T23:00:00Z");
     let stored_value = 1000 + 4 * 50;
     clock.set(ts("2026-12-02T10:00:00Z"));
@@ -765,7 +764,10 @@ pub fn corrections_replace_the_reading_in_every_tier(mut b: impl Backend) {
         item(p, vec![tiered(Register::ImportT1, midnight, stored_value)]),
     ]))
     .expect("write");
-    assert_eq!((again.corrected, again.duplicates, again.conflicts), (0, 3, 3));
+    assert_eq!(
+        (again.corrected, again.duplicates, again.conflicts),
+        (0, 3, 3)
+    );
     assert!(again.corrections.is_empty());
     assert_eq!(all(&store, p, Tier::Month)[0].value, 1234);
 }
@@ -809,7 +811,11 @@ pub fn corrections_are_gated_and_late_for_frozen_periods(mut b: impl Backend) {
             ts("2026-11-25T00:00:00Z"),
         )
         .expect("statistics");
-    assert_eq!(stats, vec![frozen_period], "frozen statistics do not change");
+    assert_eq!(
+        stats,
+        vec![frozen_period],
+        "frozen statistics do not change"
+    );
 }
 
 /// Erasure removes correction marks with the readings; held month readings keep theirs.

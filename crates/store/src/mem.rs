@@ -17,9 +17,9 @@ use meterstand_statistics::Row;
 
 use crate::periods::{self, BoundaryValues};
 use crate::{
-    BackupInfo, Clock, Correction, ErasureReceipt, FrozenPeriod, IngestItem, Kept, Member, PeriodKey,
-    ReadingStore, ReadingWriter, RetentionPolicy, SeriesRow, StoreError, SubjectExport, TierCounts,
-    WriteOutcome,
+    BackupInfo, Clock, Correction, ErasureReceipt, FrozenPeriod, IngestItem, Kept, Member,
+    PeriodKey, ReadingStore, ReadingWriter, RetentionPolicy, SeriesRow, StoreError, SubjectExport,
+    TierCounts, WriteOutcome,
 };
 
 /// (tier, connection, register, time in seconds) → cumulative value.
