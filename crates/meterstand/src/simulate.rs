@@ -271,7 +271,7 @@ mod tests {
                 // The hour's gas reading repeats in every telegram of that hour.
                 want.push(Reading {
                     register: Register::Gas,
-                    time: start,
+                    time: last_gas.unwrap().0,
                     value: last_gas.unwrap().1,
                 });
             }
