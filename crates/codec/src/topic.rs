@@ -66,7 +66,7 @@ mod tests {
 
     #[test]
     fn correction_topics_parse_with_their_mode() {
-        let ean = Ean::from_body(87_100_000_000_000_001).unwrap();
+        let ean = Ean::from_body(87_100_000_000_000_001).expect("ean");
         let ean = ean.expose();
         let parse = |t: &str| parse_ingest_topic("meters", t).map(|(_, f, m)| (f, m));
         assert_eq!(

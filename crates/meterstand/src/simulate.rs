@@ -255,24 +255,26 @@ mod tests {
             .map(|i| SimMeter::new(i, 1))
             .find(|m| m.gas && m.solar)
             .expect("a meter with gas and solar");
-        let id: MeterId = meter.meter_id.parse().unwrap();
+        let id: MeterId = meter.meter_id.parse().expect("meter id");
         let mut last_gas = None;
-        let start: Timestamp = "2026-01-14T23:00:00Z".parse().unwrap();
+        let start: Timestamp = "2026-01-14T23:00:00Z".parse().expect("t");
         for i in 0..6 {
-            let t = Timestamp::from_second(start.as_second() + i * 900).unwrap();
+            let t = Timestamp::from_second(start.as_second() + i * 900).expect("t");
             let readings = meter.step(t);
             let text = p1_telegram(&id, t, &readings, &mut last_gas);
-            let now = Timestamp::from_second(t.as_second() + 60).unwrap();
-            let decoded = decode(Format::P1, text.as_bytes(), now, &calendar, &limits).unwrap();
+            let now = Timestamp::from_second(t.as_second() + 60).expect("t");
+            let decoded =
+                decode(Format::P1, text.as_bytes(), now, &calendar, &limits).expect("decodes");
             assert_eq!(decoded.meter, id);
             let mut got: Vec<Reading> = decoded.readings.iter().map(|r| r.reading).collect();
             let mut want = readings.clone();
             if i > 0 && i % 4 != 0 {
                 // The hour's gas reading repeats in every telegram of that hour.
+                let (time, value) = last_gas.expect("gas on the hour");
                 want.push(Reading {
                     register: Register::Gas,
-                    time: last_gas.unwrap().0,
-                    value: last_gas.unwrap().1,
+                    time,
+                    value,
                 });
             }
             got.sort();
