@@ -54,6 +54,7 @@ fn fill(store: &RocksStore, p: &Pseudonymiser, cal: &Calendar) {
             }
         }
         items.push(IngestItem {
+            correction: false,
             connection: ps,
             previous: Vec::new(),
             meter,

@@ -268,6 +268,10 @@ pub struct ReadingOut {
     /// Decimal, in `unit`, as published.
     pub value: String,
     pub unit: String,
+    /// When the metering company's correction set this value (RFC 3339); absent for a
+    /// reading never corrected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrected_at: Option<String>,
 }
 
 impl From<&Reading> for ReadingOut {
@@ -277,6 +281,17 @@ impl From<&Reading> for ReadingOut {
             time: r.time.to_string(),
             value: format_milli(r.value),
             unit: r.register.unit().label().to_string(),
+            corrected_at: None,
+        }
+    }
+}
+
+impl ReadingOut {
+    /// A reading of the subject export, with when it was corrected, if it was.
+    pub fn exported(r: &Reading, corrected_at: Option<jiff::Timestamp>) -> ReadingOut {
+        ReadingOut {
+            corrected_at: corrected_at.map(|t| t.to_string()),
+            ..ReadingOut::from(r)
         }
     }
 }

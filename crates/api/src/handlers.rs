@@ -426,7 +426,13 @@ pub async fn export(
                 .map(|t| export.tier(*t).len() as u64)
                 .sum::<u64>(),
         );
-        let readings = |tier: Tier| export.tier(tier).iter().map(ReadingOut::from).collect();
+        let readings = |tier: Tier| {
+            export
+                .tier(tier)
+                .iter()
+                .map(|r| ReadingOut::exported(r, export.corrected_at(tier, r)))
+                .collect()
+        };
         let response = ExportResponse {
             pseudonym: current.to_string(),
             pseudonyms: searched,
@@ -452,6 +458,7 @@ pub async fn export(
                     "consent",
                     "postcode4",
                     "profile",
+                    "corrected_at",
                 ])?;
                 let p = response.pseudonym.as_str();
                 if let Some(c) = &response.connection {
@@ -466,10 +473,11 @@ pub async fn export(
                         &c.consent,
                         c.postcode4.as_deref().unwrap_or(""),
                         c.profile.as_deref().unwrap_or(""),
+                        "",
                     ])?;
                 }
                 for m in &response.meters {
-                    w.write_record(["meter", m, "", "", "", "", "", "", "", ""])?;
+                    w.write_record(["meter", m, "", "", "", "", "", "", "", "", ""])?;
                 }
                 for (tier, rows) in [
                     ("interval", &response.readings.interval),
@@ -478,7 +486,17 @@ pub async fn export(
                 ] {
                     for r in rows {
                         w.write_record([
-                            "reading", p, tier, &r.obis, &r.time, &r.value, &r.unit, "", "", "",
+                            "reading",
+                            p,
+                            tier,
+                            &r.obis,
+                            &r.time,
+                            &r.value,
+                            &r.unit,
+                            "",
+                            "",
+                            "",
+                            r.corrected_at.as_deref().unwrap_or(""),
                         ])?;
                     }
                 }

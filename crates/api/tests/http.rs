@@ -171,6 +171,7 @@ impl Server {
             }
         }
         let item = IngestItem {
+            correction: false,
             connection: self.pseudonymiser.ean(e),
             previous: Vec::new(),
             meter: self
@@ -713,9 +714,9 @@ async fn export_erasure_consent_and_audit() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert!(
-        csv.starts_with("record,pseudonym,tier,obis,time,value,unit,consent,postcode4,profile\n")
-    );
+    assert!(csv.starts_with(
+        "record,pseudonym,tier,obis,time,value,unit,consent,postcode4,profile,corrected_at\n"
+    ));
     assert!(csv.contains(&format!("connection,{p},,,,,,interval,1234,E1A")));
     // Midnight readings are interval, day (and on the 1st month) readings alike: 6 + 6 + 2.
     assert_eq!(
@@ -1609,5 +1610,71 @@ async fn an_objecting_connection_leaves_statistics_and_series_but_not_its_export
             .expect("rows")
             .iter()
             .all(|r| r["connections"] == 10)
+    );
+}
+
+/// The subject export shows a corrected reading with when it was corrected, in JSON and
+/// CSV; other readings carry no `corrected_at`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_shows_when_a_reading_was_corrected() {
+    let s = Server::start(ApiConfig::default()).await;
+    let e = ean(12);
+    s.register(&e, ConsentLevel::Interval, 1234, "E1A");
+    s.write_days(&e, &[1, 2], 7_000_000, 0).await;
+    let t = s.local_midnight(1);
+    let item = IngestItem {
+        correction: true,
+        connection: s.pseudonymiser.ean(&e),
+        previous: Vec::new(),
+        meter: s
+            .pseudonymiser
+            .meter(&"E0031003262764316".parse().expect("meter")),
+        readings: vec![TieredReading {
+            reading: Reading {
+                register: Register::ImportT1,
+                time: t,
+                value: 6_999_500,
+            },
+            tiers: s.calendar.tiers_of(Register::ImportT1, t),
+        }],
+    };
+    let out = ReadingWriter::write(s.store.as_ref(), vec![item])
+        .await
+        .expect("write");
+    assert_eq!((out.corrected, out.conflicts), (3, 0), "{out:?}");
+
+    let export = format!("/v1/subjects/{}/export", e.expose());
+    let v = s
+        .json(Method::GET, &export, Role::PrivacyOfficer, None)
+        .await;
+    let day = v["readings"]["day"].as_array().expect("day");
+    let corrected: Vec<&serde_json::Value> = day
+        .iter()
+        .filter(|r| r.get("corrected_at").is_some())
+        .collect();
+    assert_eq!(corrected.len(), 1, "{day:?}");
+    assert_eq!(corrected[0]["value"], "6999.500");
+    assert_eq!(corrected[0]["time"], t.to_string());
+    let at = corrected[0]["corrected_at"].as_str().expect("a time");
+    at.parse::<jiff::Timestamp>().expect("RFC 3339");
+    assert_eq!(
+        v["readings"]["month"][0]["corrected_at"].as_str(),
+        Some(at),
+        "the month tier was corrected too"
+    );
+    let (_, csv) = s
+        .call(
+            Method::GET,
+            &format!("{export}?format=csv"),
+            Some(Role::PrivacyOfficer),
+            None,
+        )
+        .await;
+    assert_eq!(
+        csv.lines()
+            .filter(|l| l.starts_with("reading,") && l.ends_with(at))
+            .count(),
+        3,
+        "{csv}"
     );
 }

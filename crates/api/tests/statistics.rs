@@ -138,6 +138,7 @@ impl Api {
             }
         }
         let item = IngestItem {
+            correction: false,
             connection: self.ps.ean(e),
             previous: Vec::new(),
             meter: self.ps.meter(&"E0031003262764316".parse().expect("meter")),

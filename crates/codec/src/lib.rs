@@ -13,7 +13,7 @@ mod topic;
 mod wire;
 
 pub use reject::Reject;
-pub use topic::{Format, parse_topic};
+pub use topic::{Format, Mode, parse_ingest_topic, parse_topic};
 pub use wire::{WirePayload, WireReading};
 
 use jiff::{SignedDuration, Timestamp};

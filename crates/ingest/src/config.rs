@@ -70,6 +70,9 @@ pub struct IngestConfig {
     pub p1_boundary_window: Duration,
     pub keep_alive: Duration,
     pub calendar: Calendar,
+    /// Where each stored correction gets its audit line (pseudonym, register, time, old →
+    /// new); `None`: corrections are stored and counted but not audited (tests).
+    pub audit: Option<meterstand_audit::AuditLog>,
 }
 
 impl fmt::Debug for IngestConfig {
@@ -92,6 +95,7 @@ impl fmt::Debug for IngestConfig {
             .field("p1_boundary_window", &self.p1_boundary_window)
             .field("keep_alive", &self.keep_alive)
             .field("calendar", &self.calendar)
+            .field("audit", &self.audit.as_ref().map(|a| a.path()))
             .finish()
     }
 }
@@ -116,12 +120,14 @@ impl IngestConfig {
             p1_boundary_window: Duration::from_secs(10),
             keep_alive: Duration::from_secs(30),
             calendar: Calendar::amsterdam(),
+            audit: None,
         }
     }
 
-    /// The subscriptions: every payload format under the prefix, shared when configured.
+    /// The subscriptions: every payload format under the prefix, and the correction topics,
+    /// shared when configured.
     pub fn topics(&self) -> Vec<String> {
-        ["json", "bincode", "p1"]
+        ["json", "bincode", "p1", "correction/+"]
             .iter()
             .map(|f| match &self.share_group {
                 Some(g) => format!("$share/{g}/{}/+/{f}", self.topic_prefix),
@@ -206,7 +212,12 @@ mod tests {
         let mut c = IngestConfig::new("mqtt://127.0.0.1:1883");
         assert_eq!(
             c.topics(),
-            ["meters/+/json", "meters/+/bincode", "meters/+/p1"]
+            [
+                "meters/+/json",
+                "meters/+/bincode",
+                "meters/+/p1",
+                "meters/+/correction/+"
+            ]
         );
         c.share_group = Some("g".into());
         assert!(

@@ -86,7 +86,7 @@ pub struct IngestStatus {
 
 impl IngestStatus {
     pub fn totals(&self) -> WriteOutcome {
-        self.outcome.lock().map(|o| *o).unwrap_or_default()
+        self.outcome.lock().map(|o| o.clone()).unwrap_or_default()
     }
 }
 

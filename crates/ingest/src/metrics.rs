@@ -90,6 +90,19 @@ pub static WRITE_RETRIES: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+pub static CORRECTED_READINGS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "meterstand_ingest_corrected_readings_total",
+        "Readings whose stored value a correction replaced (one per reading, however many tiers).",
+    )
+});
+pub static CORRECTION_AUDIT_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "meterstand_ingest_correction_audit_failures_total",
+        "Stored corrections whose audit line could not be written.",
+    )
+});
+
 pub fn init() {
     for r in Reject::ALL {
         REJECTED.with_label_values(&[r.reason()]);
@@ -101,6 +114,8 @@ pub fn init() {
         &CONNECTION_ERRORS,
         &P1_BETWEEN_BOUNDARIES,
         &WRITE_RETRIES,
+        &CORRECTED_READINGS,
+        &CORRECTION_AUDIT_FAILURES,
     ] {
         LazyLock::force(m);
     }

@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use jiff::Timestamp;
-use meterstand_codec::{Format, Reject, decode, p1, parse_topic};
+use meterstand_audit::{AuditEntry, AuditLog};
+use meterstand_codec::{Format, Mode, Reject, decode, p1, parse_ingest_topic};
+use meterstand_model::Register;
 use meterstand_pseudonym::Pseudonymiser;
-use meterstand_store::{IngestItem, ReadingWriter, StoreError, WriteOutcome};
+use meterstand_store::{Correction, IngestItem, ReadingWriter, StoreError, WriteOutcome};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -207,7 +209,7 @@ fn process(
 ) -> Result<Processed, Reject> {
     let config = &ctx.config;
     let topic = std::str::from_utf8(topic).map_err(|_| Reject::BadTopic)?;
-    let (ean, format) = parse_topic(&config.topic_prefix, topic)?;
+    let (ean, format, mode) = parse_ingest_topic(&config.topic_prefix, topic)?;
     let (decoded, between_boundaries) = match format {
         Format::P1 => {
             let telegram = p1::decode_telegram(payload, &config.calendar, &config.limits)?;
@@ -236,6 +238,7 @@ fn process(
             previous: p.ean_older_versions(&ean),
             meter: p.meter(&decoded.meter),
             readings: decoded.readings,
+            correction: mode == Mode::Correction,
         },
         between_boundaries,
     ))
@@ -372,7 +375,7 @@ async fn commit_loop<W: BatchWriter, A: Acker>(
                 return Err(e);
             }
         };
-        acknowledge(&ctx.status, &acker, flight.batch, outcome).await?;
+        acknowledge(&ctx, &acker, flight.batch, outcome).await?;
     }
 }
 
@@ -423,13 +426,77 @@ async fn finish_write<W: BatchWriter, T>(
     }
 }
 
-/// Acknowledges a durably written batch, every message in arrival order.
+/// `12345.678 kWh`: a stored value as the metering company sent it.
+fn audit_value(register: Register, value: u64) -> String {
+    format!(
+        "{}.{:03} {}",
+        value / 1000,
+        value % 1000,
+        register.unit().label()
+    )
+}
+
+/// Counts the corrected readings of a durably written batch and writes one audit line per
+/// reading (a reading replaced in several tiers is one line): pseudonym, register, time,
+/// old and new value, never the EAN. A line that cannot be written is logged and counted:
+/// the correction is already stored, and holding back the acks would not bring it back
+/// (a redelivery finds the new value stored, a duplicate).
+async fn audit_corrections(audit: Option<&AuditLog>, corrections: Vec<Correction>) {
+    if corrections.is_empty() {
+        return;
+    }
+    let mut seen = std::collections::HashSet::new();
+    let lines: Vec<AuditEntry> = corrections
+        .into_iter()
+        .filter(|c| seen.insert((c.connection, c.register, c.time)))
+        .map(|c| {
+            AuditEntry::correction(
+                c.connection.to_string(),
+                c.register.obis(),
+                c.time,
+                audit_value(c.register, c.old),
+                audit_value(c.register, c.new),
+            )
+        })
+        .collect();
+    metrics::CORRECTED_READINGS.inc_by(lines.len() as u64);
+    let Some(audit) = audit.cloned() else {
+        return;
+    };
+    let count = lines.len();
+    let written = tokio::task::spawn_blocking(move || {
+        lines
+            .iter()
+            .try_for_each(|line| audit.append(line).map(|_| ()))
+    })
+    .await;
+    let error = match written {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    metrics::CORRECTION_AUDIT_FAILURES.inc_by(count as u64);
+    tracing::error!(
+        error,
+        corrections = count,
+        "cannot write the audit lines of stored corrections"
+    );
+}
+
+/// Acknowledges a durably written batch, every message in arrival order; its corrections
+/// are audited first.
 async fn acknowledge<A: Acker>(
-    status: &IngestStatus,
+    ctx: &Context,
     acker: &A,
     batch: Batch<A::Token>,
-    outcome: WriteOutcome,
+    mut outcome: WriteOutcome,
 ) -> Result<(), IngestError> {
+    let status = &*ctx.status;
+    audit_corrections(
+        ctx.config.audit.as_ref(),
+        std::mem::take(&mut outcome.corrections),
+    )
+    .await;
     if let Ok(mut total) = status.outcome.lock() {
         total.merge(&outcome);
     }

@@ -88,6 +88,8 @@ pub fn ingest_config(config: &Config) -> anyhow::Result<IngestConfig> {
         write_retries: 5,
         p1_boundary_window: config.p1.boundary_window,
         calendar: Calendar::new(&config.privacy.timezone).context("privacy.timezone")?,
+        // `Service::start` passes the API's audit log, for the correction lines.
+        audit: None,
     })
 }
 
@@ -160,9 +162,19 @@ impl Service {
             tracing::info!(%listen, "embedded mqtt broker started");
         }
 
+        let audit = AuditLog::open(&config.api.audit_log)
+            .with_context(|| format!("opening api.audit_log {}", config.api.audit_log.display()))?;
+        // The chain head, so that lines removed from the end can be detected later
+        // (`meterstand audit verify --head`).
+        match audit.head() {
+            Ok(head) => tracing::info!(%head, "audit log opened"),
+            Err(e) => tracing::warn!(error = %e, "cannot read the audit chain head"),
+        }
         let status = Arc::new(IngestStatus::default());
         let intake = CancellationToken::new();
-        let ingest_config = ingest_config(config)?;
+        let mut ingest_config = ingest_config(config)?;
+        // Corrections from the metering company are audited in the same chain.
+        ingest_config.audit = Some(audit.clone());
         let ingest = Ingest::start(
             ingest_config,
             store.clone(),
@@ -177,14 +189,6 @@ impl Service {
             .await
             .with_context(|| format!("binding api.listen {}", config.api.listen))?;
         let api_addr = listener.local_addr()?;
-        let audit = AuditLog::open(&config.api.audit_log)
-            .with_context(|| format!("opening api.audit_log {}", config.api.audit_log.display()))?;
-        // The chain head, so that lines removed from the end can be detected later
-        // (`meterstand audit verify --head`).
-        match audit.head() {
-            Ok(head) => tracing::info!(%head, "audit log opened"),
-            Err(e) => tracing::warn!(error = %e, "cannot read the audit chain head"),
-        }
         let state = ApiState::new(ApiParts {
             readiness: Arc::new(ServiceReadiness {
                 store: store.clone(),

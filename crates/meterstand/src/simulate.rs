@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use jiff::Timestamp;
-use meterstand_codec::{Format, WirePayload, WireReading, encode};
-use meterstand_model::Calendar;
+use meterstand_codec::{Format, WirePayload, WireReading, encode, p1};
 use meterstand_model::sim::SimMeter;
+use meterstand_model::{Calendar, MeterId, Reading, Register};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -28,10 +28,12 @@ pub struct SimulateArgs {
     /// Number of days to simulate.
     #[arg(long, default_value_t = 1)]
     pub days: u32,
-    /// Payload format.
-    #[arg(long, value_parser = ["json", "bincode"], default_value = "json")]
+    /// Payload format. `p1`: one DSMR 5 telegram per connection per quarter-hour, captured
+    /// on the boundary, to {prefix}/{ean}/p1 (`--quarters-per-message` does not apply).
+    #[arg(long, value_parser = ["json", "bincode", "p1"], default_value = "json")]
     pub format: String,
-    /// Quarter-hours per message (96: one message per connection per day; 1: one per reading time).
+    /// Quarter-hours per message (96: one message per connection per day; 1: one per reading
+    /// time). Ignored for `--format p1`.
     #[arg(long, default_value_t = 96)]
     pub quarters_per_message: u32,
     /// Messages per second at most (0: as fast as the broker takes them).
@@ -73,15 +75,35 @@ pub fn population(args: &SimulateArgs) -> Vec<SimMeter> {
         .collect()
 }
 
+/// One DSMR 5 telegram captured at `t` (a quarter-hour boundary) with the electricity
+/// registers of `readings` and the meter's last hourly gas reading (updated from
+/// `readings` when it holds one).
+pub fn p1_telegram(
+    meter: &MeterId,
+    t: Timestamp,
+    readings: &[Reading],
+    last_gas: &mut Option<(Timestamp, u64)>,
+) -> String {
+    let mut electricity = Vec::with_capacity(4);
+    for r in readings {
+        if r.register == Register::Gas {
+            *last_gas = Some((r.time, r.value));
+        } else {
+            electricity.push((r.register, r.value));
+        }
+    }
+    p1::encode_dsmr5(meter, t, &electricity, *last_gas)
+}
+
 pub async fn run(args: SimulateArgs) -> anyhow::Result<SimulateReport> {
     if args.quarters_per_message == 0 || args.quarters_per_message > 2976 {
         bail!("--quarters-per-message must be 1 to 2976 (a month)");
     }
     let calendar = Calendar::amsterdam();
-    let format = if args.format == "bincode" {
-        Format::Bincode
-    } else {
-        Format::Json
+    let format = match args.format.as_str() {
+        "bincode" => Format::Bincode,
+        "p1" => Format::P1,
+        _ => Format::Json,
     };
     let today = calendar.date_of(Timestamp::now());
     let from = match args.from {
@@ -126,8 +148,20 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<SimulateReport> {
     });
 
     let mut meters = population(&args);
+    let meter_ids = meters
+        .iter()
+        .map(|m| m.meter_id.parse::<MeterId>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| anyhow::anyhow!("a simulated meter id does not parse"))?;
+    // P1: the last hourly gas reading of each meter, repeated in every telegram as a real
+    // meter does until the next one.
+    let mut last_gas: Vec<Option<(Timestamp, u64)>> = vec![None; meters.len()];
     let quarters = (end.as_second() - start.as_second()) / 900;
-    let step = i64::from(args.quarters_per_message);
+    let step = if format == Format::P1 {
+        1
+    } else {
+        i64::from(args.quarters_per_message)
+    };
     let total_messages = (quarters / step + 1) as u64 * args.meters;
     let progress = if args.quiet {
         indicatif::ProgressBar::hidden()
@@ -146,20 +180,24 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<SimulateReport> {
     let mut q = 0i64;
     while q <= quarters {
         let chunk_end = (q + step).min(quarters + 1);
-        for m in meters.iter_mut() {
+        for (k, m) in meters.iter_mut().enumerate() {
             let mut readings = Vec::new();
             for i in q..chunk_end {
                 let t = Timestamp::from_second(start.as_second() + i * 900)?;
                 readings.extend(m.step(t));
             }
-            let payload = WirePayload {
-                meter: Cow::Borrowed(&m.meter_id),
-                readings: readings.iter().map(WireReading::from_reading).collect(),
+            let body = if format == Format::P1 {
+                let t = Timestamp::from_second(start.as_second() + q * 900)?;
+                p1_telegram(&meter_ids[k], t, &readings, &mut last_gas[k]).into_bytes()
+            } else {
+                let payload = WirePayload {
+                    meter: Cow::Borrowed(&m.meter_id),
+                    readings: readings.iter().map(WireReading::from_reading).collect(),
+                };
+                encode(format, &payload)
             };
             let topic = format!("{}/{}/{}", args.prefix, m.ean.expose(), format.as_str());
-            client
-                .publish(topic, QoS::AtLeastOnce, false, encode(format, &payload))
-                .await?;
+            client.publish(topic, QoS::AtLeastOnce, false, body).await?;
             report.messages += 1;
             report.readings += readings.len() as u64;
             progress.inc(1);
@@ -200,4 +238,48 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<SimulateReport> {
         );
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meterstand_codec::{Limits, decode};
+
+    /// A simulated telegram decodes to the very readings the simulator drew, gas included
+    /// on the hour and repeated (idempotently) after it.
+    #[test]
+    fn p1_telegrams_decode_to_the_simulated_readings() {
+        let calendar = Calendar::amsterdam();
+        let limits = Limits::default();
+        let mut meter = (0..50)
+            .map(|i| SimMeter::new(i, 1))
+            .find(|m| m.gas && m.solar)
+            .expect("a meter with gas and solar");
+        let id: MeterId = meter.meter_id.parse().expect("meter id");
+        let mut last_gas = None;
+        let start: Timestamp = "2026-01-14T23:00:00Z".parse().expect("t");
+        for i in 0..6 {
+            let t = Timestamp::from_second(start.as_second() + i * 900).expect("t");
+            let readings = meter.step(t);
+            let text = p1_telegram(&id, t, &readings, &mut last_gas);
+            let now = Timestamp::from_second(t.as_second() + 60).expect("t");
+            let decoded =
+                decode(Format::P1, text.as_bytes(), now, &calendar, &limits).expect("decodes");
+            assert_eq!(decoded.meter, id);
+            let mut got: Vec<Reading> = decoded.readings.iter().map(|r| r.reading).collect();
+            let mut want = readings.clone();
+            if i > 0 && i % 4 != 0 {
+                // The hour's gas reading repeats in every telegram of that hour.
+                let (time, value) = last_gas.expect("gas on the hour");
+                want.push(Reading {
+                    register: Register::Gas,
+                    time,
+                    value,
+                });
+            }
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "quarter {i}");
+        }
+    }
 }

@@ -73,6 +73,7 @@ fn store_writes(p: &Pseudonymiser, sync: bool) -> f64 {
             let reading = meters[c].step(t)[0];
             let tiers = cal.tiers_of(reading.register, reading.time);
             items.push(IngestItem {
+                correction: false,
                 connection: pseudonyms[c],
                 previous: Vec::new(),
                 meter,
@@ -121,6 +122,7 @@ fn bytes_per_reading(p: &Pseudonymiser) -> (f64, u64, f64) {
                 }
             }
             items.push(IngestItem {
+                correction: false,
                 connection: ps,
                 previous: Vec::new(),
                 meter,
@@ -181,6 +183,7 @@ fn aggregate_ms(p: &Pseudonymiser) -> (f64, f64) {
             }
         }
         items.push(IngestItem {
+            correction: false,
             connection: ps,
             previous: Vec::new(),
             meter,

@@ -32,18 +32,22 @@ pub(crate) const CF_QUARANTINE: &str = "quarantine";
 /// Frozen statistics: anonymous rows of at least k connections, no identifier (see
 /// `stats.rs` for the key layout).
 pub(crate) const CF_STATISTICS: &str = "statistics";
+/// When a correction replaced a stored reading: `layout::correction_key` → correction time
+/// and old value (`layout::encode_correction`); erased per tier and expired like the tiers.
+pub(crate) const CF_CORRECTIONS: &str = "corrections";
 /// Column families without connection data, flushed with the others so that no WAL file
 /// outlives an erasure.
 pub(crate) const OTHER_CFS: [&str; 3] = [CF_TOMBSTONES, CF_META, CF_STATISTICS];
 
 /// Every column family that holds data of a connection, tiers first.
-pub(crate) const CONNECTION_CFS: [&str; 6] = [
+pub(crate) const CONNECTION_CFS: [&str; 7] = [
     "interval",
     "day",
     "month",
     CF_CONNECTIONS,
     CF_METERS,
     CF_QUARANTINE,
+    CF_CORRECTIONS,
 ];
 
 pub(crate) fn tier_cf_name(tier: Tier) -> &'static str {
@@ -259,6 +263,7 @@ pub(crate) fn open_shared(
         CF_META,
         CF_QUARANTINE,
         CF_STATISTICS,
+        CF_CORRECTIONS,
     ] {
         let mut o = Options::default();
         o.set_compression_type(rocksdb::DBCompressionType::None);

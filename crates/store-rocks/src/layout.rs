@@ -200,17 +200,79 @@ pub enum MergeResult {
     Duplicate,
     /// A different value is already stored for that slot; the first one is kept.
     Conflict,
+    /// A correction replaced the different value `old`.
+    Corrected {
+        old: u64,
+    },
 }
 
-pub fn merge_entry(entries: &mut Entries, slot: u32, value: u64) -> MergeResult {
+/// Merges one reading into a block: the first value wins (a different one is a conflict),
+/// unless `correction`, which replaces a different stored value.
+pub fn merge_entry(entries: &mut Entries, slot: u32, value: u64, correction: bool) -> MergeResult {
     match entries.binary_search_by_key(&slot, |(s, _)| *s) {
         Ok(i) if entries[i].1 == value => MergeResult::Duplicate,
+        Ok(i) if correction => {
+            let old = std::mem::replace(&mut entries[i].1, value);
+            MergeResult::Corrected { old }
+        }
         Ok(_) => MergeResult::Conflict,
         Err(i) => {
             entries.insert(i, (slot, value));
             MergeResult::Inserted
         }
     }
+}
+
+/// Key of a correction record (`corrections` column family): pseudonym ‖ tier code (1
+/// byte) ‖ register code (1 byte) ‖ quarter-hour (u32 BE) = 24 bytes; it starts with the
+/// pseudonym, so `pseudonym_range` covers it for erasure and purge.
+pub const CORRECTION_KEY_LEN: usize = Pseudonym::LEN + 1 + 1 + 4;
+
+pub fn correction_key(
+    p: Pseudonym,
+    tier: Tier,
+    register: Register,
+    quarter: u32,
+) -> [u8; CORRECTION_KEY_LEN] {
+    let mut key = [0u8; CORRECTION_KEY_LEN];
+    key[..Pseudonym::LEN].copy_from_slice(&p.to_bytes());
+    key[Pseudonym::LEN] = tier as u8;
+    key[Pseudonym::LEN + 1] = register as u8;
+    key[Pseudonym::LEN + 2..].copy_from_slice(&quarter.to_be_bytes());
+    key
+}
+
+/// The key range `[start, end)` of one pseudonym's correction records of one tier.
+pub fn correction_tier_range(p: Pseudonym, tier: Tier) -> (Vec<u8>, Vec<u8>) {
+    let mut start = p.to_bytes().to_vec();
+    start.push(tier as u8);
+    let mut end = p.to_bytes().to_vec();
+    end.push(tier as u8 + 1);
+    (start, end)
+}
+
+pub fn parse_correction_key(key: &[u8]) -> Option<(Pseudonym, Tier, Register, u32)> {
+    if key.len() != CORRECTION_KEY_LEN {
+        return None;
+    }
+    let p = Pseudonym::from_bytes(&key[..Pseudonym::LEN])?;
+    let tier = *Tier::ALL.get(usize::from(key[Pseudonym::LEN]))?;
+    let register = Register::from_code(key[Pseudonym::LEN + 1])?;
+    let quarter = u32::from_be_bytes(key[Pseudonym::LEN + 2..].try_into().ok()?);
+    Some((p, tier, register, quarter))
+}
+
+/// Value of a correction record: when (UTC seconds, i64 BE) and the value replaced (u64 BE).
+pub fn encode_correction(at: i64, old: u64) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&at.to_be_bytes());
+    v[8..].copy_from_slice(&old.to_be_bytes());
+    v
+}
+
+/// The correction time of a correction record.
+pub fn correction_time(value: &[u8]) -> Option<i64> {
+    Some(i64::from_be_bytes(value.get(..8)?.try_into().ok()?))
 }
 
 #[cfg(test)]
@@ -262,10 +324,37 @@ mod tests {
     #[test]
     fn merge_keeps_first_value() {
         let mut e = vec![(3, 10)];
-        assert_eq!(merge_entry(&mut e, 3, 10), MergeResult::Duplicate);
-        assert_eq!(merge_entry(&mut e, 3, 11), MergeResult::Conflict);
-        assert_eq!(merge_entry(&mut e, 1, 5), MergeResult::Inserted);
+        assert_eq!(merge_entry(&mut e, 3, 10, false), MergeResult::Duplicate);
+        assert_eq!(merge_entry(&mut e, 3, 11, false), MergeResult::Conflict);
+        assert_eq!(merge_entry(&mut e, 1, 5, false), MergeResult::Inserted);
         assert_eq!(e, vec![(1, 5), (3, 10)]);
+        assert_eq!(merge_entry(&mut e, 3, 10, true), MergeResult::Duplicate);
+        assert_eq!(
+            merge_entry(&mut e, 3, 12, true),
+            MergeResult::Corrected { old: 10 }
+        );
+        assert_eq!(merge_entry(&mut e, 2, 7, true), MergeResult::Inserted);
+        assert_eq!(e, vec![(1, 5), (2, 7), (3, 12)]);
+    }
+
+    #[test]
+    fn correction_keys_round_trip_and_sit_in_the_pseudonym_range() {
+        let p = Pseudonym {
+            version: 1,
+            hash: [9; 16],
+        };
+        for tier in Tier::ALL {
+            let key = correction_key(p, tier, Register::Gas, 123_456);
+            assert_eq!(
+                parse_correction_key(&key),
+                Some((p, tier, Register::Gas, 123_456))
+            );
+            let (start, end) = pseudonym_range(p);
+            assert!(start.as_slice() <= &key[..] && &key[..] < end.as_slice());
+            let (start, end) = correction_tier_range(p, tier);
+            assert!(start.as_slice() <= &key[..] && &key[..] < end.as_slice());
+        }
+        assert_eq!(correction_time(&encode_correction(-5, 7)), Some(-5));
     }
 
     proptest! {

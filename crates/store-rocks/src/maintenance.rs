@@ -8,8 +8,8 @@ use meterstand_store::{ErasureReceipt, Kept, StoreError, TierCounts};
 use rocksdb::{BottommostLevelCompaction, CompactOptions, WriteBatch};
 
 use crate::engine::{
-    CF_CONNECTIONS, CF_META, CF_METERS, CF_QUARANTINE, CF_TOMBSTONES, CONNECTION_CFS, OTHER_CFS,
-    Shared, encode_connection, engine, tier_cf_name, tombstone_key,
+    CF_CONNECTIONS, CF_CORRECTIONS, CF_META, CF_METERS, CF_QUARANTINE, CF_TOMBSTONES,
+    CONNECTION_CFS, OTHER_CFS, Shared, encode_connection, engine, tier_cf_name, tombstone_key,
 };
 use crate::{layout, metrics};
 
@@ -71,6 +71,7 @@ fn remove_tiers(
 ) -> Result<ErasureReceipt, StoreError> {
     let policy = &shared.config.retention;
     let mut receipt = ErasureReceipt::default();
+    let corrections_cf = shared.cf(CF_CORRECTIONS)?;
     for tier in tiers.iter() {
         let cf = shared.tier_cf(tier)?;
         let held = policy.erasure_hold.contains(tier);
@@ -100,6 +101,8 @@ fn remove_tiers(
                 .map_err(engine("scanning a connection's range"))?;
             if !held {
                 batch.delete_range_cf(cf, &start, &end);
+                let (start, end) = layout::correction_tier_range(*p, tier);
+                batch.delete_range_cf(corrections_cf, &start, &end);
             }
         }
         if !held {
@@ -259,11 +262,43 @@ pub(crate) fn sweep(shared: &Shared) -> Result<TierCounts, StoreError> {
             .with_label_values(&[tier.as_str()])
             .inc_by(removed.get(tier));
     }
+    sweep_corrections(shared)?;
     let periods = crate::stats::sweep(shared)?;
     if periods > 0 {
         tracing::info!(periods, "statistics past retention.statistics removed");
     }
     Ok(removed)
+}
+
+/// Deletes the correction records of readings past their tier's retention.
+fn sweep_corrections(shared: &Shared) -> Result<(), StoreError> {
+    let cf = shared.cf(CF_CORRECTIONS)?;
+    let horizons = Tier::ALL.map(|t| {
+        shared
+            .horizons
+            .get(t)
+            .div_euclid(meterstand_model::QUARTER_SECONDS)
+    });
+    let mut batch = WriteBatch::default();
+    let mut it = shared.db.raw_iterator_cf(cf);
+    it.seek_to_first();
+    while let Some(k) = it.key() {
+        if let Some((_, tier, _, q)) = layout::parse_correction_key(k)
+            && i64::from(q) < horizons[tier as usize]
+        {
+            batch.delete_cf(cf, k);
+        }
+        it.next();
+    }
+    it.status().map_err(engine("sweeping corrections"))?;
+    drop(it);
+    if !batch.is_empty() {
+        shared
+            .db
+            .write_opt(batch, &shared.write_opts())
+            .map_err(engine("writing the sweep"))?;
+    }
+    Ok(())
 }
 
 pub(crate) fn compact_all(shared: &Shared) -> Result<(), StoreError> {

@@ -249,6 +249,37 @@ pub(crate) fn export(
             it.next();
         }
         it.status().map_err(engine("reading meters"))?;
+        corrections_of(shared, *p, &mut export)?;
     }
     Ok(export)
+}
+
+/// The correction records of `p` still within retention, into `export.corrected`.
+fn corrections_of(
+    shared: &Shared,
+    p: Pseudonym,
+    export: &mut SubjectExport,
+) -> Result<(), StoreError> {
+    let horizons = Tier::ALL.map(|t| shared.read_horizon(t));
+    let (start, end) = layout::pseudonym_range(p);
+    let mut it = shared
+        .db
+        .raw_iterator_cf(shared.cf(crate::engine::CF_CORRECTIONS)?);
+    it.seek(&start);
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        if k >= end.as_slice() {
+            break;
+        }
+        if let Some((_, tier, register, q)) = layout::parse_correction_key(k) {
+            let time = layout::time_of_quarter(q);
+            if time.as_second() >= horizons[tier as usize]
+                && let Some(at) = layout::correction_time(v)
+                && let Ok(at) = Timestamp::from_second(at)
+            {
+                export.corrected.insert((tier, register, time), at);
+            }
+        }
+        it.next();
+    }
+    it.status().map_err(engine("reading corrections"))
 }

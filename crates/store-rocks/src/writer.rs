@@ -9,12 +9,16 @@ use std::time::Instant;
 
 use meterstand_model::{Connection, Tier};
 use meterstand_pseudonym::Pseudonym;
-use meterstand_store::{ErasureReceipt, IngestItem, StoreError, TierCounts, WriteOutcome};
+use meterstand_store::{
+    Correction, ErasureReceipt, IngestItem, StoreError, TierCounts, WriteOutcome,
+};
 use rocksdb::{WriteBatch, WriteOptions};
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::{CF_CONNECTIONS, CF_METERS, CF_QUARANTINE, Shared, encode_connection, engine};
+use crate::engine::{
+    CF_CONNECTIONS, CF_CORRECTIONS, CF_METERS, CF_QUARANTINE, Shared, encode_connection, engine,
+};
 use crate::fault::FaultPoint;
 use crate::layout::{self, MergeResult};
 use crate::sync::{Reply, SYNC_QUEUE, Written, sync_loop, sync_wal};
@@ -88,6 +92,8 @@ struct Touch {
     idx: usize,
     /// For a period whose statistics are already frozen.
     late: bool,
+    /// From the correction topic: replaces a different stored value.
+    correction: bool,
 }
 
 struct Pending {
@@ -293,6 +299,7 @@ impl Writer {
                                 value: tr.reading.value,
                                 idx,
                                 late: tr.reading.time.as_second() < frozen_until[tier as usize],
+                                correction: item.correction,
                             });
                             stored_any = true;
                         }
@@ -361,6 +368,8 @@ impl Writer {
             }
         }
         let quarantine = shared.cf(CF_QUARANTINE)?;
+        let corrections = shared.cf(CF_CORRECTIONS)?;
+        let now = shared.clock.now().as_second();
         for run in touches.chunk_by(|a, b| a.key == b.key) {
             let key = run[0].key;
             if corrupt.contains(&key) {
@@ -380,12 +389,37 @@ impl Writer {
             let entries = cache.entry(key).or_default();
             let mut changed = false;
             for t in run {
-                match layout::merge_entry(entries, t.slot, t.value) {
+                match layout::merge_entry(entries, t.slot, t.value, t.correction) {
                     MergeResult::Inserted => {
                         changed = true;
                         outcomes[t.idx].stored.add(tier, 1);
                         if t.late {
                             outcomes[t.idx].late += 1;
+                        }
+                    }
+                    MergeResult::Corrected { old } => {
+                        changed = true;
+                        let outcome = &mut outcomes[t.idx];
+                        outcome.corrected += 1;
+                        if t.late {
+                            outcome.late += 1;
+                        }
+                        // Block keys are built by `gate`: they parse.
+                        if let Some(parsed) = layout::parse_key(&key) {
+                            let q = layout::bucket_start_quarter(tier, parsed.bucket) + t.slot;
+                            batch.put_cf(
+                                corrections,
+                                layout::correction_key(parsed.pseudonym, tier, parsed.register, q),
+                                layout::encode_correction(now, old),
+                            );
+                            outcome.corrections.push(Correction {
+                                connection: parsed.pseudonym,
+                                tier,
+                                register: parsed.register,
+                                time: layout::time_of_quarter(q),
+                                old,
+                                new: t.value,
+                            });
                         }
                     }
                     MergeResult::Duplicate => outcomes[t.idx].duplicates += 1,

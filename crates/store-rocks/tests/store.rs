@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use meterstand_model::{ConsentLevel, Register, Tier, TierSet};
 use meterstand_pseudonym::Pseudonym;
 use meterstand_store::conformance::{
-    Backend, block_on, connection, item, pseudo, put, quarter_hours, tiered, ts,
+    Backend, block_on, connection, correction, item, pseudo, put, quarter_hours, tiered, ts,
 };
 use meterstand_store::{ManualClock, ReadingStore, ReadingWriter};
 use meterstand_store_rocks::{Compression, FaultPoint, RocksStore, StoreConfig};
@@ -175,6 +175,13 @@ fn erasure_under_the_default_hold_leaves_no_pseudonym_bytes_in_any_file() {
         quarter_hours(ts("2026-11-27T10:00:00Z"), 8, 2000, 50),
     )]))
     .expect("write victim again");
+    // A correction record (in its own column family) must go too.
+    let corrected = block_on(store.write(vec![correction(
+        victim,
+        vec![tiered(Register::ImportT1, ts("2026-11-27T10:00:00Z"), 1)],
+    )]))
+    .expect("write a correction");
+    assert_eq!(corrected.corrected, 1);
     let needle = victim.to_bytes();
     assert!(!files_containing(rocks.dir.path(), &needle, false).is_empty());
     store.erase(&[victim]).expect("erase");
@@ -202,6 +209,13 @@ fn full_erasure_without_holds_leaves_no_pseudonym_bytes_in_any_file() {
     let readings = quarter_hours(ts("2026-11-30T22:00:00Z"), 8, 1000, 50);
     block_on(store.write(vec![item(victim, readings.clone()), item(other, readings)]))
         .expect("write");
+    // Corrected in every tier: correction records of the month tier too.
+    let corrected = block_on(store.write(vec![correction(
+        victim,
+        vec![tiered(Register::ImportT1, ts("2026-11-30T23:00:00Z"), 1)],
+    )]))
+    .expect("write a correction");
+    assert_eq!(corrected.corrected, 3);
     store.compact_all().expect("compact");
     let receipt = store.erase(&[victim]).expect("erase");
     assert_eq!(receipt.deleted.month, 2);

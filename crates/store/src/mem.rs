@@ -17,9 +17,9 @@ use meterstand_statistics::Row;
 
 use crate::periods::{self, BoundaryValues};
 use crate::{
-    BackupInfo, Clock, ErasureReceipt, FrozenPeriod, IngestItem, Kept, Member, PeriodKey,
-    ReadingStore, ReadingWriter, RetentionPolicy, SeriesRow, StoreError, SubjectExport, TierCounts,
-    WriteOutcome,
+    BackupInfo, Clock, Correction, ErasureReceipt, FrozenPeriod, IngestItem, Kept, Member,
+    PeriodKey, ReadingStore, ReadingWriter, RetentionPolicy, SeriesRow, StoreError, SubjectExport,
+    TierCounts, WriteOutcome,
 };
 
 /// (tier, connection, register, time in seconds) → cumulative value.
@@ -31,6 +31,8 @@ struct State {
     /// Erased connections: gated like consent `off` until the CRM registers them again.
     tombstones: HashSet<Pseudonym>,
     readings: BTreeMap<Key, u64>,
+    /// Readings a correction replaced → when (UTC seconds), for the subject export.
+    corrected: BTreeMap<Key, i64>,
     meters: BTreeSet<(Pseudonym, Pseudonym)>,
     /// Frozen statistics: (tier, kind, period start) → rows.
     statistics: BTreeMap<(Tier, RegisterKind, i64), Vec<Row>>,
@@ -132,6 +134,7 @@ impl MemStore {
         let mut state = self.state.lock();
         let mut out = WriteOutcome::default();
         let horizons = Tier::ALL.map(|t| self.horizon(t));
+        let now = self.clock.now().as_second();
         for item in items {
             rekey(&mut state, &item);
             let allowed = self.allowed(&state, item.connection);
@@ -159,6 +162,22 @@ impl MemStore {
                                 }
                             }
                             Some(v) if *v == tr.reading.value => out.duplicates += 1,
+                            Some(&old) if item.correction => {
+                                state.readings.insert(key, tr.reading.value);
+                                state.corrected.insert(key, now);
+                                out.corrected += 1;
+                                if key.3 < state.frozen_until[tier as usize] {
+                                    out.late += 1;
+                                }
+                                out.corrections.push(Correction {
+                                    connection: item.connection,
+                                    tier,
+                                    register: tr.reading.register,
+                                    time: tr.reading.time,
+                                    old,
+                                    new: tr.reading.value,
+                                });
+                            }
                             Some(_) => out.conflicts += 1,
                         }
                     }
@@ -196,6 +215,7 @@ impl MemStore {
                     latest = Some(latest.map_or(key.3, |l| l.max(key.3)));
                     if !held {
                         state.readings.remove(&key);
+                        state.corrected.remove(&key);
                     }
                 }
             }
@@ -348,6 +368,15 @@ impl ReadingStore for MemStore {
             export
                 .meters
                 .extend(state.meters.iter().filter(|(c, _)| c == p).map(|(_, m)| *m));
+            for ((tier, q, register, time), at) in &state.corrected {
+                if q == p
+                    && *time >= self.horizon(*tier)
+                    && let (Ok(time), Ok(at)) =
+                        (Timestamp::from_second(*time), Timestamp::from_second(*at))
+                {
+                    export.corrected.insert((*tier, *register, time), at);
+                }
+            }
         }
         Ok(export)
     }
@@ -520,6 +549,9 @@ impl ReadingStore for MemStore {
             }
             keep
         });
+        state
+            .corrected
+            .retain(|key, _| key.3 >= horizons[key.0 as usize]);
         Ok(removed)
     }
 

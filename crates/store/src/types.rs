@@ -1,7 +1,9 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use meterstand_model::{Connection, Reading, Tier, TierSet, TieredReading};
+use std::collections::BTreeMap;
+
+use meterstand_model::{Connection, Reading, Register, Tier, TierSet, TieredReading};
 use meterstand_pseudonym::Pseudonym;
 
 /// What a connection sent in one message, already pseudonymised.
@@ -13,6 +15,22 @@ pub struct IngestItem {
     /// The connection's pseudonyms under older key versions (empty with one key): a
     /// connection record found under one of them moves to `connection` (re-keying).
     pub previous: Vec<Pseudonym>,
+    /// From the metering company's correction topic: each reading replaces a different
+    /// stored value (counted in [`WriteOutcome::corrected`], listed in
+    /// [`WriteOutcome::corrections`]) instead of being a conflict. Consent and retention
+    /// still gate it; a time not stored yet is stored like a reading.
+    pub correction: bool,
+}
+
+/// One tier entry replaced by a correction. No EAN: the connection is its pseudonym.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Correction {
+    pub connection: Pseudonym,
+    pub tier: Tier,
+    pub register: Register,
+    pub time: Timestamp,
+    pub old: u64,
+    pub new: u64,
 }
 
 /// A count per tier.
@@ -52,7 +70,7 @@ impl TierCounts {
 }
 
 /// What the gate and the write did with a batch. One reading can count in several tiers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteOutcome {
     /// Newly stored tier entries.
     pub stored: TierCounts,
@@ -68,8 +86,14 @@ pub struct WriteOutcome {
     /// so that the batch and the ones after it flow.
     pub quarantined: u64,
     /// Tier entries newly stored for a period whose statistics are already frozen (they
-    /// are not applied to the statistics).
+    /// are not applied to the statistics), and tier entries of such a period replaced by a
+    /// correction (the frozen statistics keep the old value).
     pub late: u64,
+    /// Tier entries whose stored value a correction replaced.
+    pub corrected: u64,
+    /// The replaced entries of this write, one per tier entry, for the audit log. Not
+    /// accumulated by [`WriteOutcome::merge`]: a running total would only grow.
+    pub corrections: Vec<Correction>,
 }
 
 impl WriteOutcome {
@@ -81,6 +105,7 @@ impl WriteOutcome {
         self.conflicts += other.conflicts;
         self.quarantined += other.quarantined;
         self.late += other.late;
+        self.corrected += other.corrected;
     }
 }
 
@@ -169,9 +194,19 @@ pub struct SubjectExport {
     pub interval: Vec<Reading>,
     pub day: Vec<Reading>,
     pub month: Vec<Reading>,
+    /// When a correction last replaced a stored reading: (tier, register, reading time) →
+    /// correction time. Readings never corrected are not listed.
+    pub corrected: BTreeMap<(Tier, Register, Timestamp), Timestamp>,
 }
 
 impl SubjectExport {
+    /// When the reading of `tier` was corrected, if it was.
+    pub fn corrected_at(&self, tier: Tier, reading: &Reading) -> Option<Timestamp> {
+        self.corrected
+            .get(&(tier, reading.register, reading.time))
+            .copied()
+    }
+
     pub fn tier(&self, tier: Tier) -> &[Reading] {
         match tier {
             Tier::Interval => &self.interval,

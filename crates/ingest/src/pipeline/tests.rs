@@ -395,3 +395,108 @@ async fn an_oversize_payload_is_a_counted_reject() {
     h.shutdown.cancel();
     h.handle.await.expect("clean shutdown");
 }
+
+/// A JSON message of one import (tariff 1) reading in Wh on `{prefix}/{ean}/{kind}`.
+fn reading_on(token: u64, kind: &str, time: &str, wh: u64) -> Received<u64> {
+    let payload = format!(
+        r#"{{"meter":"E0031003262764316","readings":[{{"obis":"1-0:1.8.1","time":"{time}","value":"{}.{:03}","unit":"kWh"}}]}}"#,
+        wh / 1000,
+        wh % 1000
+    );
+    raw(
+        token,
+        &format!("meters/{}/{kind}", ean(7).expose()),
+        payload.into_bytes(),
+    )
+}
+
+/// A correction of an interval reading at local midnight of 1 January (a day and a month
+/// boundary): every tier follows, the conflict counter does not move (a later plain reading
+/// with another value is the only conflict), and the one audit line holds the pseudonym,
+/// register, time and old → new values, never the EAN.
+#[tokio::test(start_paused = true)]
+async fn a_correction_at_a_day_boundary_replaces_every_tier_and_is_audited() {
+    let clock = Arc::new(ManualClock::new("2025-01-02T00:00:00Z".parse().expect("t")));
+    let store = Arc::new(MemStore::with_policy(
+        clock,
+        ConsentLevel::Interval,
+        RetentionPolicy::default(),
+    ));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit_path = dir.path().join("audit.log");
+    let mut c = config(10, Duration::from_millis(5));
+    c.audit = Some(meterstand_audit::AuditLog::open(&audit_path).expect("audit log"));
+    let h = start(c, Arc::new(StoreWriter(store.clone())));
+    let corrected_before = metrics::CORRECTED_READINGS.get();
+    let midnight = "2024-12-31T23:00:00Z";
+    h.tx.send(reading_on(1, "json", midnight, 5_000))
+        .await
+        .expect("send");
+    until("ack 1", || h.acker.acked().len() == 1).await;
+    h.tx.send(reading_on(2, "correction/json", midnight, 6_250))
+        .await
+        .expect("send");
+    until("ack 2", || h.acker.acked().len() == 2).await;
+    assert_eq!(h.status.totals().conflicts, 0);
+    assert_eq!(h.status.totals().corrected, 3);
+    h.tx.send(reading_on(3, "json", midnight, 7_000))
+        .await
+        .expect("send");
+    until("ack 3", || h.acker.acked().len() == 3).await;
+    assert_eq!(h.acker.acked(), vec![1, 2, 3]);
+    let totals = h.status.totals();
+    assert_eq!((totals.corrected, totals.conflicts), (3, 3), "{totals:?}");
+    assert!(metrics::CORRECTED_READINGS.get() > corrected_before);
+
+    let p = pseudonymiser().ean(&ean(7));
+    let t: Timestamp = midnight.parse().expect("t");
+    let end = Timestamp::from_second(t.as_second() + 1).expect("t");
+    for tier in Tier::ALL {
+        let r = store.readings(p, tier, t, end).expect("read");
+        assert_eq!(r.len(), 1, "{tier:?}");
+        assert_eq!(r[0].value, 6_250, "{tier:?}");
+    }
+    let export = store.export(&[p]).expect("export");
+    assert_eq!(export.corrected.len(), 3);
+
+    h.shutdown.cancel();
+    h.handle.await.expect("clean shutdown");
+    let text = std::fs::read_to_string(&audit_path).expect("audit log");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "one line per corrected reading: {text}");
+    let line = lines[0];
+    for part in [
+        "correction",
+        p.to_string().as_str(),
+        "1-0:1.8.1",
+        "5.000 kWh",
+        "6.250 kWh",
+        "2024-12-31T23:00:00Z",
+    ] {
+        assert!(line.contains(part), "{part:?} missing in {line}");
+    }
+    assert!(!line.contains(ean(7).expose()), "the EAN is in {line}");
+    assert!(
+        !line.contains("E0031003262764316"),
+        "the meter id is in {line}"
+    );
+    let report = meterstand_audit::verify(&audit_path, None).expect("verify");
+    assert_eq!((report.lines, report.problem_count), (1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_p1_correction_topic_is_a_counted_reject() {
+    let writer = Arc::new(FakeWriter::default());
+    let h = start(config(10, Duration::from_millis(5)), writer.clone());
+    let bad_topic = metrics::REJECTED.with_label_values(&["bad_topic"]);
+    let before = bad_topic.get();
+    let topic = format!("meters/{}/correction/p1", ean(1).expose());
+    h.tx.send(raw(1, &topic, b"/x".to_vec()))
+        .await
+        .expect("send");
+    until("ack", || h.acker.acked().len() == 1).await;
+    assert!(bad_topic.get() > before);
+    assert!(writer.attempts().is_empty());
+    h.shutdown.cancel();
+    h.handle.await.expect("clean shutdown");
+}
