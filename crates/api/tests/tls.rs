@@ -214,30 +214,6 @@ async fn a_stalled_tls_handshake_is_cut_off_by_the_header_timeout() {
     assert_eq!(healthz(&https_client(&ca.ca, None), s.addr).await, Ok(200));
 }
 
-/// A TLS connection trusting `ca` only, on which the test writes HTTP by hand.
-async fn raw_tls(
-    addr: SocketAddr,
-    ca: &Path,
-) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).expect("ca") {
-        roots.add(c.expect("pem")).expect("root");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect("localhost".try_into().expect("name"), tcp)
-        .await
-        .expect("handshake")
-}
-
 #[tokio::test]
 async fn reload_swaps_the_certificate_while_a_request_in_flight_completes() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -260,7 +236,7 @@ async fn reload_swaps_the_certificate_while_a_request_in_flight_completes() {
 
     // A PUT whose body is half sent on a connection made with the first certificate.
     let body = br#"{"consent":"daily","postcode4":"1000","profile":"E1A"}"#;
-    let mut old = raw_tls(s.addr, &first.ca).await;
+    let mut old = meterstand_testkit::certs::raw_tls(s.addr, &first.ca).await;
     let head = format!(
         "PUT /v1/connections/{} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
