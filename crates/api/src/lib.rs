@@ -18,6 +18,7 @@ pub mod metrics;
 mod openapi;
 mod params;
 mod server;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,7 +43,8 @@ pub use error::{ApiError, ErrorBody};
 pub use meterstand_audit::{AuditEntry, AuditError, AuditLog};
 pub use openapi::openapi_json;
 pub use params::MaxRange;
-pub use server::serve;
+pub use server::{serve, serve_tls, serve_with};
+pub use tls::{Tls, TlsError, TlsFiles};
 
 /// What the server reads to answer readiness.
 pub trait Readiness: Send + Sync + 'static {

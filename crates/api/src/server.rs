@@ -3,6 +3,11 @@
 //! within `api.header_timeout` is disconnected, and each request carries the client address
 //! as `ConnectInfo<SocketAddr>` (what `into_make_service_with_connect_info` would give) for the
 //! audit log and the per-token address metric.
+//!
+//! With [`serve_tls`] every connection first completes a TLS handshake (rustls, the
+//! configuration current when it was accepted, see [`Tls`]) within the same
+//! `api.header_timeout`; a client that stalls in the handshake is disconnected like one that
+//! stalls in its headers. A plaintext request to the TLS port fails the handshake.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,13 +25,37 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::tls::Tls;
 use crate::{ApiState, router};
 
-/// Serves until `shutdown` is cancelled, then lets requests in flight finish (bodies are
-/// bounded by `api.body_timeout`) and returns.
+/// Serves plain HTTP until `shutdown` is cancelled, then lets requests in flight finish
+/// (bodies are bounded by `api.body_timeout`) and returns.
 pub async fn serve(
     listener: TcpListener,
     state: ApiState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    serve_with(listener, state, None, shutdown).await
+}
+
+/// Serves HTTPS like [`serve`] serves HTTP. [`Tls::reload`] on a clone of `tls` changes the
+/// certificate for the connections accepted afterwards.
+pub async fn serve_tls(
+    listener: TcpListener,
+    state: ApiState,
+    tls: Tls,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    serve_with(listener, state, Some(tls), shutdown).await
+}
+
+/// [`serve_tls`] when `tls` is given, else [`serve`].
+pub async fn serve_with(
+    listener: TcpListener,
+    state: ApiState,
+    tls: Option<Tls>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let header_timeout = state.config().header_timeout;
@@ -52,13 +81,38 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let shutdown = shutdown.clone();
-        connections.spawn(serve_connection(
-            stream,
-            remote,
-            app,
-            header_timeout,
-            shutdown,
-        ));
+        match &tls {
+            None => {
+                connections.spawn(serve_connection(
+                    stream,
+                    remote,
+                    app,
+                    header_timeout,
+                    shutdown,
+                ));
+            }
+            Some(tls) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                connections.spawn(async move {
+                    let handshake = tokio::time::timeout(header_timeout, acceptor.accept(stream));
+                    let stream = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        done = handshake => match done {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, %remote, "tls handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%remote, "tls handshake timed out");
+                                return;
+                            }
+                        },
+                    };
+                    serve_connection(stream, remote, app, header_timeout, shutdown).await
+                });
+            }
+        }
     }
     drop(listener);
     connections.close();
@@ -66,13 +120,15 @@ pub async fn serve(
     Ok(())
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     remote: SocketAddr,
     app: Router,
     header_timeout: Duration,
     shutdown: CancellationToken,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(remote));
         let mut app = app.clone();

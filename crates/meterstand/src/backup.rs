@@ -41,8 +41,8 @@ pub struct RestoreArgs {
     pub keep_previous: bool,
 }
 
-pub async fn backup(args: BackupArgs, default_listen: &str) -> anyhow::Result<()> {
-    let client = Client::new(&args.server, default_listen)?;
+pub async fn backup(args: BackupArgs, default_server: &str) -> anyhow::Result<()> {
+    let client = Client::new(&args.server, default_server)?;
     let body = client
         .send(
             reqwest::Method::POST,

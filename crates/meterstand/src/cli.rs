@@ -155,9 +155,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new().context("cannot start the async runtime")
 }
 
-/// `api.listen` of the effective config, the default server of the API clients.
-fn config_listen(file: Option<&std::path::Path>) -> anyhow::Result<String> {
-    Ok(Config::load(file, &process_env())?.api.listen.to_string())
+/// The default server of the API clients: `https://<api.listen>` when the effective config
+/// serves HTTPS, else `http://<api.listen>` (see [`Config::api_base_url`]).
+fn config_server(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    Ok(Config::load(file, &process_env())?.api_base_url())
 }
 
 /// Runs a command; its exit code is 0 unless it says otherwise (import: 2 when rows were
@@ -168,7 +169,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Connections {
             command: ConnectionsCommand::Import(args),
         } => {
-            let listen = config_listen(cli.config.as_deref())?;
+            let listen = config_server(cli.config.as_deref())?;
             let all_good = runtime()?.block_on(client::import(args, &listen))?;
             return Ok(if all_good {
                 ExitCode::SUCCESS
@@ -190,7 +191,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Backup(args) => {
-            let listen = config_listen(cli.config.as_deref())?;
+            let listen = config_server(cli.config.as_deref())?;
             runtime()?.block_on(backup::backup(args, &listen))
         }
         Command::Restore(args) => {
@@ -198,7 +199,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             backup::restore(args, &config)
         }
         Command::Subject { command } => {
-            let listen = config_listen(cli.config.as_deref())?;
+            let listen = config_server(cli.config.as_deref())?;
             match command {
                 SubjectCommand::Export(args) => runtime()?.block_on(client::export(args, &listen)),
                 SubjectCommand::Erase(args) => runtime()?.block_on(client::erase(args, &listen)),

@@ -15,9 +15,30 @@ use serde::Deserialize;
 /// Where the API is and how to authenticate.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
-    /// Base URL of the meterstand API (default: http://<api.listen> from the config).
+    /// Base URL of the meterstand API, http:// or https:// (default: https://<api.listen>
+    /// from the config when it sets api.tls_cert, else http://<api.listen>).
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
+    /// PEM file of the CA that signed the server's certificate (in addition to the public
+    /// web roots), for a private CA.
+    #[arg(long, value_name = "FILE", env = "METERSTAND_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain, for a server that asks for one (api.client_ca).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "client_key",
+        env = "METERSTAND_CLIENT_CERT"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert (mode 0600).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "client_cert",
+        env = "METERSTAND_CLIENT_KEY"
+    )]
+    pub client_key: Option<PathBuf>,
     /// File holding the bearer token (one line, mode 0600).
     #[arg(long, value_name = "FILE", env = "METERSTAND_TOKEN_FILE")]
     pub token_file: PathBuf,
@@ -48,6 +69,13 @@ struct ErrorDetail {
     message: String,
 }
 
+/// reqwest with rustls (the `ring` provider, installed here: the workspace builds reqwest
+/// without a default one).
+fn client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().timeout(Duration::from_secs(120))
+}
+
 pub fn read_token(path: &Path) -> anyhow::Result<String> {
     let meta = std::fs::metadata(path)
         .with_context(|| format!("cannot read the token file {}", path.display()))?;
@@ -65,26 +93,73 @@ pub fn read_token(path: &Path) -> anyhow::Result<String> {
 }
 
 impl Client {
-    pub fn new(args: &ServerArgs, default_listen: &str) -> anyhow::Result<Client> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+    /// A client of `--server`, else of `default_server` (a base URL such as
+    /// `https://127.0.0.1:8443`), trusting `--ca-file` and presenting `--client-cert`.
+    pub fn new(args: &ServerArgs, default_server: &str) -> anyhow::Result<Client> {
         let base = args
             .server
             .clone()
-            .unwrap_or_else(|| format!("http://{default_listen}"));
-        Client::with_token(base, read_token(&args.token_file)?)
+            .unwrap_or_else(|| default_server.to_string());
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            bail!("--server {base:?}: expected a URL starting with https:// or http://");
+        }
+        let mut builder = client_builder();
+        if let Some(ca) = &args.ca_file {
+            let pem = std::fs::read(ca)
+                .with_context(|| format!("cannot read the CA file {}", ca.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+                format!("the CA file {} holds no PEM certificate", ca.display())
+            })?;
+            if certs.is_empty() {
+                bail!("the CA file {} holds no PEM certificate", ca.display());
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+            let key_mode = std::fs::metadata(key)
+                .with_context(|| format!("cannot read the client key {}", key.display()))?
+                .permissions()
+                .mode();
+            if key_mode & 0o077 != 0 {
+                bail!(
+                    "the client key {} is readable by group or others; run chmod 600 on it",
+                    key.display()
+                );
+            }
+            let mut pem = std::fs::read(key)
+                .with_context(|| format!("cannot read the client key {}", key.display()))?;
+            pem.push(b'\n');
+            pem.extend(std::fs::read(cert).with_context(|| {
+                format!("cannot read the client certificate {}", cert.display())
+            })?);
+            let identity = reqwest::Identity::from_pem(&pem).context(
+                "--client-cert and --client-key are not a PEM certificate and its private key",
+            )?;
+            builder = builder.identity(identity);
+        }
+        let http = builder.build().context("cannot build the HTTP client")?;
+        Ok(Client::from_parts(
+            http,
+            base,
+            read_token(&args.token_file)?,
+        ))
     }
 
     pub fn with_token(base: String, token: String) -> anyhow::Result<Client> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
+        let http = client_builder()
             .build()
             .context("cannot build the HTTP client")?;
-        Ok(Client {
+        Ok(Client::from_parts(http, base, token))
+    }
+
+    fn from_parts(http: reqwest::Client, base: String, token: String) -> Client {
+        Client {
             http,
             base: base.trim_end_matches('/').to_string(),
             token,
-        })
+        }
     }
 
     /// Sends a request and returns the body of a 2xx answer; otherwise the server's error.
@@ -208,11 +283,11 @@ pub fn parse_import(data: &[u8]) -> anyhow::Result<(Vec<ImportRow>, Vec<BadRow>)
     Ok((good, bad))
 }
 
-pub async fn import(args: ImportArgs, default_listen: &str) -> anyhow::Result<bool> {
+pub async fn import(args: ImportArgs, default_server: &str) -> anyhow::Result<bool> {
     let data = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let (rows, mut bad) = parse_import(&data)?;
-    let client = Client::new(&args.server, default_listen)?;
+    let client = Client::new(&args.server, default_server)?;
     let bar = ProgressBar::new(rows.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} connections {per_sec} eta {eta}")
@@ -279,9 +354,9 @@ fn checked_ean(text: &str) -> anyhow::Result<Ean> {
         .map_err(|_| anyhow::anyhow!("--ean must be 18 digits with a valid GS1 check digit"))
 }
 
-pub async fn export(args: ExportArgs, default_listen: &str) -> anyhow::Result<()> {
+pub async fn export(args: ExportArgs, default_server: &str) -> anyhow::Result<()> {
     let ean = checked_ean(&args.ean)?;
-    let client = Client::new(&args.server, default_listen)?;
+    let client = Client::new(&args.server, default_server)?;
     let format = match args.format {
         OutFormat::Json => "json",
         OutFormat::Csv => "csv",
@@ -303,9 +378,9 @@ pub async fn export(args: ExportArgs, default_listen: &str) -> anyhow::Result<()
     Ok(())
 }
 
-pub async fn erase(args: EraseArgs, default_listen: &str) -> anyhow::Result<()> {
+pub async fn erase(args: EraseArgs, default_server: &str) -> anyhow::Result<()> {
     let ean = checked_ean(&args.ean)?;
-    let client = Client::new(&args.server, default_listen)?;
+    let client = Client::new(&args.server, default_server)?;
     let body = client
         .send(
             reqwest::Method::DELETE,

@@ -195,6 +195,14 @@ pub struct ApiSection {
     pub header_timeout: Duration,
     #[serde(with = "humantime_serde_compat")]
     pub body_timeout: Duration,
+    /// HTTPS certificate chain (PEM); empty: plain HTTP.
+    pub tls_cert: String,
+    /// Its private key (PEM, not group or world readable); given with `tls_cert`.
+    pub tls_key: String,
+    /// CA certificates (PEM) that client certificates must chain to; empty: none asked.
+    pub client_ca: String,
+    /// Plain HTTP on an address off loopback is refused unless this is true.
+    pub allow_plaintext: bool,
     pub tokens: Vec<TokenEntry>,
 }
 
@@ -622,6 +630,7 @@ impl Config {
                 "1 to 100000",
             ));
         }
+        self.validate_tls()?;
         for (key, d) in [
             ("api.max_range_interval", self.api.max_range_interval),
             ("api.max_range_day", self.api.max_range_day),
@@ -636,6 +645,104 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// `api.tls_cert` and `api.tls_key` both or neither, the files there, the key owner-only,
+    /// `api.client_ca` only with them; plain HTTP off loopback only with `api.allow_plaintext`.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let api = &self.api;
+        let value_err = |key, value: &str, allowed: &str| ConfigError::Value {
+            key,
+            value: value.to_string(),
+            allowed: allowed.to_string(),
+            origin: String::new(),
+        };
+        match (api.tls_cert.is_empty(), api.tls_key.is_empty()) {
+            (false, true) => {
+                return Err(value_err(
+                    "api.tls_key",
+                    "",
+                    "the PEM private key of api.tls_cert (api.tls_cert and api.tls_key are given together)",
+                ));
+            }
+            (true, false) => {
+                return Err(value_err(
+                    "api.tls_cert",
+                    "",
+                    "the PEM certificate chain of api.tls_key (api.tls_cert and api.tls_key are given together)",
+                ));
+            }
+            _ => {}
+        }
+        if api.tls_cert.is_empty() && !api.client_ca.is_empty() {
+            return Err(value_err(
+                "api.client_ca",
+                &api.client_ca,
+                "empty unless api.tls_cert and api.tls_key are set (client certificates need HTTPS)",
+            ));
+        }
+        for (key, path) in [
+            ("api.tls_cert", &api.tls_cert),
+            ("api.tls_key", &api.tls_key),
+            ("api.client_ca", &api.client_ca),
+        ] {
+            if !path.is_empty() && !Path::new(path).is_file() {
+                return Err(value_err(key, path, "an existing PEM file"));
+            }
+        }
+        if !api.tls_key.is_empty() {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&api.tls_key)
+                .map(|m| m.permissions().mode())
+                .unwrap_or(0);
+            if mode & 0o077 != 0 {
+                return Err(value_err(
+                    "api.tls_key",
+                    &api.tls_key,
+                    &format!(
+                        "a key file readable by its owner only (it is mode {:o}; run chmod 600 on it)",
+                        mode & 0o777
+                    ),
+                ));
+            }
+        }
+        if api.tls_cert.is_empty() && !api.allow_plaintext && !api.listen.ip().is_loopback() {
+            return Err(value_err(
+                "api.listen",
+                &api.listen.to_string(),
+                "a loopback address while HTTPS is off: bearer tokens and subject exports would \
+                 cross the network in the clear; set api.tls_cert and api.tls_key, or \
+                 api.allow_plaintext = true if a TLS-terminating proxy is in front",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The HTTPS files, when `api.tls_cert` is set.
+    pub fn tls_files(&self) -> Option<meterstand_api::TlsFiles> {
+        (!self.api.tls_cert.is_empty()).then(|| meterstand_api::TlsFiles {
+            cert: PathBuf::from(&self.api.tls_cert),
+            key: PathBuf::from(&self.api.tls_key),
+            client_ca: (!self.api.client_ca.is_empty()).then(|| PathBuf::from(&self.api.client_ca)),
+        })
+    }
+
+    /// The base URL of this configuration's API for the CLI clients: `https://` when TLS is
+    /// configured; an unspecified listen address (`0.0.0.0`, `::`) becomes loopback.
+    pub fn api_base_url(&self) -> String {
+        let mut addr = self.api.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr.ip() {
+                std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let scheme = if self.api.tls_cert.is_empty() {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{addr}")
     }
 
     /// The token table: hashes as configured, token files read and hashed.
@@ -713,6 +820,9 @@ impl Config {
             )
         })?;
         self.token_table()?;
+        if let Some(files) = self.tls_files() {
+            meterstand_api::tls::server_config(&files)?;
+        }
         Ok(())
     }
 
@@ -984,6 +1094,84 @@ mod tests {
             text.contains("api.listen") && text.contains("METERSTAND__API__LISTEN"),
             "{text}"
         );
+    }
+
+    /// `api.tls_cert`/`api.tls_key` both or neither, existing files, an owner-only key,
+    /// `client_ca` only with HTTPS, and plain HTTP off loopback only when allowed.
+    #[test]
+    fn https_keys_are_validated_and_plaintext_off_loopback_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let text = |e: &[(&str, &str)]| {
+            Config::load(None, &env(e))
+                .expect_err("refused")
+                .to_string()
+        };
+        let t = text(&[("METERSTAND__API__LISTEN", "0.0.0.0:8080")]);
+        assert!(
+            t.contains("api.listen")
+                && t.contains("0.0.0.0:8080")
+                && t.contains("api.allow_plaintext")
+                && t.contains("api.tls_cert"),
+            "{t}"
+        );
+        let c = Config::load(
+            None,
+            &env(&[
+                ("METERSTAND__API__LISTEN", "0.0.0.0:8080"),
+                ("METERSTAND__API__ALLOW_PLAINTEXT", "true"),
+            ]),
+        )
+        .expect("allowed");
+        assert_eq!(c.api_base_url(), "http://127.0.0.1:8080");
+        Config::load(None, &env(&[("METERSTAND__API__LISTEN", "[::1]:8080")])).expect("loopback");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, "x").expect("write");
+        std::fs::write(&key, "x").expect("write");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let (cert_s, key_s) = (cert.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
+        let t = text(&[("METERSTAND__API__TLS_CERT", cert_s)]);
+        assert!(t.contains("api.tls_key") && t.contains("together"), "{t}");
+        let t = text(&[("METERSTAND__API__TLS_KEY", key_s)]);
+        assert!(t.contains("api.tls_cert") && t.contains("together"), "{t}");
+        let t = text(&[("METERSTAND__API__CLIENT_CA", cert_s)]);
+        assert!(t.contains("api.client_ca"), "{t}");
+        let t = text(&[
+            ("METERSTAND__API__TLS_CERT", "/nonexistent/c.pem"),
+            ("METERSTAND__API__TLS_KEY", key_s),
+        ]);
+        assert!(
+            t.contains("api.tls_cert")
+                && t.contains("/nonexistent/c.pem")
+                && t.contains("existing"),
+            "{t}"
+        );
+        let t = text(&[
+            ("METERSTAND__API__TLS_CERT", cert_s),
+            ("METERSTAND__API__TLS_KEY", key_s),
+        ]);
+        assert!(
+            t.contains("api.tls_key") && t.contains("644") && t.contains("chmod 600"),
+            "{t}"
+        );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let c = Config::load(
+            None,
+            &env(&[
+                ("METERSTAND__API__LISTEN", "0.0.0.0:8443"),
+                ("METERSTAND__API__TLS_CERT", cert_s),
+                ("METERSTAND__API__TLS_KEY", key_s),
+            ]),
+        )
+        .expect("https off loopback");
+        assert_eq!(c.api_base_url(), "https://127.0.0.1:8443");
+        // The files are not PEM: what preflight (`run`, `config check`) builds says so.
+        let files = c.tls_files().expect("tls configured");
+        let e = meterstand_api::tls::server_config(&files)
+            .expect_err("not pem")
+            .to_string();
+        assert!(e.contains("api.tls_cert") && e.contains("c.pem"), "{e}");
     }
 
     #[test]

@@ -118,6 +118,8 @@ pub struct Service {
     pub status: Arc<IngestStatus>,
     pub api_addr: std::net::SocketAddr,
     pub api: ApiState,
+    /// The HTTPS configuration, re-read by [`Service::reload_tls`]; `None`: plain HTTP.
+    tls: Option<meterstand_api::Tls>,
     intake: CancellationToken,
     background: CancellationToken,
     /// Taken by whoever watches for ingest's death (`run_until_signal`).
@@ -185,6 +187,12 @@ impl Service {
 
         let background = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let tls = match config.tls_files() {
+            Some(files) => {
+                Some(meterstand_api::Tls::load(files).context("loading the HTTPS certificate")?)
+            }
+            None => None,
+        };
         let listener = TcpListener::bind(config.api.listen)
             .await
             .with_context(|| format!("binding api.listen {}", config.api.listen))?;
@@ -203,8 +211,10 @@ impl Service {
         });
         let http_stop = background.clone();
         let api = state.clone();
+        let served_tls = tls.clone();
         tracker.spawn(async move {
-            if let Err(e) = meterstand_api::serve(listener, state, http_stop).await {
+            if let Err(e) = meterstand_api::serve_with(listener, state, served_tls, http_stop).await
+            {
                 tracing::error!(error = %e, "http server stopped");
             }
         });
@@ -264,12 +274,13 @@ impl Service {
                 }
             }
         });
-        tracing::info!(api = %api_addr, "meterstand running");
+        tracing::info!(api = %api_addr, https = tls.is_some(), "meterstand running");
         Ok(Service {
             store,
             status,
             api_addr,
             api,
+            tls,
             intake,
             background,
             ingest: Some(ingest),
@@ -324,9 +335,24 @@ impl Service {
     }
 }
 
+impl Service {
+    /// Re-reads the HTTPS certificate, key and client CA from the files named at start:
+    /// connections accepted afterwards use them, connections in flight keep the old ones. On
+    /// error the old ones stay. `Ok(false)` when the service serves plain HTTP.
+    pub fn reload_tls(&self) -> anyhow::Result<bool> {
+        match &self.tls {
+            None => Ok(false),
+            Some(tls) => {
+                tls.reload()?;
+                Ok(true)
+            }
+        }
+    }
+}
+
 /// Runs the service until SIGTERM or Ctrl-C (then an ordered shutdown) or until ingest dies
 /// (then an error, so that the process exits non-zero and its supervisor restarts it).
-/// SIGHUP re-reads the token table.
+/// SIGHUP re-reads the token table and the HTTPS certificate files.
 pub async fn run_until_signal(
     config: Config,
     config_file: Option<PathBuf>,
@@ -343,10 +369,17 @@ pub async fn run_until_signal(
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            _ = hangup.recv() => match service.reload_tokens(config_file.as_deref(), &env) {
-                Ok(n) => tracing::info!(tokens = n, "token table re-read"),
-                Err(e) => tracing::error!(error = %e, "cannot re-read the token table; the old one stays"),
-            },
+            _ = hangup.recv() => {
+                match service.reload_tokens(config_file.as_deref(), &env) {
+                    Ok(n) => tracing::info!(tokens = n, "token table re-read"),
+                    Err(e) => tracing::error!(error = %e, "cannot re-read the token table; the old one stays"),
+                }
+                match service.reload_tls() {
+                    Ok(true) => tracing::info!("https certificate re-read"),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot re-read the https certificate; the old one stays"),
+                }
+            }
             died = &mut ingest => {
                 let e = match died {
                     Ok(()) => IngestError::TaskFailed { task: "ingest", reason: "stopped unasked".into() },

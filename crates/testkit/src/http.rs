@@ -35,6 +35,11 @@ impl Http {
         Http { base, client }
     }
 
+    /// A client of `base` over an already built reqwest client (e.g. [`crate::https_client`]).
+    pub fn with_client(base: String, client: reqwest::Client) -> Http {
+        Http { base, client }
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }

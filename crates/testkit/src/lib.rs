@@ -7,6 +7,7 @@
 //! It depends on neither the RocksDB store nor the binary, so that the API and ingest crates
 //! can test with it without building RocksDB.
 
+pub mod certs;
 pub mod fleet;
 pub mod http;
 pub mod ids;
@@ -14,6 +15,7 @@ pub mod mosquitto;
 pub mod publisher;
 pub mod seed;
 
+pub use certs::{TestCa, https_client};
 pub use fleet::Fleet;
 pub use http::{Http, Response};
 pub use ids::{bad_check_digit, ean, ean_from, meter_id};

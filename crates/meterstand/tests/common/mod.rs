@@ -160,6 +160,15 @@ impl Client {
         }
     }
 
+    /// Over an already built [`Http`] (e.g. HTTPS with a test CA).
+    pub fn with_http(http: Http) -> Client {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        Client { rt, http }
+    }
+
     /// `(status, body)`, or `None` when the server does not answer.
     pub fn request(
         &self,
@@ -313,6 +322,17 @@ impl Spawned {
 
     /// Starts the service and waits until HTTP answers (not necessarily ready).
     pub fn spawn(dirs: &ServiceDirs, broker_url: &str, extra: &[(&str, &str)]) -> Spawned {
+        Spawned::spawn_with(dirs, broker_url, extra, Client::new)
+    }
+
+    /// Like [`Spawned::spawn`], talking to the API with the client `client` makes for its
+    /// address (e.g. HTTPS with a test CA).
+    pub fn spawn_with(
+        dirs: &ServiceDirs,
+        broker_url: &str,
+        extra: &[(&str, &str)],
+        client: impl FnOnce(SocketAddr) -> Client,
+    ) -> Spawned {
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -332,7 +352,7 @@ impl Spawned {
         let svc = Spawned {
             child,
             api,
-            client: Client::new(api),
+            client: client(api),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while svc.client.get("/healthz").is_none() {
