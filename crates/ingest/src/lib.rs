@@ -81,12 +81,13 @@ pub struct IngestStatus {
     pub messages: AtomicU64,
     pub rejected: AtomicU64,
     pub acked: AtomicU64,
-    pub outcome: std::sync::Mutex<WriteOutcome>,
+    /// parking_lot: a panic elsewhere cannot poison the totals into a silent zero.
+    pub outcome: parking_lot::Mutex<WriteOutcome>,
 }
 
 impl IngestStatus {
     pub fn totals(&self) -> WriteOutcome {
-        self.outcome.lock().map(|o| o.clone()).unwrap_or_default()
+        self.outcome.lock().clone()
     }
 }
 

@@ -120,10 +120,13 @@ impl Session {
         let (result, disconnect, poller) = match self {
             Session::V5(options) => {
                 let (client, eventloop) = v5::AsyncClient::new(*options, requests);
-                // Bounded by the ack window: with MQTT 5 the broker never has more than
-                // `window` unacknowledged messages out to us (Receive Maximum), so the poll
-                // loop never waits for room here; with 3.1.1 a full queue is backpressure.
-                let (received_tx, received_rx) = mpsc::channel(window);
+                // The poll loop must never wait on this queue: acknowledgements leave through
+                // it, so a poll loop waiting for room while the committer waits for its acks
+                // is a deadlock. The broker's window (Receive Maximum) is what bounds it; a
+                // broker that sends past it (seen with Mosquitto delivering a session queued
+                // under MQTT 3.1.1) must not wedge ingest, so the channel's own bound is only
+                // a last resort far above any window.
+                let (received_tx, received_rx) = mpsc::channel(received_capacity(window));
                 let poller = tokio::spawn(poll_v5(
                     eventloop,
                     client.clone(),
@@ -140,9 +143,8 @@ impl Session {
             }
             Session::V311(options) => {
                 let (client, eventloop) = rumqttc::AsyncClient::new(*options, requests);
-                // As above; with 3.1.1 the broker's in-flight window applies and a full queue
-                // is backpressure.
-                let (received_tx, received_rx) = mpsc::channel(window);
+                // As above; with 3.1.1 the broker's in-flight window applies.
+                let (received_tx, received_rx) = mpsc::channel(received_capacity(window));
                 let poller = tokio::spawn(poll_v311(
                     eventloop,
                     client.clone(),
@@ -279,6 +281,12 @@ impl Link {
             _ = stop.cancelled() => false,
         }
     }
+}
+
+/// The received queue's bound: far above the ack window (see `Session::run`); tokio's
+/// channel allocates as it fills, so the bound costs nothing until used.
+fn received_capacity(window: usize) -> usize {
+    window.saturating_mul(64).clamp(1 << 16, 1 << 24)
 }
 
 /// Hands one publish to the pipeline. Waits only if the queue is full, which the ack window
