@@ -6,12 +6,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use jiff::civil::date;
 use meterstand_api::{ApiConfig, ApiParts, ApiState, AuditLog, Readiness, Role, TokenTable};
-use meterstand_model::sim::SimMeter;
-use meterstand_model::{Calendar, Connection, ConsentLevel, Postcode4, TieredReading};
+use meterstand_model::Calendar;
 use meterstand_pseudonym::{KeyRing, Pseudonymiser};
-use meterstand_store::{IngestItem, ReadingStore, SystemClock};
+use meterstand_store::{ReadingStore, SystemClock};
 use meterstand_store_rocks::{RocksStore, StoreConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -29,37 +27,10 @@ impl Readiness for Ready {
 }
 
 fn fill(store: &RocksStore, p: &Pseudonymiser, cal: &Calendar) {
-    let meter = p.meter(&"E0000000000000001".parse().expect("valid"));
     let mut items = Vec::new();
-    for i in 0..CONNECTIONS {
-        let mut m = SimMeter::new(i, 3);
-        let ps = p.ean(&m.ean);
-        let c = Connection {
-            consent: ConsentLevel::Daily,
-            postcode4: Some(Postcode4::new(m.postcode4).expect("valid")),
-            profile: Some(m.profile.parse().expect("valid")),
-            analytics: true,
-        };
+    for (ps, c, item) in meterstand_testkit::bench::month_of_days(p, cal, CONNECTIONS) {
         store.put_connection(&[ps], c).expect("put");
-        let mut readings = Vec::new();
-        for d in 0..=31 {
-            let day = date(2026, 10, 1)
-                .checked_add(jiff::Span::new().days(d))
-                .expect("date");
-            for reading in m.step(cal.date_start(day).expect("start")) {
-                readings.push(TieredReading {
-                    reading,
-                    tiers: cal.tiers_of(reading.register, reading.time),
-                });
-            }
-        }
-        items.push(IngestItem {
-            correction: false,
-            connection: ps,
-            previous: Vec::new(),
-            meter,
-            readings,
-        });
+        items.push(item);
         if items.len() == 500 {
             store
                 .write_blocking(std::mem::take(&mut items))

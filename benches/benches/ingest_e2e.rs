@@ -269,17 +269,8 @@ fn main() {
         }
     }
     // Beside speed: the whole process (publisher data, broker client, ingest, store).
-    println!("ingest_peak_rss_mib {:.0} MiB", peak_rss_mib());
-}
-
-/// Peak resident memory of this process so far (VmHWM), in MiB.
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    println!(
+        "ingest_peak_rss_mib {:.0} MiB",
+        meterstand_testkit::bench::peak_rss_mib()
+    );
 }

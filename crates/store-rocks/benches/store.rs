@@ -148,7 +148,6 @@ fn aggregate_ms(p: &Pseudonymiser) -> (f64, f64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = interval_store(dir.path());
     let cal = Calendar::amsterdam();
-    let meter = p.meter(&"E0000000000000001".parse().expect("valid"));
     let from = cal
         .date_start(jiff::civil::date(2026, 10, 1))
         .expect("date");
@@ -156,39 +155,9 @@ fn aggregate_ms(p: &Pseudonymiser) -> (f64, f64) {
         .date_start(jiff::civil::date(2026, 11, 1))
         .expect("date");
     let mut items = Vec::new();
-    for i in 0..10_000u64 {
-        let mut m = SimMeter::new(i, 3);
-        let ps = p.ean(&m.ean);
-        let c = Connection {
-            consent: ConsentLevel::Daily,
-            postcode4: Some(meterstand_model::Postcode4::new(m.postcode4).expect("valid")),
-            profile: Some(m.profile.parse().expect("valid")),
-            analytics: true,
-        };
+    for (ps, c, item) in meterstand_testkit::bench::month_of_days(p, &cal, 10_000) {
         store.put_connection(&[ps], c).expect("put");
-        let mut readings = Vec::new();
-        for d in 0..=31 {
-            let t = cal
-                .date_start(
-                    jiff::civil::date(2026, 10, 1)
-                        .checked_add(jiff::Span::new().days(d))
-                        .expect("date"),
-                )
-                .expect("start");
-            for reading in m.step(t) {
-                readings.push(TieredReading {
-                    reading,
-                    tiers: cal.tiers_of(reading.register, reading.time),
-                });
-            }
-        }
-        items.push(IngestItem {
-            correction: false,
-            connection: ps,
-            previous: Vec::new(),
-            meter,
-            readings,
-        });
+        items.push(item);
         if items.len() == 500 {
             store
                 .write_blocking(std::mem::take(&mut items))
@@ -254,17 +223,8 @@ fn main() {
     let (median, best) = aggregate_ms(&p);
     println!("store_members_walk_ms {median:.1} ms");
     println!("store_members_walk_best_ms {best:.1} ms");
-    println!("store_peak_rss_mib {:.0} MiB", peak_rss_mib());
-}
-
-/// Peak resident memory of this process so far (VmHWM), in MiB.
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    println!(
+        "store_peak_rss_mib {:.0} MiB",
+        meterstand_testkit::bench::peak_rss_mib()
+    );
 }

@@ -7,6 +7,7 @@
 //! It depends on neither the RocksDB store nor the binary, so that the API and ingest crates
 //! can test with it without building RocksDB.
 
+pub mod bench;
 pub mod certs;
 pub mod fleet;
 pub mod http;

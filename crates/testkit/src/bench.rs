@@ -1,0 +1,61 @@
+//! Fixtures the benchmarks share: a month of day readings for a fleet of households, and the
+//! process's peak memory, printed beside every speed figure.
+
+use jiff::civil::date;
+use meterstand_model::sim::SimMeter;
+use meterstand_model::{Calendar, Connection, ConsentLevel, Postcode4, TieredReading};
+use meterstand_pseudonym::{Pseudonym, Pseudonymiser};
+use meterstand_store::IngestItem;
+
+/// `n` daily-consent households (seed 3) with their day readings at the 32 local midnights
+/// of October 2026 and 1 November: per connection, its pseudonym, its CRM record and the
+/// ingest item to write.
+pub fn month_of_days(
+    p: &Pseudonymiser,
+    cal: &Calendar,
+    n: u64,
+) -> impl Iterator<Item = (Pseudonym, Connection, IngestItem)> {
+    let meter = p.meter(&"E0000000000000001".parse().expect("valid meter id"));
+    (0..n).map(move |i| {
+        let mut m = SimMeter::new(i, 3);
+        let ps = p.ean(&m.ean);
+        let connection = Connection {
+            consent: ConsentLevel::Daily,
+            postcode4: Some(Postcode4::new(m.postcode4).expect("valid postcode")),
+            profile: Some(m.profile.parse().expect("valid profile")),
+            analytics: true,
+        };
+        let mut readings = Vec::new();
+        for d in 0..=31 {
+            let day = date(2026, 10, 1)
+                .checked_add(jiff::Span::new().days(d))
+                .expect("date");
+            for reading in m.step(cal.date_start(day).expect("local midnight")) {
+                readings.push(TieredReading {
+                    reading,
+                    tiers: cal.tiers_of(reading.register, reading.time),
+                });
+            }
+        }
+        let item = IngestItem {
+            correction: false,
+            connection: ps,
+            previous: Vec::new(),
+            meter,
+            readings,
+        };
+        (ps, connection, item)
+    })
+}
+
+/// Peak resident memory of this process so far (VmHWM), in MiB; 0 where /proc is missing.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
