@@ -81,8 +81,9 @@ pub struct StatisticsParams {
     /// First period start, inclusive: an RFC 3339 time or a local date (`2026-11-01`).
     #[param(value_type = TimeOrDate, inline)]
     pub from: String,
-    /// End, exclusive: an RFC 3339 time or a local date. The range is bounded per
-    /// granularity (`api.max_range_*`).
+    /// End, exclusive: an RFC 3339 time or a local date, not before `from` (equal: an empty
+    /// range). `to - from` is bounded per granularity (`api.max_range_*`: by default 93 days
+    /// of intervals, 1,098 of days, 3,660 of months).
     #[param(value_type = TimeOrDate, inline)]
     pub to: String,
     /// `interval`, `day` (default) or `month`.
@@ -123,7 +124,8 @@ pub struct SeriesParams {
     /// First period start, inclusive: an RFC 3339 time or a local date.
     #[param(value_type = TimeOrDate, inline)]
     pub from: String,
-    /// End, exclusive: an RFC 3339 time or a local date; bounded per granularity.
+    /// End, exclusive: an RFC 3339 time or a local date, not before `from` (equal: an empty
+    /// range); `to - from` is bounded per granularity (`api.max_range_*`).
     #[param(value_type = TimeOrDate, inline)]
     pub to: String,
     /// `interval`, `day` (default) or `month`.

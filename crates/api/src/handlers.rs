@@ -150,16 +150,8 @@ pub async fn statistics(
 }
 
 /// Retired: per-query suppression could be combined into answers about one household.
-/// Analysts read `/v1/statistics`, the one safe way to ask.
-#[utoipa::path(
-    get, path = "/v1/aggregates", tag = "analyst",
-    security(("bearer" = [])),
-    responses(
-        (status = 410, description = "Retired; use /v1/statistics", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "Role is not analyst", body = ErrorBody),
-    )
-)]
+/// Analysts read `/v1/statistics`, the one safe way to ask. Left out of `/openapi.json` (it
+/// is no longer part of the interface); old clients get 410 and the way forward.
 pub async fn aggregates(caller: Caller) -> Result<Response, ApiError> {
     caller.require(&[Role::Analyst])?;
     Err(ApiError::new(
@@ -342,7 +334,7 @@ fn connection_from(body: &[u8]) -> Result<Connection, ApiError> {
 /// level no longer allows, and the response says what went.
 #[utoipa::path(
     put, path = "/v1/connections/{ean}", tag = "crm",
-    params(("ean" = String, Path, description = "The connection's 18-digit EAN", pattern = "^[0-9]{18}$", min_length = 18, max_length = 18)),
+    params(("ean" = String, Path, description = "The connection's 18-digit EAN; the last digit is the GS1 check digit of the first 17", pattern = "^[0-9]{18}$", min_length = 18, max_length = 18)),
     request_body = ConnectionBody,
     security(("bearer" = [])),
     responses(
@@ -391,7 +383,7 @@ pub async fn put_connection(
 /// Everything stored for one EAN (GDPR Art. 15 and 20).
 #[utoipa::path(
     get, path = "/v1/subjects/{ean}/export", tag = "privacy_officer",
-    params(("ean" = String, Path, description = "The connection's 18-digit EAN", pattern = "^[0-9]{18}$", min_length = 18, max_length = 18), ExportParams),
+    params(("ean" = String, Path, description = "The connection's 18-digit EAN; the last digit is the GS1 check digit of the first 17", pattern = "^[0-9]{18}$", min_length = 18, max_length = 18), ExportParams),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Everything stored; empty when nothing is held",
@@ -509,7 +501,7 @@ pub async fn export(
 /// Erasure (GDPR Art. 17): removes what may be removed, physically, and returns a receipt.
 #[utoipa::path(
     delete, path = "/v1/subjects/{ean}", tag = "privacy_officer",
-    params(("ean" = String, Path, description = "The connection's 18-digit EAN", pattern = "^[0-9]{18}$", min_length = 18, max_length = 18)),
+    params(("ean" = String, Path, description = "The connection's 18-digit EAN; the last digit is the GS1 check digit of the first 17", pattern = "^[0-9]{18}$", min_length = 18, max_length = 18)),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "What was deleted, and what was kept, why and until when", body = ReceiptOut),

@@ -16,7 +16,7 @@ use crate::handlers;
     info(title = "meterstand", description = "Pseudonymised smart-meter readings: frozen statistics, series by analyst id, connections, data-subject requests."),
     paths(
         crate::healthz, crate::readyz, crate::metrics_endpoint, crate::openapi,
-        handlers::statistics, handlers::aggregates, handlers::series_list, handlers::series,
+        handlers::statistics, handlers::series_list, handlers::series,
         handlers::put_connection,
         handlers::export, handlers::erase, handlers::backup,
     ),

@@ -138,8 +138,10 @@ fn range_of(
 ) -> Result<(Timestamp, Timestamp), ApiError> {
     let from = time("from", from, calendar)?;
     let to = time("to", to, calendar)?;
-    if from >= to {
-        return Err(ApiError::bad_request("from must be before to"));
+    // Ranges are half-open, [from, to): from == to is an empty range (an empty answer),
+    // from > to a mistake.
+    if from > to {
+        return Err(ApiError::bad_request("from must not be after to"));
     }
     let span = to.as_second().saturating_sub(from.as_second());
     let limit = max.get(tier);
@@ -180,6 +182,10 @@ mod tests {
         assert_eq!(err.code, "range_too_large");
         assert!(range_of("2026-01-01", "2026-06-01", Tier::Day, &cal, &max).is_ok());
         assert!(range_of("2026-02-01", "2026-01-01", Tier::Day, &cal, &max).is_err());
+        // Half-open ranges: an empty one is a valid (empty) question.
+        let (from, to) =
+            range_of("2026-02-01", "2026-02-01", Tier::Day, &cal, &max).expect("empty range");
+        assert_eq!(from, to);
     }
 
     #[test]

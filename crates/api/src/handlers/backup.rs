@@ -10,7 +10,8 @@ use super::*;
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Backup written", body = BackupResponse),
-        (status = 400, description = "Bad body or name, or a backup of that name exists", body = ErrorBody),
+        (status = 400, description = "Bad body or name", body = ErrorBody),
+        (status = 409, description = "A backup of that name exists (or is being written)", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Role is not operator", body = ErrorBody),
     )
@@ -37,7 +38,7 @@ pub async fn backup(
     // RocksDB builds a checkpoint in `<dir>.tmp` and empties that first: neither may exist.
     let tmp = st.config().backup_dir.join(format!("{name}.tmp"));
     if dir.exists() || tmp.exists() {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::conflict(
             "a backup of that name exists; choose another",
         ));
     }
