@@ -175,21 +175,27 @@ fn crash_test(mode: Erasure) {
     kills += 1;
 
     // Run 2: the 1-day retention makes the old readings expired; the sweep runs at start.
-    // Kill it as soon as HTTP answers, when the first sweep is due or running.
+    // It is held between its first tier's deletions and the rest (a crash-test pause, like
+    // RocksDB's kill points) and killed there: a sweep cut in the middle.
     let before = log_len(&dirs);
-    let svc = Spawned::spawn(&dirs, &url, &short);
-    std::thread::sleep(Duration::from_millis(rng.random_range(0..20)));
+    let paused = tmp.path().join("sweep-paused");
+    let marker = paused.display().to_string();
+    let mut in_sweep = short.to_vec();
+    in_sweep.push((meterstand_store_rocks::SWEEP_PAUSE_ENV, marker.as_str()));
+    let svc = Spawned::spawn(&dirs, &url, &in_sweep);
+    meterstand_testkit::eventually(
+        "the first sweep under the short retention reaching its pause",
+        Duration::from_secs(60),
+        || paused.exists(),
+    );
     svc.kill();
     kills += 1;
-    let sweep_finished = log_since(&dirs, before).contains("retention sweep removed readings");
-    eprintln!(
-        "kill {kills}: during the first sweep under the short retention (the sweep {} before the kill)",
-        if sweep_finished {
-            "had finished"
-        } else {
-            "had not finished"
-        }
+    let log = log_since(&dirs, before);
+    assert!(
+        log.contains("crash-test pause") && !log.contains("retention sweep removed readings"),
+        "the kill did not land inside the sweep:\n{log}"
     );
+    eprintln!("kill {kills}: inside the first sweep, after its interval tier's deletions");
 
     // Random kills; one of them while an erasure of SUBJECT is in flight.
     let erasure_at = rng.random_range(kills + 1..KILLS - 1);
@@ -342,5 +348,5 @@ fn crash_test(mode: Erasure) {
         holding.is_empty(),
         "the erased pseudonym's bytes are still in {holding:?} ({erasure_note})"
     );
-    eprintln!("{kills} kills; sweep finished before its kill: {sweep_finished}; {erasure_note}");
+    eprintln!("{kills} kills (one inside a sweep); {erasure_note}");
 }

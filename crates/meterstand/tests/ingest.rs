@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use jiff::Timestamp;
@@ -442,4 +442,62 @@ fn shared_subscription_splits_the_load_between_instances() {
             "connection {c} stored once, in one of the two instances"
         );
     }
+}
+
+/// "Stay failed", end to end: when the store stops taking writes (a fault armed in the child
+/// process, as a failing disk would), ingest gives up after its retries and the process ends
+/// with a non-zero code saying why: its supervisor restarts it, instead of a service that
+/// answers `/healthz` and ingests nothing.
+#[test]
+fn a_store_that_cannot_write_ends_the_process_with_an_error() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let broker = Mosquitto::start_in(&tmp.path().join("mosquitto"));
+    let dirs = ServiceDirs::new(&tmp.path().join("svc"));
+    let fault = [(meterstand_store_rocks::FAULT_ENV, "group_write")];
+    let mut svc = Spawned::start(&dirs, &broker.url(), &fault);
+    assert_eq!(
+        svc.http("GET", "/healthz", None, None).map(|r| r.0),
+        Some(200)
+    );
+    let mut publisher = Publisher::connect(broker.port, "failing-store-publisher");
+    publisher.publish(
+        &format!("meters/{}/json", ean(900).expose()),
+        json_payload(&meter_id(900), &import_readings(quarters_ago(40), 4, 1_000)),
+    );
+    publisher.wait_acked();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = svc.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the service still runs although it cannot store"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success(), "exit status {status}");
+    assert!(
+        svc.http("GET", "/healthz", None, None).is_none(),
+        "nothing answers for the dead process"
+    );
+    let log = std::fs::read_to_string(&dirs.log).expect("log");
+    assert!(
+        log.contains("store write failed; retrying") && log.contains("ingest died"),
+        "{log}"
+    );
+    // Nothing was acknowledged: the broker keeps the message for the next run.
+    let svc = Spawned::start(&dirs, &broker.url(), &[]);
+    svc.wait_acked(1, Duration::from_secs(30));
+    svc.stop();
+    let stored = dirs
+        .open_store()
+        .readings(
+            dirs.pseudonymiser().ean(&ean(900)),
+            Tier::Interval,
+            Timestamp::MIN,
+            Timestamp::MAX,
+        )
+        .expect("read");
+    assert_eq!(stored.len(), 4, "redelivered and stored after the restart");
 }

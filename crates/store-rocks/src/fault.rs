@@ -28,11 +28,31 @@ impl FaultPoint {
     }
 }
 
+/// Fault injection into a child process, for the end-to-end tests that need a store failing
+/// under the real binary (`crates/meterstand/tests/ingest.rs`): `group_write` makes every
+/// group write fail, as a disk that stopped taking writes would. Read once at open; unset in
+/// production.
+pub const FAULT_ENV: &str = "METERSTAND_CRASH_TEST_FAULT";
+
 /// Failures still to inject, per point.
 #[derive(Debug, Default)]
 pub(crate) struct Faults([AtomicU32; 7]);
 
 impl Faults {
+    /// Arms what [`FAULT_ENV`] names; unknown names are ignored with a warning.
+    pub(crate) fn arm_from_env(&self) {
+        let Some(spec) = std::env::var_os(FAULT_ENV) else {
+            return;
+        };
+        match spec.to_str() {
+            Some("group_write") => {
+                tracing::warn!(hook = FAULT_ENV, "every group write will fail (test fault)");
+                self.arm(FaultPoint::GroupWrite, u32::MAX);
+            }
+            _ => tracing::warn!(hook = FAULT_ENV, "unknown test fault ignored"),
+        }
+    }
+
     pub(crate) fn arm(&self, point: FaultPoint, times: u32) {
         self.0[point.index()].store(times, Ordering::SeqCst);
     }

@@ -15,7 +15,8 @@ mod sync;
 mod writer;
 
 pub use engine::{Compression, StoreConfig};
-pub use fault::FaultPoint;
+pub use fault::{FAULT_ENV, FaultPoint};
+pub use maintenance::SWEEP_PAUSE_ENV;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -71,6 +72,7 @@ impl RocksStore {
             .map(SubjectJournal::open)
             .transpose()?;
         let shared = Arc::new(engine::open_shared(config, clock)?);
+        shared.faults.arm_from_env();
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()

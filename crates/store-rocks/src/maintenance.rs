@@ -261,6 +261,9 @@ pub(crate) fn sweep(shared: &Shared) -> Result<TierCounts, StoreError> {
         metrics::RETENTION_DELETED
             .with_label_values(&[tier.as_str()])
             .inc_by(removed.get(tier));
+        if tier == Tier::Interval {
+            crash_test_pause(SWEEP_PAUSE_ENV);
+        }
     }
     sweep_corrections(shared)?;
     let periods = crate::stats::sweep(shared)?;
@@ -268,6 +271,26 @@ pub(crate) fn sweep(shared: &Shared) -> Result<TierCounts, StoreError> {
         tracing::info!(periods, "statistics past retention.statistics removed");
     }
     Ok(removed)
+}
+
+/// The crash test's hold inside the sweep (`crates/meterstand/tests/crash.rs`), like
+/// RocksDB's kill points: set to a file path, the sweep creates that file after its first
+/// tier's deletions are written and waits there, so that the test's SIGKILL lands between two
+/// of the sweep's writes rather than before or after all of them. Unset in production (one
+/// environment lookup per sweep).
+pub const SWEEP_PAUSE_ENV: &str = "METERSTAND_CRASH_TEST_PAUSE_IN_SWEEP";
+
+/// How long a crash-test pause holds: far longer than the test needs to send its SIGKILL.
+const CRASH_TEST_PAUSE: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn crash_test_pause(var: &str) {
+    let Some(marker) = std::env::var_os(var) else {
+        return;
+    };
+    tracing::warn!(hook = var, "crash-test pause: waiting to be killed");
+    if std::fs::write(&marker, b"paused\n").is_ok() {
+        std::thread::sleep(CRASH_TEST_PAUSE);
+    }
 }
 
 /// Deletes the correction records of readings past their tier's retention.
