@@ -32,7 +32,38 @@ pub enum RegisterParam {
 pub enum FormatParam {
     Json,
     Csv,
+    Parquet,
 }
+
+/// `format` of the subject export: its records are of several shapes, so JSON or CSV.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormatParam {
+    Json,
+    Csv,
+}
+
+/// A Parquet file (`application/vnd.apache.parquet`): the CSV's columns with Parquet types
+/// (`period_start` a UTC timestamp in milliseconds, integers INT64, text UTF-8, null where
+/// the group has no such key), and `unit`, `granularity`, `register` and the rest of the
+/// JSON's fields beside the rows in the file's key-value metadata.
+#[derive(Debug)]
+pub struct ParquetFile;
+
+impl utoipa::PartialSchema for ParquetFile {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .content_media_type("application/vnd.apache.parquet")
+            .description(Some(
+                "A Parquet file: the CSV's columns with Parquet types; the JSON's other fields in its key-value metadata",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for ParquetFile {}
 
 /// `consent`: the connection's consent level (DESIGN §2).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
@@ -100,7 +131,7 @@ pub struct StatisticsParams {
         max_length = 17
     )]
     pub group_by: Option<String>,
-    /// `json` (default) or `csv`.
+    /// `json` (default), `csv` or `parquet`.
     #[param(value_type = Option<FormatParam>, inline, default = "json")]
     pub format: Option<String>,
 }
@@ -134,7 +165,7 @@ pub struct SeriesParams {
     /// `import` (default), `export` or `gas`.
     #[param(value_type = Option<RegisterParam>, inline, default = "import")]
     pub register: Option<String>,
-    /// `json` (default) or `csv`.
+    /// `json` (default), `csv` or `parquet`.
     #[param(value_type = Option<FormatParam>, inline, default = "json")]
     pub format: Option<String>,
 }
@@ -149,7 +180,7 @@ impl SeriesParams {
 #[into_params(parameter_in = Query)]
 pub struct ExportParams {
     /// `json` (default) or `csv`.
-    #[param(value_type = Option<FormatParam>, inline, default = "json")]
+    #[param(value_type = Option<ExportFormatParam>, inline, default = "json")]
     pub format: Option<String>,
 }
 

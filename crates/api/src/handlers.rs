@@ -51,6 +51,16 @@ fn csv_response(
     Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response())
 }
 
+fn parquet_response(
+    body: Result<Vec<u8>, ::parquet::errors::ParquetError>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| {
+        tracing::error!(error = %e, "parquet body could not be written");
+        ApiError::internal()
+    })?;
+    Ok(([(header::CONTENT_TYPE, crate::parquet::CONTENT_TYPE)], body).into_response())
+}
+
 /// The group of a view row, keyed as the grouping names it.
 fn group_of(row: &meterstand_statistics::Row, g: GroupBy) -> BTreeMap<String, String> {
     let mut group = BTreeMap::new();
@@ -71,7 +81,8 @@ fn group_of(row: &meterstand_statistics::Row, g: GroupBy) -> BTreeMap<String, St
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Frozen statistics per period and group; every row counts at least privacy.min_group_size connections",
-            content((StatisticsResponse = "application/json"), (String = "text/csv"))),
+            content((StatisticsResponse = "application/json"), (String = "text/csv"),
+                (ParquetFile = "application/vnd.apache.parquet"))),
         (status = 400, description = "Bad parameter or range too large", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Role is not analyst", body = ErrorBody),
@@ -91,7 +102,7 @@ pub async fn statistics(
     record.param("register", kind.as_str());
     let group_by = params::group_by(q.get("group_by"))?;
     record.param("group_by", group_by.as_str());
-    let format = params::format(q.get("format"))?;
+    let format = params::format(q.get("format"), &Format::TABLES)?;
     record.param("format", format.as_str());
     let (from, to) = params::range(&q, tier, st.calendar(), &st.config().max_range)?;
     record.param("from", from.to_string());
@@ -146,6 +157,7 @@ pub async fn statistics(
             }
             Ok(())
         }),
+        Format::Parquet => parquet_response(crate::parquet::statistics(&response)),
     }
 }
 
@@ -222,7 +234,8 @@ pub async fn series_list(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Consumption per period",
-            content((SeriesResponse = "application/json"), (String = "text/csv"))),
+            content((SeriesResponse = "application/json"), (String = "text/csv"),
+                (ParquetFile = "application/vnd.apache.parquet"))),
         (status = 400, description = "Not an analyst id, or a bad parameter", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Role is not analyst", body = ErrorBody),
@@ -251,7 +264,7 @@ pub async fn series(
     record.param("granularity", tier.as_str());
     let kind = params::register(q.get("register"))?;
     record.param("register", kind.as_str());
-    let format = params::format(q.get("format"))?;
+    let format = params::format(q.get("format"), &Format::TABLES)?;
     record.param("format", format.as_str());
     let (from, to) = params::range(&q, tier, st.calendar(), &st.config().max_range)?;
     record.param("from", from.to_string());
@@ -301,6 +314,7 @@ pub async fn series(
             }
             Ok(())
         }),
+        Format::Parquet => parquet_response(crate::parquet::series(&response)),
     }
 }
 
@@ -405,7 +419,7 @@ pub async fn export(
         let ean = parse_ean(&path_segment(ean).map_err(|_| bad_ean())?)?;
         let current = st.pseudonymiser().ean(&ean);
         let q = QueryParams::parse(q, &ExportParams::NAMES)?;
-        let format = params::format(q.get("format"))?;
+        let format = params::format(q.get("format"), &Format::EXPORT)?;
         record.param("format", format.as_str());
         let all = st.pseudonymiser().ean_all_versions(&ean);
         let searched: Vec<String> = all.iter().map(ToString::to_string).collect();
@@ -494,6 +508,8 @@ pub async fn export(
                 }
                 Ok(())
             }),
+            // Not in Format::EXPORT, so refused above, before anything was read.
+            Format::Parquet => Err(ApiError::bad_request("format must be json or csv")),
         }
     }
 }

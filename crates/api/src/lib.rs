@@ -17,6 +17,7 @@ mod input;
 pub mod metrics;
 mod openapi;
 mod params;
+mod parquet;
 mod server;
 pub mod tls;
 

@@ -25,7 +25,8 @@ use crate::handlers;
         ConnectionBody,
         ConnectionOut, ConnectionResponse, ExportResponse, ExportReadings, ReadingOut,
         ReceiptOut, DeletedOut, KeptOut, BackupRequest, BackupResponse, ErrorBody, ErrorDetail,
-        GranularityParam, RegisterParam, FormatParam, ConsentParam,
+        GranularityParam, RegisterParam, FormatParam, ExportFormatParam, ConsentParam,
+        ParquetFile,
     )),
     modifiers(&BearerAuth, &StandardErrors),
 )]

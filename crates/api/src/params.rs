@@ -45,26 +45,39 @@ impl MaxRange {
 pub enum Format {
     Json,
     Csv,
+    Parquet,
 }
 
 impl Format {
+    /// What `/v1/statistics` and `/v1/series/{analyst_id}` answer in: rows of one shape.
+    pub const TABLES: [Format; 3] = [Format::Json, Format::Csv, Format::Parquet];
+    /// What the subject export answers in: its records are of several shapes, so no Parquet.
+    pub const EXPORT: [Format; 2] = [Format::Json, Format::Csv];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Format::Json => "json",
             Format::Csv => "csv",
+            Format::Parquet => "parquet",
         }
     }
 }
 
-pub fn format(text: Option<&str>) -> Result<Format, ApiError> {
-    match text.unwrap_or("json") {
-        "json" => Ok(Format::Json),
-        "csv" => Ok(Format::Csv),
-        "parquet" => Err(ApiError::bad_request(
-            "format parquet is not available in this build; format must be json or csv",
-        )),
-        _ => Err(ApiError::bad_request("format must be json or csv")),
-    }
+/// `format`, one of `offered` (json when absent); the error lists what is offered.
+pub fn format(text: Option<&str>, offered: &[Format]) -> Result<Format, ApiError> {
+    let text = text.unwrap_or("json");
+    offered
+        .iter()
+        .copied()
+        .find(|f| f.as_str() == text)
+        .ok_or_else(|| {
+            let names: Vec<&str> = offered.iter().map(|f| f.as_str()).collect();
+            let list = match names.split_last() {
+                Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+                _ => names.concat(),
+            };
+            ApiError::bad_request(format!("format must be {list}"))
+        })
 }
 
 pub fn granularity(text: Option<&str>) -> Result<Tier, ApiError> {
@@ -186,6 +199,22 @@ mod tests {
         let (from, to) =
             range_of("2026-02-01", "2026-02-01", Tier::Day, &cal, &max).expect("empty range");
         assert_eq!(from, to);
+    }
+
+    #[test]
+    fn formats_are_those_offered_and_the_error_lists_them() {
+        assert_eq!(
+            format(None, &Format::TABLES).expect("default"),
+            Format::Json
+        );
+        assert_eq!(
+            format(Some("parquet"), &Format::TABLES).expect("parquet"),
+            Format::Parquet
+        );
+        let err = format(Some("xml"), &Format::TABLES).expect_err("xml");
+        assert_eq!(err.message, "format must be json, csv or parquet");
+        let err = format(Some("parquet"), &Format::EXPORT).expect_err("export");
+        assert_eq!(err.message, "format must be json or csv");
     }
 
     #[test]

@@ -957,7 +957,41 @@ async fn openapi_documents_every_route() {
             enumeration(&param(path, "get", "register")),
             ["import", "export", "gas"]
         );
-        assert_eq!(enumeration(&param(path, "get", "format")), ["json", "csv"]);
+        assert_eq!(
+            enumeration(&param(path, "get", "format")),
+            ["json", "csv", "parquet"]
+        );
+        // One enum for both: the same rows in the same formats.
+        assert_eq!(
+            param(path, "get", "format")["schema"],
+            param("/v1/statistics", "get", "format")["schema"]
+        );
+        let content = &v["paths"][path]["get"]["responses"]["200"]["content"];
+        let media: Vec<&str> = content
+            .as_object()
+            .expect("content")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            media,
+            [
+                "application/json",
+                "application/vnd.apache.parquet",
+                "text/csv"
+            ],
+            "{path}"
+        );
+        let parquet = &content["application/vnd.apache.parquet"]["schema"];
+        let parquet = match parquet["$ref"].as_str() {
+            Some(r) => &v["components"]["schemas"][r.trim_start_matches("#/components/schemas/")],
+            None => parquet,
+        };
+        assert_eq!(parquet["type"], "string", "{path}: {parquet}");
+        assert_eq!(
+            parquet["contentMediaType"], "application/vnd.apache.parquet",
+            "{path}: {parquet}"
+        );
         for name in ["from", "to"] {
             let p = param(path, "get", name);
             assert_eq!(p["required"], true);

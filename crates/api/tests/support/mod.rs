@@ -1,0 +1,191 @@
+//! A running API over `MemStore` with households registered, a day of readings written and
+//! the statistics frozen: what `statistics.rs` and `parquet.rs` ask.
+#![allow(dead_code)] // each test file uses a part
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use jiff::civil::date;
+use meterstand_api::{
+    ApiConfig, ApiParts, ApiState, AuditLog, Readiness, Role, TokenTable, hash_token,
+};
+use meterstand_model::{Calendar, Connection, ConsentLevel, Ean, Reading, Register, TieredReading};
+use meterstand_pseudonym::{KeyRing, Pseudonymiser};
+use meterstand_store::freeze::{FreezeConfig, run};
+use meterstand_store::{IngestItem, ManualClock, MemStore, ReadingStore, ReadingWriter};
+use serde_json::Value;
+
+struct Ready;
+impl Readiness for Ready {
+    fn store_open(&self) -> bool {
+        true
+    }
+    fn broker_connected(&self) -> bool {
+        true
+    }
+}
+
+pub const NOW: &str = "2026-11-20T12:00:00Z";
+
+pub struct Api {
+    pub base: String,
+    pub store: Arc<MemStore>,
+    pub ps: Arc<Pseudonymiser>,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+pub fn ean(n: u64) -> Ean {
+    Ean::from_body(87_168_712_000_000_000 + n).expect("ean")
+}
+
+impl Api {
+    pub async fn start() -> Api {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(MemStore::new(Arc::new(ManualClock::new(
+            NOW.parse().expect("now"),
+        ))));
+        let ps = Arc::new(Pseudonymiser::new(&KeyRing::generate().expect("key")));
+        let hashes: Vec<(String, Role, String)> = Role::ALL
+            .iter()
+            .map(|r| {
+                (
+                    format!("{}-s", r.as_str()),
+                    *r,
+                    hash_token(&format!("tok-{}", r.as_str())),
+                )
+            })
+            .collect();
+        let tokens = TokenTable::new(hashes.iter().map(|(i, r, h)| (i.as_str(), *r, h.as_str())))
+            .expect("tokens");
+        let backend: Arc<dyn ReadingStore> = store.clone();
+        let state = ApiState::new(ApiParts {
+            readiness: Arc::new(Ready),
+            backend,
+            pseudonymiser: ps.clone(),
+            tokens,
+            audit: AuditLog::open(&dir.path().join("audit.jsonl")).expect("audit"),
+            calendar: Calendar::amsterdam(),
+            config: ApiConfig::default(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(meterstand_api::serve(
+            listener,
+            state,
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        Api {
+            base: format!("http://{addr}"),
+            store,
+            ps,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    pub async fn get(&self, role: Role, path: &str) -> (u16, String) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(format!("tok-{}", role.as_str()))
+            .send()
+            .await
+            .expect("send");
+        (r.status().as_u16(), r.text().await.expect("text"))
+    }
+
+    /// Status, content type and body bytes.
+    pub async fn get_bytes(&self, role: Role, path: &str) -> (u16, String, Vec<u8>) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(format!("tok-{}", role.as_str()))
+            .send()
+            .await
+            .expect("send");
+        let status = r.status().as_u16();
+        let content_type = r
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        (
+            status,
+            content_type,
+            r.bytes().await.expect("body").to_vec(),
+        )
+    }
+
+    pub async fn json(&self, role: Role, path: &str) -> Value {
+        let (status, text) = self.get(role, path).await;
+        assert_eq!(status, 200, "{path}: {text}");
+        serde_json::from_str(&text).expect("json")
+    }
+
+    pub fn register(&self, e: &Ean, consent: ConsentLevel, postcode: u16, profile: &str) {
+        let c = Connection {
+            consent,
+            postcode4: Some(meterstand_model::Postcode4::new(postcode).expect("pc")),
+            profile: Some(profile.parse().expect("profile")),
+            analytics: true,
+        };
+        tokio::task::block_in_place(|| self.store.put_connection(&[self.ps.ean(e)], c))
+            .expect("put");
+    }
+
+    /// Readings every quarter-hour of local 2026-11-02 and its end: the quarter-hours and
+    /// the day boundaries (what the gate keeps depends on consent).
+    pub async fn write_day(&self, e: &Ean, step: u64) {
+        let cal = Calendar::amsterdam();
+        let start = cal.date_start(date(2026, 11, 2)).expect("start");
+        let mut readings = Vec::new();
+        for i in 0..=96i64 {
+            let t = Timestamp::from_second(start.as_second() + i * 900).expect("t");
+            for (register, value) in [
+                (Register::ImportT1, 1000 + i as u64 * step),
+                (Register::ImportT2, 7),
+            ] {
+                readings.push(TieredReading {
+                    reading: Reading {
+                        register,
+                        time: t,
+                        value,
+                    },
+                    tiers: cal.tiers_of(register, t),
+                });
+            }
+        }
+        let item = IngestItem {
+            correction: false,
+            connection: self.ps.ean(e),
+            previous: Vec::new(),
+            meter: self.ps.meter(&"E0031003262764316".parse().expect("meter")),
+            readings,
+        };
+        ReadingWriter::write(self.store.as_ref(), vec![item])
+            .await
+            .expect("write");
+    }
+
+    pub fn freeze(&self) {
+        let cfg = FreezeConfig {
+            lookback: Duration::from_secs(60 * 86_400),
+            ..Default::default()
+        };
+        tokio::task::block_in_place(|| {
+            run(
+                self.store.as_ref(),
+                &Calendar::amsterdam(),
+                &cfg,
+                NOW.parse().expect("now"),
+            )
+        })
+        .expect("freeze");
+    }
+}
