@@ -29,21 +29,25 @@ ensure_prereqs() {
   [ "$st" -eq 0 ] || ensure_schemathesis
 }
 
-# schemathesis, pinned, in a venv of its own beside the target directory. Without python3 the
-# OpenAPI fuzz test says it was skipped and why; a failed install is reported the same way.
+# schemathesis (the OpenAPI fuzz test) and pyarrow (a Parquet reader that is not ours, for the
+# Parquet test), pinned, in a venv of their own beside the target directory. Without python3
+# those tests say they skipped that part and why; a failed install is reported the same way.
 SCHEMATHESIS_VERSION=4.32.5
+PYARROW_VERSION=26.0.1
 ensure_schemathesis() {
   local venv="${XDG_CACHE_HOME:-$HOME/.cache}/meterstand/venv"
-  if "$venv/bin/schemathesis" --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION"; then
+  if "$venv/bin/schemathesis" --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION" \
+    && "$venv/bin/python" -c "import pyarrow, sys; sys.exit(pyarrow.__version__ != '$PYARROW_VERSION')" 2>/dev/null; then
     return 0
   fi
   if ! command -v python3 >/dev/null 2>&1; then
     echo "note: no python3 here, so the OpenAPI fuzz test will be skipped (apt-get install python3 python3-venv)"
     return 0
   fi
-  echo "installing schemathesis $SCHEMATHESIS_VERSION from PyPI into $venv"
-  if ! { python3 -m venv "$venv" && "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"; }; then
-    echo "note: schemathesis could not be installed, so the OpenAPI fuzz test will be skipped"
+  echo "installing schemathesis $SCHEMATHESIS_VERSION and pyarrow $PYARROW_VERSION from PyPI into $venv"
+  if ! { python3 -m venv "$venv" \
+    && "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" "pyarrow==$PYARROW_VERSION"; }; then
+    echo "note: schemathesis or pyarrow could not be installed; the tests that use them say so and skip that part"
   fi
 }
 
