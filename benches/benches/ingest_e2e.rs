@@ -260,6 +260,10 @@ fn ingest(
     let p = Arc::new(Pseudonymiser::new(&KeyRing::from_keys([(1, [5u8; 32])])));
     let mut ic = IngestConfig::new(format!("mqtt://127.0.0.1:{port}"));
     ic.client_id = client_id.into();
+    // METERSTAND_BENCH_PROTOCOL=3.1.1 ingests over MQTT 3.1.1, as the drain client does.
+    if std::env::var("METERSTAND_BENCH_PROTOCOL").as_deref() == Ok("3.1.1") {
+        ic.mqtt_version = meterstand_ingest::MqttVersion::V311;
+    }
     if let Some(n) = std::env::var("METERSTAND_BENCH_BATCH")
         .ok()
         .and_then(|v| v.parse().ok())

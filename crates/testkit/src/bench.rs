@@ -1,5 +1,6 @@
-//! Fixtures the benchmarks share: a month of day readings for a fleet of households, and the
-//! process's peak memory, printed beside every speed figure.
+//! Fixtures the benchmarks share: a month of day readings for a fleet of households, a day of
+//! quarter-hours of every register for one, and the process's peak memory, printed beside
+//! every speed figure.
 
 use jiff::civil::date;
 use meterstand_model::sim::SimMeter;
@@ -36,6 +37,54 @@ pub fn month_of_days(
                     tiers: cal.tiers_of(reading.register, reading.time),
                 });
             }
+        }
+        let item = IngestItem {
+            correction: false,
+            connection: ps,
+            previous: Vec::new(),
+            meter,
+            readings,
+        };
+        (ps, connection, item)
+    })
+}
+
+/// `n` interval-consent households (seed 5) over the local day `day`: every quarter-hour from
+/// its midnight to the next, with import on both tariffs, solar export on the roofs that have
+/// it and hourly gas where there is gas (the simulator's load shapes, with noise). Per
+/// connection, its pseudonym, its CRM record and the ingest item to write.
+pub fn day_of_quarter_hours(
+    p: &Pseudonymiser,
+    cal: &Calendar,
+    n: u64,
+    day: jiff::civil::Date,
+) -> impl Iterator<Item = (Pseudonym, Connection, IngestItem)> {
+    let meter = p.meter(&"E0000000000000002".parse().expect("valid meter id"));
+    let start = cal.date_start(day).expect("local midnight");
+    let end = cal
+        .date_start(day.tomorrow().expect("date"))
+        .expect("local midnight");
+    (0..n).map(move |i| {
+        let mut m = SimMeter::new(i, 5);
+        let ps = p.ean(&m.ean);
+        let connection = Connection {
+            consent: ConsentLevel::Interval,
+            postcode4: Some(Postcode4::new(m.postcode4).expect("valid postcode")),
+            profile: Some(m.profile.parse().expect("valid profile")),
+            analytics: true,
+        };
+        let mut readings = Vec::new();
+        let mut t = start;
+        while t <= end {
+            for reading in m.step(t) {
+                readings.push(TieredReading {
+                    reading,
+                    tiers: cal.tiers_of(reading.register, reading.time),
+                });
+            }
+            t = t
+                .checked_add(jiff::SignedDuration::from_secs(900))
+                .expect("in range");
         }
         let item = IngestItem {
             correction: false,
