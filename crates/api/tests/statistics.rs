@@ -1,169 +1,46 @@
 //! The three attacks against the running API (over `MemStore`), and the analyst-id
 //! rules: each must find nothing below k, and a storage pseudonym never opens a series.
 
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
+use common::{Api, ean};
 use jiff::Timestamp;
 use jiff::civil::date;
-use meterstand_api::{
-    ApiConfig, ApiParts, ApiState, AuditLog, Readiness, Role, TokenTable, hash_token,
-};
-use meterstand_model::{Calendar, Connection, ConsentLevel, Ean, Reading, Register, TieredReading};
-use meterstand_pseudonym::{KeyRing, Pseudonymiser};
-use meterstand_store::freeze::{FreezeConfig, run};
-use meterstand_store::{IngestItem, ManualClock, MemStore, ReadingStore, ReadingWriter};
+use meterstand_api::Role;
+use meterstand_model::{Calendar, ConsentLevel, Ean, Reading, Register, TieredReading};
+use meterstand_store::{IngestItem, ReadingStore};
 use serde_json::Value;
 
-struct Ready;
-impl Readiness for Ready {
-    fn store_open(&self) -> bool {
-        true
-    }
-    fn broker_connected(&self) -> bool {
-        true
-    }
-}
-
-const NOW: &str = "2026-11-20T12:00:00Z";
-
-struct Api {
-    base: String,
-    store: Arc<MemStore>,
-    ps: Arc<Pseudonymiser>,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
-
-fn ean(n: u64) -> Ean {
-    Ean::from_body(87_168_712_000_000_000 + n).expect("ean")
-}
-
-impl Api {
-    async fn start() -> Api {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(MemStore::new(Arc::new(ManualClock::new(
-            NOW.parse().expect("now"),
-        ))));
-        let ps = Arc::new(Pseudonymiser::new(&KeyRing::generate().expect("key")));
-        let hashes: Vec<(String, Role, String)> = Role::ALL
-            .iter()
-            .map(|r| {
-                (
-                    format!("{}-s", r.as_str()),
-                    *r,
-                    hash_token(&format!("tok-{}", r.as_str())),
-                )
-            })
-            .collect();
-        let tokens = TokenTable::new(hashes.iter().map(|(i, r, h)| (i.as_str(), *r, h.as_str())))
-            .expect("tokens");
-        let backend: Arc<dyn ReadingStore> = store.clone();
-        let state = ApiState::new(ApiParts {
-            readiness: Arc::new(Ready),
-            backend,
-            pseudonymiser: ps.clone(),
-            tokens,
-            audit: AuditLog::open(&dir.path().join("audit.jsonl")).expect("audit"),
-            calendar: Calendar::amsterdam(),
-            config: ApiConfig::default(),
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(meterstand_api::serve(
-            listener,
-            state,
-            tokio_util::sync::CancellationToken::new(),
-        ));
-        Api {
-            base: format!("http://{addr}"),
-            store,
-            ps,
-            http: reqwest::Client::new(),
-            _dir: dir,
+/// Readings every quarter-hour of local 2026-11-02 and its end: the quarter-hours and
+/// the day boundaries (what the gate keeps depends on consent).
+async fn write_day(api: &Api, e: &Ean, step: u64) {
+    let cal = Calendar::amsterdam();
+    let start = cal.date_start(date(2026, 11, 2)).expect("start");
+    let mut readings = Vec::new();
+    for i in 0..=96i64 {
+        let t = Timestamp::from_second(start.as_second() + i * 900).expect("t");
+        for (register, value) in [
+            (Register::ImportT1, 1000 + i as u64 * step),
+            (Register::ImportT2, 7),
+        ] {
+            readings.push(TieredReading {
+                reading: Reading {
+                    register,
+                    time: t,
+                    value,
+                },
+                tiers: cal.tiers_of(register, t),
+            });
         }
     }
-
-    async fn get(&self, role: Role, path: &str) -> (u16, String) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(format!("tok-{}", role.as_str()))
-            .send()
-            .await
-            .expect("send");
-        (r.status().as_u16(), r.text().await.expect("text"))
-    }
-
-    async fn json(&self, role: Role, path: &str) -> Value {
-        let (status, text) = self.get(role, path).await;
-        assert_eq!(status, 200, "{path}: {text}");
-        serde_json::from_str(&text).expect("json")
-    }
-
-    fn register(&self, e: &Ean, consent: ConsentLevel, postcode: u16, profile: &str) {
-        let c = Connection {
-            consent,
-            postcode4: Some(meterstand_model::Postcode4::new(postcode).expect("pc")),
-            profile: Some(profile.parse().expect("profile")),
-            analytics: true,
-        };
-        tokio::task::block_in_place(|| self.store.put_connection(&[self.ps.ean(e)], c))
-            .expect("put");
-    }
-
-    /// Readings every quarter-hour of local 2026-11-02 and its end: the quarter-hours and
-    /// the day boundaries (what the gate keeps depends on consent).
-    async fn write_day(&self, e: &Ean, step: u64) {
-        let cal = Calendar::amsterdam();
-        let start = cal.date_start(date(2026, 11, 2)).expect("start");
-        let mut readings = Vec::new();
-        for i in 0..=96i64 {
-            let t = Timestamp::from_second(start.as_second() + i * 900).expect("t");
-            for (register, value) in [
-                (Register::ImportT1, 1000 + i as u64 * step),
-                (Register::ImportT2, 7),
-            ] {
-                readings.push(TieredReading {
-                    reading: Reading {
-                        register,
-                        time: t,
-                        value,
-                    },
-                    tiers: cal.tiers_of(register, t),
-                });
-            }
-        }
-        let item = IngestItem {
-            correction: false,
-            connection: self.ps.ean(e),
-            previous: Vec::new(),
-            meter: self.ps.meter(&"E0031003262764316".parse().expect("meter")),
-            readings,
-        };
-        ReadingWriter::write(self.store.as_ref(), vec![item])
-            .await
-            .expect("write");
-    }
-
-    fn freeze(&self) {
-        let cfg = FreezeConfig {
-            lookback: Duration::from_secs(60 * 86_400),
-            ..Default::default()
-        };
-        tokio::task::block_in_place(|| {
-            run(
-                self.store.as_ref(),
-                &Calendar::amsterdam(),
-                &cfg,
-                NOW.parse().expect("now"),
-            )
-        })
-        .expect("freeze");
-    }
+    let item = IngestItem {
+        correction: false,
+        connection: api.ps.ean(e),
+        previous: Vec::new(),
+        meter: api.ps.meter(&"E0031003262764316".parse().expect("meter")),
+        readings,
+    };
+    api.write(vec![item]).await;
 }
 
 const DAY: &str = "/v1/statistics?from=2026-11-02&to=2026-11-03&granularity=day";
@@ -193,7 +70,7 @@ async fn across_groupings_no_view_differs_by_one_household() {
         for _ in 0..count {
             n += 1;
             api.register(&ean(n), ConsentLevel::Daily, postcode, profile);
-            api.write_day(&ean(n), 10).await;
+            write_day(&api, &ean(n), 10).await;
         }
     }
     api.freeze();
@@ -226,11 +103,11 @@ async fn across_granularities_the_day_is_the_sum_of_its_quarter_hours() {
     let api = Api::start().await;
     for n in 1..=10 {
         api.register(&ean(n), ConsentLevel::Interval, 1000, "E1A");
-        api.write_day(&ean(n), 10).await;
+        write_day(&api, &ean(n), 10).await;
     }
     // One daily-consent household in the same cell: its day figure alone would be day − Σ q.
     api.register(&ean(11), ConsentLevel::Daily, 1000, "E1A");
-    api.write_day(&ean(11), 33).await;
+    write_day(&api, &ean(11), 33).await;
     api.freeze();
     let day = rows(&api.json(Role::Analyst, DAY).await);
     let quarters = rows(&api.json(Role::Analyst, QUARTERS).await);
@@ -257,7 +134,7 @@ async fn across_time_a_statistic_does_not_change_after_consent_change_or_erasure
     let api = Api::start().await;
     for n in 1..=11 {
         api.register(&ean(n), ConsentLevel::Interval, 1000, "E1A");
-        api.write_day(&ean(n), 10 + n).await;
+        write_day(&api, &ean(n), 10 + n).await;
     }
     api.freeze();
     let mut before = Vec::new();
@@ -284,7 +161,7 @@ async fn storage_pseudonyms_never_open_a_series_and_gone_ids_answer_404() {
     let api = Api::start().await;
     for n in 1..=3 {
         api.register(&ean(n), ConsentLevel::Daily, 1000, "E1A");
-        api.write_day(&ean(n), 10).await;
+        write_day(&api, &ean(n), 10).await;
     }
     let list = api.json(Role::Analyst, "/v1/series").await;
     let ids: Vec<String> = list["analyst_ids"]

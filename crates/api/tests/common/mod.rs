@@ -1,0 +1,163 @@
+//! The server fixture the statistics suites share: the real router over `MemStore` on a free
+//! port, one token per role (`tok-<role>`), the freeze job run on demand at a chosen instant.
+
+// Each test file compiles this module on its own and uses a different part of it.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use meterstand_api::{
+    ApiConfig, ApiParts, ApiState, AuditLog, Readiness, Role, TokenTable, hash_token,
+};
+use meterstand_model::{Calendar, Connection, ConsentLevel, Ean};
+use meterstand_pseudonym::{KeyRing, Pseudonymiser};
+use meterstand_store::freeze::{FreezeConfig, run};
+use meterstand_store::{
+    IngestItem, ManualClock, MemStore, ReadingStore, ReadingWriter, WriteOutcome,
+};
+use serde_json::Value;
+
+struct Ready;
+impl Readiness for Ready {
+    fn store_open(&self) -> bool {
+        true
+    }
+    fn broker_connected(&self) -> bool {
+        true
+    }
+}
+
+/// The clock of [`Api::start`].
+pub const NOW: &str = "2026-11-20T12:00:00Z";
+
+pub struct Api {
+    pub base: String,
+    pub store: Arc<MemStore>,
+    pub clock: ManualClock,
+    pub ps: Arc<Pseudonymiser>,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+pub fn ean(n: u64) -> Ean {
+    Ean::from_body(87_168_712_000_000_000 + n).expect("ean")
+}
+
+impl Api {
+    pub async fn start() -> Api {
+        Api::start_at(NOW.parse().expect("now")).await
+    }
+
+    /// A server whose store's clock (retention, late readings) stands at `now`.
+    pub async fn start_at(now: Timestamp) -> Api {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = ManualClock::new(now);
+        let store = Arc::new(MemStore::new(Arc::new(clock.clone())));
+        let ps = Arc::new(Pseudonymiser::new(&KeyRing::generate().expect("key")));
+        let hashes: Vec<(String, Role, String)> = Role::ALL
+            .iter()
+            .map(|r| {
+                (
+                    format!("{}-s", r.as_str()),
+                    *r,
+                    hash_token(&format!("tok-{}", r.as_str())),
+                )
+            })
+            .collect();
+        let tokens = TokenTable::new(hashes.iter().map(|(i, r, h)| (i.as_str(), *r, h.as_str())))
+            .expect("tokens");
+        let backend: Arc<dyn ReadingStore> = store.clone();
+        let state = ApiState::new(ApiParts {
+            readiness: Arc::new(Ready),
+            backend,
+            pseudonymiser: ps.clone(),
+            tokens,
+            audit: AuditLog::open(&dir.path().join("audit.jsonl")).expect("audit"),
+            calendar: Calendar::amsterdam(),
+            config: ApiConfig::default(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(meterstand_api::serve(
+            listener,
+            state,
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        Api {
+            base: format!("http://{addr}"),
+            store,
+            clock,
+            ps,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    /// `method path` as `role`, with an optional JSON body: status and body text.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        role: Role,
+        path: &str,
+        body: Option<String>,
+    ) -> (u16, String) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(format!("tok-{}", role.as_str()));
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let r = req.send().await.expect("send");
+        (r.status().as_u16(), r.text().await.expect("text"))
+    }
+
+    pub async fn get(&self, role: Role, path: &str) -> (u16, String) {
+        self.send(reqwest::Method::GET, role, path, None).await
+    }
+
+    pub async fn json(&self, role: Role, path: &str) -> Value {
+        let (status, text) = self.get(role, path).await;
+        assert_eq!(status, 200, "{path}: {text}");
+        serde_json::from_str(&text).expect("json")
+    }
+
+    /// Registers a connection directly on the store (no HTTP), as the CRM would.
+    pub fn register(&self, e: &Ean, consent: ConsentLevel, postcode: u16, profile: &str) {
+        let c = Connection {
+            consent,
+            postcode4: Some(meterstand_model::Postcode4::new(postcode).expect("pc")),
+            profile: Some(profile.parse().expect("profile")),
+            analytics: true,
+        };
+        tokio::task::block_in_place(|| self.store.put_connection(&[self.ps.ean(e)], c))
+            .expect("put");
+    }
+
+    pub async fn write(&self, items: Vec<IngestItem>) -> WriteOutcome {
+        ReadingWriter::write(self.store.as_ref(), items)
+            .await
+            .expect("write")
+    }
+
+    /// The freeze job as the service runs it, at [`NOW`].
+    pub fn freeze(&self) {
+        self.freeze_at(NOW.parse().expect("now"));
+    }
+
+    /// The freeze job at `now`, looking back 60 days so that every period of the tests is
+    /// due.
+    pub fn freeze_at(&self, now: Timestamp) {
+        let cfg = FreezeConfig {
+            lookback: Duration::from_secs(60 * 86_400),
+            ..Default::default()
+        };
+        tokio::task::block_in_place(|| run(self.store.as_ref(), &Calendar::amsterdam(), &cfg, now))
+            .expect("freeze");
+    }
+}
