@@ -3,7 +3,7 @@
 //! project's venv) and always by the `parquet` crate's own reader, gives the JSON's figures,
 //! and its key-value metadata the JSON's other fields.
 
-mod support;
+mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,6 +11,7 @@ use std::process::Command;
 use std::str::FromStr;
 
 use bytes::Bytes;
+use common::{Api, ean};
 use jiff::Timestamp;
 use meterstand_api::Role;
 use meterstand_model::ConsentLevel;
@@ -18,7 +19,6 @@ use parquet::basic::{LogicalType, TimeUnit, Type as PhysicalType};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
 use serde_json::{Value, json};
-use support::{Api, ean};
 
 const CONTENT_TYPE: &str = "application/vnd.apache.parquet";
 const COLUMNS: [&str; 6] = [

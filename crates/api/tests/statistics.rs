@@ -1,13 +1,13 @@
 //! The three attacks against the running API (over `MemStore`), and the analyst-id
 //! rules: each must find nothing below k, and a storage pseudonym never opens a series.
 
-mod support;
+mod common;
 
+use common::{Api, ean};
 use meterstand_api::Role;
 use meterstand_model::ConsentLevel;
 use meterstand_store::ReadingStore;
 use serde_json::Value;
-use support::{Api, ean};
 
 const DAY: &str = "/v1/statistics?from=2026-11-02&to=2026-11-03&granularity=day";
 const QUARTERS: &str = "/v1/statistics?from=2026-11-02&to=2026-11-03&granularity=interval";

@@ -1,19 +1,22 @@
-//! A running API over `MemStore` with households registered, a day of readings written and
-//! the statistics frozen: what `statistics.rs` and `parquet.rs` ask.
-#![allow(dead_code)] // each test file uses a part
+//! The server fixture the statistics suites share: the real router over `MemStore` on a free
+//! port, one token per role (`tok-<role>`), the freeze job run on demand at a chosen instant.
+
+// Each test file compiles this module on its own and uses a different part of it.
+#![allow(dead_code)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use jiff::civil::date;
 use meterstand_api::{
     ApiConfig, ApiParts, ApiState, AuditLog, Readiness, Role, TokenTable, hash_token,
 };
 use meterstand_model::{Calendar, Connection, ConsentLevel, Ean, Reading, Register, TieredReading};
 use meterstand_pseudonym::{KeyRing, Pseudonymiser};
 use meterstand_store::freeze::{FreezeConfig, run};
-use meterstand_store::{IngestItem, ManualClock, MemStore, ReadingStore, ReadingWriter};
+use meterstand_store::{
+    IngestItem, ManualClock, MemStore, ReadingStore, ReadingWriter, WriteOutcome,
+};
 use serde_json::Value;
 
 struct Ready;
@@ -26,11 +29,13 @@ impl Readiness for Ready {
     }
 }
 
+/// The clock of [`Api::start`].
 pub const NOW: &str = "2026-11-20T12:00:00Z";
 
 pub struct Api {
     pub base: String,
     pub store: Arc<MemStore>,
+    pub clock: ManualClock,
     pub ps: Arc<Pseudonymiser>,
     pub http: reqwest::Client,
     _dir: tempfile::TempDir,
@@ -42,11 +47,15 @@ pub fn ean(n: u64) -> Ean {
 
 impl Api {
     pub async fn start() -> Api {
+        Api::start_at(NOW.parse().expect("now")).await
+    }
+
+    /// A server whose store's clock (retention, late readings) stands at `now`.
+    pub async fn start_at(now: Timestamp) -> Api {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(MemStore::new(Arc::new(ManualClock::new(
-            NOW.parse().expect("now"),
-        ))));
+        let clock = ManualClock::new(now);
+        let store = Arc::new(MemStore::new(Arc::new(clock.clone())));
         let ps = Arc::new(Pseudonymiser::new(&KeyRing::generate().expect("key")));
         let hashes: Vec<(String, Role, String)> = Role::ALL
             .iter()
@@ -82,24 +91,37 @@ impl Api {
         Api {
             base: format!("http://{addr}"),
             store,
+            clock,
             ps,
             http: reqwest::Client::new(),
             _dir: dir,
         }
     }
 
-    pub async fn get(&self, role: Role, path: &str) -> (u16, String) {
-        let r = self
+    /// `method path` as `role`, with an optional JSON body: status and body text.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        role: Role,
+        path: &str,
+        body: Option<String>,
+    ) -> (u16, String) {
+        let mut req = self
             .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(format!("tok-{}", role.as_str()))
-            .send()
-            .await
-            .expect("send");
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(format!("tok-{}", role.as_str()));
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let r = req.send().await.expect("send");
         (r.status().as_u16(), r.text().await.expect("text"))
     }
 
-    /// Status, content type and body bytes.
+    pub async fn get(&self, role: Role, path: &str) -> (u16, String) {
+        self.send(reqwest::Method::GET, role, path, None).await
+    }
+
+    /// Status, content type and body bytes of `GET path` as `role`.
     pub async fn get_bytes(&self, role: Role, path: &str) -> (u16, String, Vec<u8>) {
         let r = self
             .http
@@ -128,6 +150,7 @@ impl Api {
         serde_json::from_str(&text).expect("json")
     }
 
+    /// Registers a connection directly on the store (no HTTP), as the CRM would.
     pub fn register(&self, e: &Ean, consent: ConsentLevel, postcode: u16, profile: &str) {
         let c = Connection {
             consent,
@@ -139,11 +162,19 @@ impl Api {
             .expect("put");
     }
 
+    pub async fn write(&self, items: Vec<IngestItem>) -> WriteOutcome {
+        ReadingWriter::write(self.store.as_ref(), items)
+            .await
+            .expect("write")
+    }
+
     /// Readings every quarter-hour of local 2026-11-02 and its end: the quarter-hours and
     /// the day boundaries (what the gate keeps depends on consent).
     pub async fn write_day(&self, e: &Ean, step: u64) {
         let cal = Calendar::amsterdam();
-        let start = cal.date_start(date(2026, 11, 2)).expect("start");
+        let start = cal
+            .date_start(jiff::civil::date(2026, 11, 2))
+            .expect("start");
         let mut readings = Vec::new();
         for i in 0..=96i64 {
             let t = Timestamp::from_second(start.as_second() + i * 900).expect("t");
@@ -168,24 +199,22 @@ impl Api {
             meter: self.ps.meter(&"E0031003262764316".parse().expect("meter")),
             readings,
         };
-        ReadingWriter::write(self.store.as_ref(), vec![item])
-            .await
-            .expect("write");
+        self.write(vec![item]).await;
     }
 
+    /// The freeze job as the service runs it, at [`NOW`].
     pub fn freeze(&self) {
+        self.freeze_at(NOW.parse().expect("now"));
+    }
+
+    /// The freeze job at `now`, looking back 60 days so that every period of the tests is
+    /// due.
+    pub fn freeze_at(&self, now: Timestamp) {
         let cfg = FreezeConfig {
             lookback: Duration::from_secs(60 * 86_400),
             ..Default::default()
         };
-        tokio::task::block_in_place(|| {
-            run(
-                self.store.as_ref(),
-                &Calendar::amsterdam(),
-                &cfg,
-                NOW.parse().expect("now"),
-            )
-        })
-        .expect("freeze");
+        tokio::task::block_in_place(|| run(self.store.as_ref(), &Calendar::amsterdam(), &cfg, now))
+            .expect("freeze");
     }
 }
