@@ -89,13 +89,54 @@ fn store_writes(p: &Pseudonymiser, sync: bool) -> f64 {
     (BATCHES * BATCH) as f64 / start.elapsed().as_secs_f64()
 }
 
-fn bytes_per_reading(p: &Pseudonymiser) -> (f64, u64, f64) {
+/// What `bytes_per_reading` measured.
+struct Sizes {
+    /// Bytes on disk per stored entry, every tier.
+    per_reading: f64,
+    /// Bytes of the interval tier per interval reading.
+    interval_per_reading: f64,
+    /// The empirical entropy of the data's own interval deltas, in bytes per reading: per
+    /// register, the entropy of the distribution of differences between consecutive
+    /// readings, weighted by the register's share. No lossless encoding of these values as
+    /// independent deltas can go below it (times are implicit on the grid and not counted).
+    entropy_floor: f64,
+    stored: u64,
+    rate: f64,
+}
+
+/// Per register: how often each delta between consecutive readings occurs.
+#[derive(Default)]
+struct DeltaHistogram(std::collections::HashMap<(u8, u64), u64>);
+
+impl DeltaHistogram {
+    fn bytes_per_reading(&self) -> f64 {
+        let mut per_register: std::collections::HashMap<u8, u64> = Default::default();
+        for (&(r, _), &n) in &self.0 {
+            *per_register.entry(r).or_default() += n;
+        }
+        let total: u64 = per_register.values().sum();
+        let bits: f64 = self
+            .0
+            .iter()
+            .map(|(&(r, _), &n)| {
+                let p = n as f64 / per_register[&r] as f64;
+                // Weighted by the register's share of all deltas: n/total * -log2(p).
+                -(n as f64 / total as f64) * p.log2()
+            })
+            .sum();
+        bits / 8.0
+    }
+}
+
+fn bytes_per_reading(p: &Pseudonymiser) -> Sizes {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = interval_store(dir.path());
     let cal = Calendar::amsterdam();
     let meter = p.meter(&"E0000000000000001".parse().expect("valid"));
     let start_of_year = Timestamp::now().as_second() / 86_400 * 86_400 - 365 * 86_400 + 82_800;
     let mut stored = 0u64;
+    let mut deltas = DeltaHistogram::default();
+    let mut interval_readings = 0u64;
     let started = Instant::now();
     for i in 0..1_000 {
         let mut m = SimMeter::new(i, 2);
@@ -109,16 +150,20 @@ fn bytes_per_reading(p: &Pseudonymiser) -> (f64, u64, f64) {
         store.put_connection(&[ps], c).expect("put");
         // One item per day per connection: 96 quarter-hours of every register.
         let mut items = Vec::new();
+        let mut last: std::collections::HashMap<u8, u64> = Default::default();
         for day in 0..365 {
             let mut readings = Vec::with_capacity(96 * 3);
             for q in 0..96 {
                 let t = Timestamp::from_second(start_of_year + day * 86_400 + q * 900)
                     .expect("in range");
                 for reading in m.step(t) {
-                    readings.push(TieredReading {
-                        reading,
-                        tiers: cal.tiers_of(reading.register, reading.time),
-                    });
+                    let r = reading.register as u8;
+                    if let Some(before) = last.insert(r, reading.value) {
+                        *deltas.0.entry((r, reading.value - before)).or_default() += 1;
+                    }
+                    let tiers = cal.tiers_of(reading.register, reading.time);
+                    interval_readings += u64::from(tiers.contains(Tier::Interval));
+                    readings.push(TieredReading { reading, tiers });
                 }
             }
             items.push(IngestItem {
@@ -141,7 +186,13 @@ fn bytes_per_reading(p: &Pseudonymiser) -> (f64, u64, f64) {
     let rate = stored as f64 / started.elapsed().as_secs_f64();
     store.compact_all().expect("compact");
     let sizes = store.refresh_size_metrics().expect("sizes");
-    (sizes.total() as f64 / stored as f64, stored, rate)
+    Sizes {
+        per_reading: sizes.total() as f64 / stored as f64,
+        interval_per_reading: sizes.get(Tier::Interval) as f64 / interval_readings as f64,
+        entropy_floor: deltas.bytes_per_reading(),
+        stored,
+        rate,
+    }
 }
 
 fn aggregate_ms(p: &Pseudonymiser) -> (f64, f64) {
@@ -216,10 +267,25 @@ fn main() {
     if std::env::var_os("METERSTAND_BENCH_WRITES_ONLY").is_some() {
         return;
     }
-    let (bpr, stored, rate) = bytes_per_reading(&p);
-    println!("store_bytes_per_reading {bpr:.2} bytes");
-    println!("store_year_tier_entries {stored} entries");
-    println!("store_bulk_day_blocks_readings_per_sec {rate:.0} readings/s");
+    let sizes = bytes_per_reading(&p);
+    println!("store_bytes_per_reading {:.2} bytes", sizes.per_reading);
+    println!(
+        "store_interval_bytes_per_reading {:.2} bytes",
+        sizes.interval_per_reading
+    );
+    println!(
+        "store_entropy_floor_bytes_per_reading {:.2} bytes",
+        sizes.entropy_floor
+    );
+    println!(
+        "store_interval_over_entropy_floor_ratio {:.2} x",
+        sizes.interval_per_reading / sizes.entropy_floor
+    );
+    println!("store_year_tier_entries {} entries", sizes.stored);
+    println!(
+        "store_bulk_day_blocks_readings_per_sec {:.0} readings/s",
+        sizes.rate
+    );
     let (median, best) = aggregate_ms(&p);
     println!("store_members_walk_ms {median:.1} ms");
     println!("store_members_walk_best_ms {best:.1} ms");
