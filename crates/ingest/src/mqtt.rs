@@ -102,12 +102,13 @@ impl Session {
         shutdown: CancellationToken,
     ) -> Result<(), IngestError> {
         let window = config.max_unacked.max(1);
-        // rumqttc's request channel carries our acks and only the poll loop drains it. It
-        // holds an ack for every message that can be inside the process (received queue,
-        // batch being filled, queued batches, writes in flight), so queuing an ack never
-        // waits for a poll loop that waits for room in the received queue.
-        let requests =
-            window + (COMMIT_QUEUE + WRITES_IN_FLIGHT + 1) * config.batch_max_messages + 64;
+        // rumqttc's request channel carries our acks and only the poll loop drains it, one
+        // ack per turn while it reads up to ten messages per turn: under a broker that sends
+        // past our window the acks fall behind. Its bound is far above anything the process
+        // can hold (flume allocates as it fills; an ack is about a hundred bytes), so the
+        // committer never waits for it and the poll loop, which may wait for room in the
+        // received queue, can never be what the committer waits for.
+        let requests = ack_capacity(window, config.batch_max_messages);
         let stop = CancellationToken::new();
         let topics = config.topics();
         let writer = Arc::new(StoreWriter(store));
@@ -120,13 +121,13 @@ impl Session {
         let (result, disconnect, poller) = match self {
             Session::V5(options) => {
                 let (client, eventloop) = v5::AsyncClient::new(*options, requests);
-                // The poll loop must never wait on this queue: acknowledgements leave through
-                // it, so a poll loop waiting for room while the committer waits for its acks
-                // is a deadlock. The broker's window (Receive Maximum) is what bounds it; a
-                // broker that sends past it (seen with Mosquitto delivering a session queued
-                // under MQTT 3.1.1) must not wedge ingest, so the channel's own bound is only
-                // a last resort far above any window.
-                let (received_tx, received_rx) = mpsc::channel(received_capacity(window));
+                // Bounded by our window: a broker that sends past its Receive Maximum (seen
+                // with Mosquitto 2.0 delivering an offline session's backlog) would otherwise
+                // fill memory with the whole backlog. When it is full the poll loop waits,
+                // the socket stops being read and TCP holds the broker back; acks never wait
+                // on the poll loop (see `requests`), so the pipeline drains and reading
+                // resumes.
+                let (received_tx, received_rx) = mpsc::channel(window);
                 let poller = tokio::spawn(poll_v5(
                     eventloop,
                     client.clone(),
@@ -143,8 +144,8 @@ impl Session {
             }
             Session::V311(options) => {
                 let (client, eventloop) = rumqttc::AsyncClient::new(*options, requests);
-                // As above; with 3.1.1 the broker's in-flight window applies.
-                let (received_tx, received_rx) = mpsc::channel(received_capacity(window));
+                // As above; with 3.1.1 the broker's own in-flight limit is its window.
+                let (received_tx, received_rx) = mpsc::channel(window);
                 let poller = tokio::spawn(poll_v311(
                     eventloop,
                     client.clone(),
@@ -283,14 +284,17 @@ impl Link {
     }
 }
 
-/// The received queue's bound: far above the ack window (see `Session::run`); tokio's
-/// channel allocates as it fills, so the bound costs nothing until used.
-fn received_capacity(window: usize) -> usize {
-    window.saturating_mul(64).clamp(1 << 16, 1 << 24)
+/// The ack channel's bound: every message the process can hold (the received queue, the
+/// batch being filled, queued batches, writes in flight) sixty-four times over, at least 64 Ki
+/// and at most 16 Mi acks. Only a backlog of unsent acks that deep could make the committer
+/// wait on the poll loop.
+fn ack_capacity(window: usize, batch: usize) -> usize {
+    let inside = window + (COMMIT_QUEUE + WRITES_IN_FLIGHT + 1) * batch;
+    inside.saturating_mul(64).clamp(1 << 16, 1 << 24)
 }
 
-/// Hands one publish to the pipeline. Waits only if the queue is full, which the ack window
-/// rules out for MQTT 5 (see `Session::run`).
+/// Hands one publish to the pipeline, waiting while the received queue is full (a broker
+/// sending past our window; see `Session::run`).
 async fn deliver<T>(received: &mpsc::Sender<Received<T>>, message: Received<T>) {
     metrics::UNACKED.inc();
     if received.send(message).await.is_err() {
