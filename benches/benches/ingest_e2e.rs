@@ -25,7 +25,7 @@ use meterstand_store::SystemClock;
 use meterstand_store_rocks::{RocksStore, StoreConfig};
 use meterstand_testkit::fleet::json_payload;
 use meterstand_testkit::{Mosquitto, Publisher, ean_from, quarters_ago};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
 use tokio_util::sync::CancellationToken;
 
 /// What a run publishes: single readings, days of quarter-hours, or P1 telegrams.
@@ -176,52 +176,6 @@ fn messages(kind: Kind) -> Vec<(String, Vec<u8>, u64)> {
         }
     }
     out
-}
-
-/// Creates a persistent session subscribed to the meters topics, then leaves it offline.
-fn prepare_session(rt: &tokio::runtime::Runtime, port: u16, client_id: &str, filter: &str) {
-    rt.block_on(async {
-        let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
-        o.set_clean_session(false);
-        let (client, mut el) = AsyncClient::new(o, 10);
-        client
-            .subscribe(filter, QoS::AtLeastOnce)
-            .await
-            .expect("subscribe");
-        loop {
-            if let Ok(Event::Incoming(Packet::SubAck(_))) = el.poll().await {
-                break;
-            }
-        }
-        client.disconnect().await.expect("disconnect");
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while el.poll().await.is_ok() {}
-        })
-        .await;
-    });
-}
-
-/// Ends a persistent session (a clean-session connect discards it at the broker), so that
-/// an earlier kind's offline sessions do not collect copies of the next kind's messages:
-/// ingest subscribes to every format, so its session would take P1 telegrams too.
-fn end_session(rt: &tokio::runtime::Runtime, port: u16, client_id: &str) {
-    rt.block_on(async {
-        let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
-        o.set_clean_session(true);
-        let (client, mut el) = AsyncClient::new(o, 10);
-        loop {
-            match el.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => break,
-                Ok(_) => {}
-                Err(e) => panic!("ending session {client_id}: {e}"),
-            }
-        }
-        client.disconnect().await.expect("disconnect");
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while el.poll().await.is_ok() {}
-        })
-        .await;
-    });
 }
 
 fn queue(port: u16, msgs: &[(String, Vec<u8>, u64)], id: &str) {
@@ -379,8 +333,8 @@ fn main() {
         let (mut drains, mut ingests, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let drain_id = format!("bench-drain-{name}");
         let ingest_id = format!("bench-ingest-{name}");
-        prepare_session(&rt, broker.port, &drain_id, kind.filter());
-        prepare_session(&rt, broker.port, &ingest_id, kind.filter());
+        meterstand_benches::prepare_session(&rt, broker.port, &drain_id, kind.filter());
+        meterstand_benches::prepare_session(&rt, broker.port, &ingest_id, kind.filter());
         for round in 0..ROUNDS {
             eprintln!("{name} round {round}: queueing {} messages", msgs.len());
             queue(broker.port, &msgs, &format!("bench-pub-{name}-{round}"));
@@ -397,8 +351,8 @@ fn main() {
                 per_sec(readings, took)
             );
         }
-        end_session(&rt, broker.port, &drain_id);
-        end_session(&rt, broker.port, &ingest_id);
+        meterstand_benches::end_session(&rt, broker.port, &drain_id);
+        meterstand_benches::end_session(&rt, broker.port, &ingest_id);
         let drain_rate = median(&mut drains);
         ingests.sort();
         let took = ingests[ingests.len() / 2];

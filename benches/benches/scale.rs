@@ -59,36 +59,6 @@ fn hour_of(c: u64, start: Timestamp) -> Vec<Reading> {
     out
 }
 
-/// Creates the ingest session's subscription, then leaves it offline: over MQTT 5 with a
-/// session expiry, as ingest itself connects (a session made by an MQTT 3.1.1 client is
-/// delivered by Mosquitto without regard to the Receive Maximum of the MQTT 5 client that
-/// takes it over).
-fn prepare_session(rt: &tokio::runtime::Runtime, port: u16, client_id: &str) {
-    use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::mqttbytes::v5::Packet;
-    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-    rt.block_on(async {
-        let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
-        o.set_clean_start(false);
-        o.set_session_expiry_interval(Some(u32::MAX));
-        let (client, mut el) = AsyncClient::new(o, 10);
-        client
-            .subscribe("meters/+/json", QoS::AtLeastOnce)
-            .await
-            .expect("subscribe");
-        loop {
-            if let Ok(Event::Incoming(Packet::SubAck(_))) = el.poll().await {
-                break;
-            }
-        }
-        client.disconnect().await.expect("disconnect");
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while el.poll().await.is_ok() {}
-        })
-        .await;
-    });
-}
-
 /// Resets the process's peak RSS to its current RSS (Linux `clear_refs`), so that each size
 /// reports its own peak.
 fn reset_peak_rss() {
@@ -157,7 +127,7 @@ fn main() {
     let mut largest: Option<(u64, std::path::PathBuf)> = None;
     for &n in &sizes {
         let client_id = format!("scale-ingest-{n}");
-        prepare_session(&rt, broker.port, &client_id);
+        meterstand_benches::prepare_session(&rt, broker.port, &client_id, "meters/+/json");
         // Published by a child process, so that this process's memory is ingest's alone.
         let published = std::process::Command::new(std::env::current_exe().expect("self"))
             .args([PUBLISH_ARG, &n.to_string(), &broker.port.to_string()])

@@ -192,24 +192,17 @@ impl Member {
     }
 }
 
-/// splitmix64: the api crate has no `rand` of its own; the seed comes from the testkit.
-pub struct Rng(u64);
+/// The simulator's seedable generator (the api crate has no `rand` of its own; the seed
+/// comes from the testkit), with the draws the fleet needs.
+pub struct Rng(meterstand_model::sim::SimRng);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        Rng(meterstand_model::sim::SimRng::new(seed))
     }
 
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.0.below(n)
     }
 
     pub fn percent(&mut self, p: u64) -> bool {
