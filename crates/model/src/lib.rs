@@ -10,6 +10,9 @@ mod connection;
 mod ean;
 mod meter;
 mod register;
+/// The simulator's load shapes (households by hour of day, with noise): for `meterstand
+/// simulate`, the demo, the test kit and the benchmarks, not for the service's own crates.
+#[cfg(feature = "sim")]
 pub mod sim;
 mod tier;
 
