@@ -102,6 +102,10 @@ struct Sizes {
     entropy_floor: f64,
     stored: u64,
     rate: f64,
+    /// One sweep of the year's store a day after its first day expired, per million blocks
+    /// held: what an hourly sweep costs when little has expired.
+    sweep_ms_per_million_keys: f64,
+    sweep_keys: u64,
 }
 
 /// Per register: how often each delta between consecutive readings occurs.
@@ -137,6 +141,7 @@ fn bytes_per_reading(p: &Pseudonymiser) -> Sizes {
     let mut stored = 0u64;
     let mut deltas = DeltaHistogram::default();
     let mut interval_readings = 0u64;
+    let mut blocks = std::collections::HashSet::new();
     let started = Instant::now();
     for i in 0..1_000 {
         let mut m = SimMeter::new(i, 2);
@@ -163,6 +168,15 @@ fn bytes_per_reading(p: &Pseudonymiser) -> Sizes {
                     }
                     let tiers = cal.tiers_of(reading.register, reading.time);
                     interval_readings += u64::from(tiers.contains(Tier::Interval));
+                    let quarter = meterstand_store_rocks::layout::quarter_of(reading.time)
+                        .expect("on the grid");
+                    for tier in Tier::ALL {
+                        if tiers.contains(tier) {
+                            let (bucket, _) =
+                                meterstand_store_rocks::layout::bucket_of(tier, quarter);
+                            blocks.insert((i, reading.register as u8, tier as u8, bucket));
+                        }
+                    }
                     readings.push(TieredReading { reading, tiers });
                 }
             }
@@ -186,7 +200,23 @@ fn bytes_per_reading(p: &Pseudonymiser) -> Sizes {
     let rate = stored as f64 / started.elapsed().as_secs_f64();
     store.compact_all().expect("compact");
     let sizes = store.refresh_size_metrics().expect("sizes");
+    store.close().expect("close");
+    // The interval horizon two hours into the year's second day: its first day's blocks and
+    // part of the second expire, nothing else.
+    let horizon = start_of_year + 86_400 + 7_200;
+    let later = Timestamp::from_second(horizon + 13 * 2_630_016).expect("in range");
+    let store = RocksStore::open(
+        StoreConfig::new(dir.path()),
+        Arc::new(meterstand_store::ManualClock::new(later)),
+    )
+    .expect("reopen");
+    let swept = Instant::now();
+    store.sweep_retention().expect("sweep");
+    let sweep_ms = swept.elapsed().as_secs_f64() * 1000.0;
+    let sweep_keys = blocks.len() as u64;
     Sizes {
+        sweep_ms_per_million_keys: sweep_ms * 1_000_000.0 / sweep_keys as f64,
+        sweep_keys,
         per_reading: sizes.total() as f64 / stored as f64,
         interval_per_reading: sizes.get(Tier::Interval) as f64 / interval_readings as f64,
         entropy_floor: deltas.bytes_per_reading(),
@@ -282,6 +312,11 @@ fn main() {
         sizes.interval_per_reading / sizes.entropy_floor
     );
     println!("store_year_tier_entries {} entries", sizes.stored);
+    println!(
+        "retention_sweep_ms_per_million_keys {:.0} ms",
+        sizes.sweep_ms_per_million_keys
+    );
+    println!("retention_sweep_store_keys {} keys", sizes.sweep_keys);
     println!(
         "store_bulk_day_blocks_readings_per_sec {:.0} readings/s",
         sizes.rate

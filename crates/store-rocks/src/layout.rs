@@ -64,6 +64,14 @@ pub fn register_prefix(p: Pseudonym, register: Register) -> [u8; PREFIX_LEN] {
     prefix
 }
 
+/// The smallest key after every key of one (pseudonym, register) series: the prefix with
+/// its register byte raised by one (register codes are 1..=5).
+pub fn after_prefix(prefix: &[u8; PREFIX_LEN]) -> Vec<u8> {
+    let mut next = prefix.to_vec();
+    next[Pseudonym::LEN] = next[Pseudonym::LEN].saturating_add(1);
+    next
+}
+
 /// The key range `[start, end)` holding everything of one pseudonym.
 pub fn pseudonym_range(p: Pseudonym) -> (Vec<u8>, Vec<u8>) {
     let start = p.to_bytes().to_vec();

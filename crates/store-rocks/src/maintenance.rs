@@ -223,14 +223,33 @@ pub(crate) fn sweep(shared: &Shared) -> Result<TierCounts, StoreError> {
         let mut batch = WriteBatch::default();
         let mut it = shared.db.raw_iterator_cf(cf);
         it.seek_to_first();
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            if let Some(key) = layout::parse_key(k) {
+        // Keys are (pseudonym, register, bucket) with the bucket big-endian, so within one
+        // (pseudonym, register) its expired blocks come first, then at most one block that
+        // straddles the horizon, then live ones. The sweep reads the expired ones and the
+        // straddling one and seeks past the rest: its cost follows what expired (and the
+        // number of series), not the number of blocks held.
+        while let Some(k) = it.key() {
+            let Some(first) = layout::parse_key(k) else {
+                it.next();
+                continue;
+            };
+            let prefix = layout::register_prefix(first.pseudonym, first.register);
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                let Some(key) = layout::parse_key(k) else {
+                    break;
+                };
                 let start = i64::from(layout::bucket_start_quarter(tier, key.bucket));
                 let end = start + layout::bucket_quarters(tier);
                 if end <= horizon_q {
                     removed.add(tier, layout::block_count(v));
                     batch.delete_cf(cf, k);
-                } else if start < horizon_q {
+                    it.next();
+                    continue;
+                }
+                if start < horizon_q {
                     let entries =
                         layout::decode_block(v).ok_or(StoreError::Corrupt(tier.as_str()))?;
                     let keep: Vec<(u32, u64)> = entries
@@ -247,8 +266,9 @@ pub(crate) fn sweep(shared: &Shared) -> Result<TierCounts, StoreError> {
                         }
                     }
                 }
+                break;
             }
-            it.next();
+            it.seek(layout::after_prefix(&prefix));
         }
         it.status().map_err(engine("sweeping a tier"))?;
         drop(it);

@@ -406,3 +406,48 @@ fn an_undecodable_block_quarantines_its_readings_and_the_rest_flows() {
     .expect("later batch");
     assert_eq!(later.stored.interval, 2);
 }
+
+/// The sweep seeks past each series' live blocks instead of reading them: across several
+/// pseudonyms and registers, with several expired day-blocks per series and one straddling
+/// the horizon, it must still remove exactly the readings before the horizon and nothing
+/// after it, in every series.
+#[test]
+fn the_sweep_removes_every_expired_block_of_every_series_and_nothing_live() {
+    let mut rocks = Rocks::new();
+    let clock = ManualClock::new(ts("2026-11-10T00:00:00Z"));
+    let store = rocks.open(&clock);
+    let pseudonyms: Vec<Pseudonym> = (80..86).map(pseudo).collect();
+    // Six days of quarter-hours for each, two registers (six interval blocks per series).
+    let start = ts("2026-11-01T00:00:00Z");
+    for &p in &pseudonyms {
+        put(&store, p, connection(ConsentLevel::Interval, "1234"));
+        let mut readings = Vec::new();
+        for q in 0..6 * 96i64 {
+            let t = Timestamp::from_second(start.as_second() + q * 900).expect("in range");
+            for register in [Register::ImportT1, Register::ExportT1] {
+                let mut r = tiered(register, t, 1_000 + q as u64);
+                r.tiers = TierSet::EMPTY.with(Tier::Interval);
+                readings.push(r);
+            }
+        }
+        block_on(store.write(vec![item(p, readings)])).expect("write");
+    }
+    // The interval horizon at 2026-11-03T06:00Z: two whole day-blocks and a quarter of the
+    // third expire in every series.
+    let horizon = ts("2026-11-03T06:00:00Z").as_second();
+    clock.set(Timestamp::from_second(horizon + 13 * 2_630_016).expect("in range"));
+    let removed = store.sweep_retention().expect("sweep");
+    let expired_per_series = (2 * 96 + 24) as u64;
+    assert_eq!(
+        removed.interval,
+        expired_per_series * 2 * pseudonyms.len() as u64
+    );
+    for &p in &pseudonyms {
+        let left = store
+            .readings(p, Tier::Interval, Timestamp::MIN, Timestamp::MAX)
+            .expect("read");
+        assert_eq!(left.len(), 2 * (6 * 96 - expired_per_series as usize));
+        assert!(left.iter().all(|r| r.time.as_second() >= horizon));
+    }
+    assert_eq!(store.sweep_retention().expect("sweep").interval, 0);
+}
