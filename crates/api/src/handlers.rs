@@ -73,6 +73,39 @@ fn group_of(row: &meterstand_statistics::Row, g: GroupBy) -> BTreeMap<String, St
     group
 }
 
+/// What the statistics and series queries share: the tier, register kind, answer format and
+/// half-open range, each checked and noted on the call's audit line.
+struct PeriodQuery {
+    tier: Tier,
+    kind: meterstand_model::RegisterKind,
+    format: Format,
+    from: jiff::Timestamp,
+    to: jiff::Timestamp,
+}
+
+fn period_query(
+    q: &QueryParams,
+    st: &ApiState,
+    record: &CallRecord,
+) -> Result<PeriodQuery, ApiError> {
+    let tier = params::granularity(q.get("granularity"))?;
+    record.param("granularity", tier.as_str());
+    let kind = params::register(q.get("register"))?;
+    record.param("register", kind.as_str());
+    let format = params::format(q.get("format"), &Format::TABLES)?;
+    record.param("format", format.as_str());
+    let (from, to) = params::range(q, tier, st.calendar(), &st.config().max_range)?;
+    record.param("from", from.to_string());
+    record.param("to", to.to_string());
+    Ok(PeriodQuery {
+        tier,
+        kind,
+        format,
+        from,
+        to,
+    })
+}
+
 /// Frozen statistics: per period the published rows of at least `k` connections, or a
 /// view of them (every view row a sum of whole published rows).
 #[utoipa::path(
@@ -96,17 +129,15 @@ pub async fn statistics(
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Analyst])?;
     let q = QueryParams::parse(q, &StatisticsParams::NAMES)?;
-    let tier = params::granularity(q.get("granularity"))?;
-    record.param("granularity", tier.as_str());
-    let kind = params::register(q.get("register"))?;
-    record.param("register", kind.as_str());
+    let PeriodQuery {
+        tier,
+        kind,
+        format,
+        from,
+        to,
+    } = period_query(&q, &st, &record)?;
     let group_by = params::group_by(q.get("group_by"))?;
     record.param("group_by", group_by.as_str());
-    let format = params::format(q.get("format"), &Format::TABLES)?;
-    record.param("format", format.as_str());
-    let (from, to) = params::range(&q, tier, st.calendar(), &st.config().max_range)?;
-    record.param("from", from.to_string());
-    record.param("to", to.to_string());
     let _permit = st.permit()?;
     let periods = st
         .blocking(move |b| b.statistics(tier, kind, from, to))
@@ -260,15 +291,13 @@ pub async fn series(
     let id = AnalystId::from_str(&path_segment(analyst_id).map_err(|_| bad_id())?)
         .map_err(|_| bad_id())?;
     let q = QueryParams::parse(q, &SeriesParams::NAMES)?;
-    let tier = params::granularity(q.get("granularity"))?;
-    record.param("granularity", tier.as_str());
-    let kind = params::register(q.get("register"))?;
-    record.param("register", kind.as_str());
-    let format = params::format(q.get("format"), &Format::TABLES)?;
-    record.param("format", format.as_str());
-    let (from, to) = params::range(&q, tier, st.calendar(), &st.config().max_range)?;
-    record.param("from", from.to_string());
-    record.param("to", to.to_string());
+    let PeriodQuery {
+        tier,
+        kind,
+        format,
+        from,
+        to,
+    } = period_query(&q, &st, &record)?;
     let _permit = st.permit()?;
     let ps = st.pseudonymiser_arc();
     let found = st

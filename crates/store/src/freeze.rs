@@ -119,32 +119,27 @@ pub fn run(
 ) -> Result<FreezeReport, StoreError> {
     let mut report = FreezeReport::default();
     for kind in KINDS {
-        for (start, end) in due(calendar, Tier::Day, kind, cfg, now) {
-            let key = PeriodKey {
-                tier: Tier::Day,
-                kind,
-                period_start: start,
-            };
-            if store.is_frozen(key)? {
-                continue;
-            }
-            if let Some(periods) = compute_day(store, calendar, kind, start, end, cfg.k)? {
-                report.periods += store.freeze(&periods)?;
-                report.units += 1;
-            }
-        }
-        for (start, end) in due(calendar, Tier::Month, kind, cfg, now) {
-            let key = PeriodKey {
-                tier: Tier::Month,
-                kind,
-                period_start: start,
-            };
-            if store.is_frozen(key)? {
-                continue;
-            }
-            if let Some(period) = compute_month(store, calendar, kind, start, end, cfg.k)? {
-                report.periods += store.freeze(&[period])?;
-                report.units += 1;
+        // Days (with their quarter-hours) before months: a month counts only connections
+        // without day figures in it.
+        for tier in [Tier::Day, Tier::Month] {
+            for (start, end) in due(calendar, tier, kind, cfg, now) {
+                let key = PeriodKey {
+                    tier,
+                    kind,
+                    period_start: start,
+                };
+                if store.is_frozen(key)? {
+                    continue;
+                }
+                let periods = if tier == Tier::Day {
+                    compute_day(store, calendar, kind, start, end, cfg.k)?
+                } else {
+                    compute_month(store, calendar, kind, start, end, cfg.k)?.map(|p| vec![p])
+                };
+                if let Some(periods) = periods {
+                    report.periods += store.freeze(&periods)?;
+                    report.units += 1;
+                }
             }
         }
     }
