@@ -6,6 +6,7 @@
 //! error the binary must turn into a non-zero exit ([`IngestHandle`]).
 //! Design notes: `DESIGN.md` beside this crate.
 
+mod acks;
 mod backoff;
 #[cfg(feature = "embedded-broker")]
 mod broker;

@@ -52,6 +52,12 @@ pub static LAG: LazyLock<Histogram> = LazyLock::new(|| {
         12,
     )
 });
+pub static ACKS_WAITING: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "meterstand_mqtt_acks_waiting",
+        "Acks of durably written messages waiting for room in the MQTT connection (a broker sending past our window).",
+    )
+});
 pub static UNACKED: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge(
         "meterstand_ingest_unacked_messages",
@@ -123,5 +129,6 @@ pub fn init() {
         LazyLock::force(h);
     }
     LazyLock::force(&UNACKED);
+    LazyLock::force(&ACKS_WAITING);
     LazyLock::force(&CONNECTED);
 }

@@ -15,10 +15,9 @@ use rumqttc::{Outgoing, TlsConfiguration, Transport, v5};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::acks::{AckClient, AckQueue, AckToken, CHANNEL_CAPACITY};
 use crate::backoff::Backoff;
-use crate::pipeline::{
-    AckError, Acker, COMMIT_QUEUE, Context, Received, StoreWriter, WRITES_IN_FLIGHT,
-};
+use crate::pipeline::{Context, Received, StoreWriter};
 use crate::{IngestConfig, IngestError, IngestStatus, MqttVersion, metrics};
 
 /// First and longest pause between connection attempts.
@@ -34,6 +33,9 @@ const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 /// know our limit; a smaller one would drop the connection on a big message that the
 /// persistent session then redelivers on every reconnect.
 const MQTT311_MAX_PACKET: usize = 268_435_455;
+
+/// Our own publishes in flight: ingest sends none, only subscriptions use packet ids.
+const OUTGOING_INFLIGHT: u16 = 16;
 
 /// Options for the configured protocol, checked before anything starts.
 pub(crate) enum Session {
@@ -67,6 +69,9 @@ impl Session {
                 // The broker never sends us a bigger packet (Mosquitto drops it for this
                 // client and the rest flows); rumqttc reads up to this size too.
                 o.set_max_packet_size(Some(config.max_packet_size()));
+                // Ingest publishes nothing: rumqttc sizes its outgoing in-flight table by
+                // this (65,536 slots, 13 MB, by default).
+                o.set_outgoing_inflight_upper_limit(OUTGOING_INFLIGHT);
                 if let Some((u, p)) = credentials {
                     o.set_credentials(u, p);
                 }
@@ -81,6 +86,7 @@ impl Session {
                 o.set_manual_acks(true);
                 o.set_keep_alive(config.keep_alive);
                 o.set_max_packet_size(MQTT311_MAX_PACKET, 1 << 20);
+                o.set_inflight(OUTGOING_INFLIGHT);
                 if let Some((u, p)) = credentials {
                     o.set_credentials(u, p);
                 }
@@ -102,13 +108,6 @@ impl Session {
         shutdown: CancellationToken,
     ) -> Result<(), IngestError> {
         let window = config.max_unacked.max(1);
-        // rumqttc's request channel carries our acks and only the poll loop drains it, one
-        // ack per turn while it reads up to ten messages per turn: under a broker that sends
-        // past our window the acks fall behind. Its bound is far above anything the process
-        // can hold (flume allocates as it fills; an ack is about a hundred bytes), so the
-        // committer never waits for it and the poll loop, which may wait for room in the
-        // received queue, can never be what the committer waits for.
-        let requests = ack_capacity(window, config.batch_max_messages);
         let stop = CancellationToken::new();
         let topics = config.topics();
         let writer = Arc::new(StoreWriter(store));
@@ -118,46 +117,50 @@ impl Session {
             status: status.clone(),
         });
         let link = Link::new(status.clone());
+        // The received queue is bounded by our window: a broker that sends past its Receive
+        // Maximum (Mosquitto 2.0 delivering an offline session's backlog) would otherwise
+        // fill memory with the whole backlog. When it is full the poll loop waits, the
+        // socket stops being read and TCP holds the broker back. Acks never wait on the
+        // poll loop: what does not fit rumqttc's request channel waits in the `AckQueue`,
+        // 8 bytes an ack (see acks.rs).
         let (result, disconnect, poller) = match self {
             Session::V5(options) => {
-                let (client, eventloop) = v5::AsyncClient::new(*options, requests);
-                // Bounded by our window: a broker that sends past its Receive Maximum (seen
-                // with Mosquitto 2.0 delivering an offline session's backlog) would otherwise
-                // fill memory with the whole backlog. When it is full the poll loop waits,
-                // the socket stops being read and TCP holds the broker back; acks never wait
-                // on the poll loop (see `requests`), so the pipeline drains and reading
-                // resumes.
+                let (client, eventloop) = v5::AsyncClient::new(*options, CHANNEL_CAPACITY);
+                let acks = Arc::new(AckQueue::new(client.clone()));
                 let (received_tx, received_rx) = mpsc::channel(window);
                 let poller = tokio::spawn(poll_v5(
                     eventloop,
                     client.clone(),
+                    acks.clone(),
                     topics,
                     received_tx,
                     link,
                     shutdown.clone(),
                     stop.clone(),
                 ));
-                let acker = V5Acker(client.clone());
-                let result = crate::pipeline::run(ctx, writer, acker, received_rx, shutdown).await;
-                let disconnect = client.try_disconnect().is_ok();
+                let result =
+                    crate::pipeline::run(ctx, writer, acks.clone(), received_rx, shutdown).await;
+                let disconnect = leave(&acks, || client.try_disconnect().is_ok()).await;
                 (result, disconnect, poller)
             }
             Session::V311(options) => {
-                let (client, eventloop) = rumqttc::AsyncClient::new(*options, requests);
+                let (client, eventloop) = rumqttc::AsyncClient::new(*options, CHANNEL_CAPACITY);
+                let acks = Arc::new(AckQueue::new(client.clone()));
                 // As above; with 3.1.1 the broker's own in-flight limit is its window.
                 let (received_tx, received_rx) = mpsc::channel(window);
                 let poller = tokio::spawn(poll_v311(
                     eventloop,
                     client.clone(),
+                    acks.clone(),
                     topics,
                     received_tx,
                     link,
                     shutdown.clone(),
                     stop.clone(),
                 ));
-                let acker = V311Acker(client.clone());
-                let result = crate::pipeline::run(ctx, writer, acker, received_rx, shutdown).await;
-                let disconnect = client.try_disconnect().is_ok();
+                let result =
+                    crate::pipeline::run(ctx, writer, acks.clone(), received_rx, shutdown).await;
+                let disconnect = leave(&acks, || client.try_disconnect().is_ok()).await;
                 (result, disconnect, poller)
             }
         };
@@ -284,13 +287,30 @@ impl Link {
     }
 }
 
-/// The ack channel's bound: every message the process can hold (the received queue, the
-/// batch being filled, queued batches, writes in flight) sixty-four times over, at least 64 Ki
-/// and at most 16 Mi acks. Only a backlog of unsent acks that deep could make the committer
-/// wait on the poll loop.
-fn ack_capacity(window: usize, batch: usize) -> usize {
-    let inside = window + (COMMIT_QUEUE + WRITES_IN_FLIGHT + 1) * batch;
-    inside.saturating_mul(64).clamp(1 << 16, 1 << 24)
+/// How long a clean stop waits for the acks of what was written to reach the connection.
+const ACK_DRAIN: Duration = Duration::from_secs(10);
+
+/// How long the poll loop reads on after our DISCONNECT, for the broker to close: closing a
+/// socket with unread data resets the connection, and the broker may then drop the acks
+/// and the DISCONNECT still in its receive buffer.
+const CLOSE_DRAIN: Duration = Duration::from_secs(1);
+
+/// Ends the session cleanly: once every ack is written (or `ACK_DRAIN` passed), queues the
+/// DISCONNECT behind them. Whether it was queued.
+async fn leave<C: AckClient>(acks: &AckQueue<C>, disconnect: impl FnOnce() -> bool) -> bool {
+    if !acks.drained(ACK_DRAIN).await {
+        tracing::warn!("stopping with acks not yet written: the broker redelivers those messages");
+    }
+    disconnect()
+}
+
+/// Marks the ack queue closed however the poll loop ends.
+struct CloseOnDrop<'a, C: AckClient>(&'a AckQueue<C>);
+
+impl<C: AckClient> Drop for CloseOnDrop<'_, C> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// Hands one publish to the pipeline, waiting while the received queue is full (a broker
@@ -303,11 +323,13 @@ async fn deliver<T>(received: &mpsc::Sender<Received<T>>, message: Received<T>) 
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn poll_v5(
     mut eventloop: v5::EventLoop,
     client: v5::AsyncClient,
+    acks: Arc<AckQueue<v5::AsyncClient>>,
     topics: Vec<String>,
-    received: mpsc::Sender<Received<v5::mqttbytes::v5::Publish>>,
+    received: mpsc::Sender<Received<AckToken>>,
     mut link: Link,
     shutdown: CancellationToken,
     stop: CancellationToken,
@@ -315,10 +337,13 @@ async fn poll_v5(
     use v5::Event;
     use v5::mqttbytes::QoS;
     use v5::mqttbytes::v5::{Packet, Publish};
+    let _closed = CloseOnDrop(&acks);
     // Each incoming publish is its own event: handed on as it comes, rumqttc's state is
     // never looked into.
     loop {
-        match eventloop.poll().await {
+        let event = eventloop.poll().await;
+        acks.move_waiting();
+        match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 link.connected(ack.session_present);
                 for topic in &topics {
@@ -333,29 +358,17 @@ async fn poll_v5(
                     continue;
                 }
                 let Publish {
-                    dup,
                     qos,
-                    retain,
                     topic,
                     pkid,
                     payload,
-                    properties: _,
+                    ..
                 } = publish;
-                // The ack needs only the packet id and QoS: the payload is not kept for it.
-                let token = Publish {
-                    dup,
-                    qos,
-                    retain,
-                    topic: Bytes::new(),
-                    pkid,
-                    payload: Bytes::new(),
-                    properties: None,
-                };
                 let message = Received {
                     topic,
                     payload,
                     received: Instant::now(),
-                    token,
+                    token: acks.token(pkid, qos as u8),
                 };
                 deliver(&received, message).await;
             }
@@ -370,9 +383,18 @@ async fn poll_v5(
             Ok(Event::Incoming(Packet::Disconnect(d))) => {
                 tracing::warn!(reason = ?d.reason_code, "mqtt broker sent disconnect");
             }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(Event::Outgoing(Outgoing::PubAck(_) | Outgoing::PubRec(_))) => acks.written(),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                // Read on until the broker closes, so that ours is not a reset.
+                let _ = tokio::time::timeout(CLOSE_DRAIN, async {
+                    while eventloop.poll().await.is_ok() {}
+                })
+                .await;
+                return;
+            }
             Ok(_) => {}
             Err(e) => {
+                acks.connection_lost();
                 if stop.is_cancelled() || !Link::wait(link.failed(&e), &stop).await {
                     return;
                 }
@@ -381,18 +403,23 @@ async fn poll_v5(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn poll_v311(
     mut eventloop: rumqttc::EventLoop,
     client: rumqttc::AsyncClient,
+    acks: Arc<AckQueue<rumqttc::AsyncClient>>,
     topics: Vec<String>,
-    received: mpsc::Sender<Received<rumqttc::Publish>>,
+    received: mpsc::Sender<Received<AckToken>>,
     mut link: Link,
     shutdown: CancellationToken,
     stop: CancellationToken,
 ) {
     use rumqttc::{Event, Packet, Publish, QoS, SubscribeReasonCode};
+    let _closed = CloseOnDrop(&acks);
     loop {
-        match eventloop.poll().await {
+        let event = eventloop.poll().await;
+        acks.move_waiting();
+        match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 link.connected(ack.session_present);
                 for topic in &topics {
@@ -406,26 +433,17 @@ async fn poll_v311(
                     continue;
                 }
                 let Publish {
-                    dup,
                     qos,
-                    retain,
                     topic,
                     pkid,
                     payload,
+                    ..
                 } = publish;
-                let token = Publish {
-                    dup,
-                    qos,
-                    retain,
-                    topic: String::new(),
-                    pkid,
-                    payload: Bytes::new(),
-                };
                 let message = Received {
                     topic: Bytes::from(topic),
                     payload,
                     received: Instant::now(),
-                    token,
+                    token: acks.token(pkid, qos as u8),
                 };
                 deliver(&received, message).await;
             }
@@ -434,43 +452,21 @@ async fn poll_v311(
                     tracing::error!("broker refused a subscription");
                 }
             }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(Event::Outgoing(Outgoing::PubAck(_) | Outgoing::PubRec(_))) => acks.written(),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                let _ = tokio::time::timeout(CLOSE_DRAIN, async {
+                    while eventloop.poll().await.is_ok() {}
+                })
+                .await;
+                return;
+            }
             Ok(_) => {}
             Err(e) => {
+                acks.connection_lost();
                 if stop.is_cancelled() || !Link::wait(link.failed(&e), &stop).await {
                     return;
                 }
             }
         }
-    }
-}
-
-struct V5Acker(v5::AsyncClient);
-
-impl Acker for V5Acker {
-    type Token = v5::mqttbytes::v5::Publish;
-
-    fn try_ack(&self, token: &Self::Token) -> Result<(), AckError> {
-        // Either full or closed; `ack` tells the two apart by waiting.
-        self.0.try_ack(token).map_err(|_| AckError::Full)
-    }
-
-    async fn ack(&self, token: &Self::Token) -> Result<(), AckError> {
-        self.0.ack(token).await.map_err(|_| AckError::Closed)
-    }
-}
-
-struct V311Acker(rumqttc::AsyncClient);
-
-impl Acker for V311Acker {
-    type Token = rumqttc::Publish;
-
-    fn try_ack(&self, token: &Self::Token) -> Result<(), AckError> {
-        // Either full or closed; `ack` tells the two apart by waiting.
-        self.0.try_ack(token).map_err(|_| AckError::Full)
-    }
-
-    async fn ack(&self, token: &Self::Token) -> Result<(), AckError> {
-        self.0.ack(token).await.map_err(|_| AckError::Closed)
     }
 }

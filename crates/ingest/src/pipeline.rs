@@ -33,19 +33,16 @@ pub(crate) struct Received<T> {
 /// Why an ack could not be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AckError {
-    /// The queue to the broker is full: wait with [`Acker::ack`].
-    Full,
     /// The connection's event loop is gone.
     Closed,
 }
 
-/// Sends acknowledgements to the broker (the rumqttc client; a recorder in tests).
+/// Sends acknowledgements to the broker (the session's `AckQueue`; a recorder in tests).
 pub(crate) trait Acker: Send + Sync + 'static {
     type Token: Send + 'static;
-    /// Queues an ack without waiting.
-    fn try_ack(&self, token: &Self::Token) -> Result<(), AckError>;
-    /// Queues an ack, waiting for room.
-    fn ack(&self, token: &Self::Token) -> impl Future<Output = Result<(), AckError>> + Send;
+    /// Queues an ack after every ack queued before it. Never waits: acks must not wait on
+    /// the poll loop, which may itself be waiting for the pipeline.
+    fn ack(&self, token: &Self::Token) -> Result<(), AckError>;
 }
 
 /// The durable write. Takes the items by value: the first attempt gets them without a copy.
@@ -506,16 +503,10 @@ async fn acknowledge<A: Acker>(
     status
         .messages
         .fetch_add(batch.len() as u64, Ordering::Relaxed);
-    // `try_ack` queues without a task switch; only a full queue makes us wait.
     let acked_at = Instant::now();
     let total = batch.acks.len();
     for (i, (token, received)) in batch.acks.iter().enumerate() {
-        let queued = match acker.try_ack(token) {
-            Ok(()) => Ok(()),
-            Err(AckError::Full) => acker.ack(token).await,
-            Err(AckError::Closed) => Err(AckError::Closed),
-        };
-        if queued.is_err() {
+        if acker.ack(token).is_err() {
             // The event loop is gone: the rest stays unacknowledged for redelivery.
             metrics::UNACKED.sub((total - i) as i64);
             status.acked.fetch_add(i as u64, Ordering::Relaxed);

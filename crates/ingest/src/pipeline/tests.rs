@@ -25,12 +25,9 @@ impl RecordingAcker {
 
 impl Acker for RecordingAcker {
     type Token = u64;
-    fn try_ack(&self, token: &u64) -> Result<(), AckError> {
+    fn ack(&self, token: &u64) -> Result<(), AckError> {
         self.0.lock().expect("lock").push(*token);
         Ok(())
-    }
-    async fn ack(&self, token: &u64) -> Result<(), AckError> {
-        self.try_ack(token)
     }
 }
 
