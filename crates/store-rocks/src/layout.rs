@@ -3,10 +3,12 @@
 //! key   = pseudonym (18 bytes: key version BE u16 + 16 hash bytes)
 //!       | register code (1 byte)
 //!       | bucket number (u32 BE)                         = 23 bytes
-//! value = a block of the readings of that register in that bucket:
-//!         varint (count << 1 | monotonic), then per reading varint quarter delta (the first
-//!         relative to the bucket start) and a value delta (the first absolute; then plain
-//!         varint when the block never decreases, zig-zag varint otherwise).
+//! value = a block of the readings of that register in that bucket, either
+//!         sparse: varint (count << 1 | monotonic), then per reading varint quarter delta
+//!         (the first relative to the bucket start) and a value delta (the first absolute;
+//!         then plain varint when the block never decreases, zig-zag varint otherwise), or
+//!         dense (consecutive quarter-hours, the common case): a 0 byte, varint (count << 1 |
+//!         monotonic), varint first slot, then the value deltas alone.
 
 use jiff::Timestamp;
 use meterstand_model::{QUARTER_SECONDS, Register, Tier};
@@ -140,16 +142,31 @@ fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
+/// First byte of a dense block. No sparse block starts with it: that header would mean no
+/// readings and not monotonic, and an empty block is monotonic.
+const DENSE: u64 = 0;
+
 pub fn encode_block(entries: &[(u32, u64)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + entries.len() * 3);
+    let mut out = Vec::with_capacity(3 + entries.len() * 2);
     // Cumulative registers almost never go backwards: such blocks store plain deltas and
     // spare zig-zag's extra bit (one byte per reading for deltas under 128).
     let monotonic = entries.windows(2).all(|w| w[1].1 >= w[0].1);
+    // Consecutive quarter-hours need no slot per reading: the values alone then sit side by
+    // side, which also lets the compressor's entropy coder see only their distribution.
+    let dense = entries.len() >= 2 && entries.windows(2).all(|w| w[1].0 == w[0].0 + 1);
+    if dense {
+        put_varint(&mut out, DENSE);
+    }
     put_varint(&mut out, (entries.len() as u64) << 1 | u64::from(monotonic));
+    if dense {
+        put_varint(&mut out, u64::from(entries[0].0));
+    }
     let mut prev_slot = 0u32;
     let mut prev_value = 0u64;
     for (i, (slot, value)) in entries.iter().enumerate() {
-        put_varint(&mut out, u64::from(slot - prev_slot));
+        if !dense {
+            put_varint(&mut out, u64::from(slot - prev_slot));
+        }
         let delta = value.wrapping_sub(prev_value);
         put_varint(
             &mut out,
@@ -168,20 +185,31 @@ pub fn encode_block(entries: &[(u32, u64)]) -> Vec<u8> {
 /// Decodes a block; `None` if it is corrupt (never panics on any bytes).
 pub fn decode_block(bytes: &[u8]) -> Option<Entries> {
     let mut pos = 0;
-    let header = get_varint(bytes, &mut pos)?;
+    let mut header = get_varint(bytes, &mut pos)?;
+    let dense = header == DENSE && pos < bytes.len();
+    let mut slot = 0u32;
+    if dense {
+        header = get_varint(bytes, &mut pos)?;
+        slot = u32::try_from(get_varint(bytes, &mut pos)?).ok()?;
+    }
     let (count, monotonic) = (header >> 1, header & 1 == 1);
-    if count > bytes.len() as u64 {
+    if count > bytes.len() as u64 || (dense && count < 2) {
         return None;
     }
     let mut entries = Vec::with_capacity(count as usize);
-    let mut slot = 0u32;
     let mut value = 0u64;
     for i in 0..count {
-        let dq = u32::try_from(get_varint(bytes, &mut pos)?).ok()?;
-        if i > 0 && dq == 0 {
-            return None;
+        if dense {
+            if i > 0 {
+                slot = slot.checked_add(1)?;
+            }
+        } else {
+            let dq = u32::try_from(get_varint(bytes, &mut pos)?).ok()?;
+            if i > 0 && dq == 0 {
+                return None;
+            }
+            slot = slot.checked_add(dq)?;
         }
-        slot = slot.checked_add(dq)?;
         let raw = get_varint(bytes, &mut pos)?;
         value = if i == 0 {
             raw
@@ -198,7 +226,11 @@ pub fn decode_block(bytes: &[u8]) -> Option<Entries> {
 /// Number of readings in a block, read from its header alone.
 pub fn block_count(bytes: &[u8]) -> u64 {
     let mut pos = 0;
-    get_varint(bytes, &mut pos).unwrap_or(0) >> 1
+    let header = get_varint(bytes, &mut pos).unwrap_or(0);
+    if header == DENSE && pos < bytes.len() {
+        return get_varint(bytes, &mut pos).unwrap_or(0) >> 1;
+    }
+    header >> 1
 }
 
 /// What merging one reading into a block did.
@@ -294,9 +326,24 @@ mod tests {
             .map(|i| (i, 12_345_678 + u64::from(i) * 97))
             .collect();
         let block = encode_block(&entries);
-        // 2 header bytes, 1 + 4 for the first reading, then 1 slot byte + 1 value byte each.
-        assert_eq!(block.len(), 2 + 5 + 95 * 2);
+        // The dense mark, 2 header bytes, the first slot, 4 bytes for the first value, then
+        // 1 value byte each.
+        assert_eq!(block.len(), 1 + 2 + 1 + 4 + 95);
         assert_eq!(decode_block(&block), Some(entries));
+    }
+
+    #[test]
+    fn sparse_blocks_written_before_the_dense_form_still_decode() {
+        // Bytes of the sparse form as every block was written before: (3, 10), (4, 12).
+        let old = [2 << 1 | 1, 3, 10, 1, 2];
+        assert_eq!(decode_block(&old), Some(vec![(3, 10), (4, 12)]));
+        assert_eq!(block_count(&old), 2);
+        // An empty block (monotonic) and a gap stay sparse.
+        assert_eq!(encode_block(&[]), vec![1]);
+        assert_eq!(decode_block(&[1]), Some(vec![]));
+        let gap = encode_block(&[(3, 10), (5, 12)]);
+        assert_ne!(gap[0], 0);
+        assert_eq!(decode_block(&gap), Some(vec![(3, 10), (5, 12)]));
     }
 
     #[test]
@@ -380,6 +427,15 @@ mod tests {
             let mut value = u64::from(start);
             let entries: Entries = deltas.iter().map(|(ds, dv)| { slot += ds; value += dv; (slot, value) }).collect();
             prop_assert_eq!(decode_block(&encode_block(&entries)), Some(entries));
+        }
+
+        #[test]
+        fn dense_blocks_round_trip(first in 0u32..96, values in proptest::collection::vec(any::<u64>(), 2..97)) {
+            let entries: Entries = values.iter().enumerate().map(|(i, v)| (first + i as u32, *v)).collect();
+            let block = encode_block(&entries);
+            prop_assert_eq!(block[0], 0);
+            prop_assert_eq!(block_count(&block), entries.len() as u64);
+            prop_assert_eq!(decode_block(&block), Some(entries));
         }
 
         #[test]
