@@ -10,7 +10,9 @@
 //! everything expired: what deleting costs per million stored blocks; the store bench's
 //! `retention_sweep_ms_per_million_keys` is the hourly case, little expired).
 //!
-//! `METERSTAND_BENCH_SCALE_SIZES=1000,100000` picks the sizes.
+//! `METERSTAND_BENCH_SCALE_SIZES=1000,100000` picks the sizes;
+//! `METERSTAND_BENCH_STORE_MEMORY_MIB=64` sets `store.memory` (default 256 MiB), to see how
+//! much of the peak the budget is.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -140,6 +142,9 @@ fn main() {
         let dir = tmp.path().join(format!("store-{n}"));
         let mut config = StoreConfig::new(&dir);
         config.default_consent = ConsentLevel::Interval;
+        if let Ok(mib) = std::env::var("METERSTAND_BENCH_STORE_MEMORY_MIB") {
+            config.memory = mib.parse::<u64>().expect("store memory: MiB") << 20;
+        }
         let store = Arc::new(RocksStore::open(config, Arc::new(SystemClock)).expect("open"));
         let mut ic = IngestConfig::new(format!("mqtt://127.0.0.1:{}", broker.port));
         ic.client_id = client_id;

@@ -243,9 +243,12 @@ pub(crate) fn open_shared(
 
     // One budget: every column family's blocks and every memtable are charged to one cache.
     let cache = rocksdb::Cache::new_lru_cache(config.rocksdb_bytes());
+    // Stalling writes past the memtables' share makes it a bound, not a flush trigger that
+    // writes can outrun (a million connections' meter records grew the memtables to 105 MB
+    // under a 16 MiB share).
     let memtables = rocksdb::WriteBufferManager::new_write_buffer_manager_with_cache(
         config.memtable_bytes(),
-        false,
+        true,
         cache.clone(),
     );
     db_opts.set_write_buffer_manager(&memtables);
@@ -267,6 +270,9 @@ pub(crate) fn open_shared(
     ] {
         let mut o = Options::default();
         o.set_compression_type(rocksdb::DBCompressionType::None);
+        // Small records; RocksDB's default (64 MiB per memtable) would let one of these
+        // take the whole memtable share.
+        o.set_write_buffer_size(4 << 20);
         cfs.push(ColumnFamilyDescriptor::new(name, o));
     }
     // Owner only: the store holds pseudonymous personal data.

@@ -211,6 +211,10 @@ fn roll_manifest(shared: &Shared) -> Result<(), StoreError> {
 }
 
 /// Deletes blocks wholly past retention and trims the ones that straddle the horizon.
+/// The sweep writes its deletions in batches of about this size: its memory stays fixed
+/// however much expired at once (a million series' worth of blocks made an 80 MB batch).
+const SWEEP_BATCH_BYTES: usize = 4 << 20;
+
 pub(crate) fn sweep(shared: &Shared) -> Result<TierCounts, StoreError> {
     shared.refresh_horizons();
     let mut removed = TierCounts::default();
@@ -234,10 +238,14 @@ pub(crate) fn sweep(shared: &Shared) -> Result<TierCounts, StoreError> {
                 continue;
             };
             let prefix = layout::register_prefix(first.pseudonym, first.register);
+            // Whether the walk stopped inside this series (at a block that stays): only then
+            // is there anything to seek past.
+            let mut inside = false;
             while let (Some(k), Some(v)) = (it.key(), it.value()) {
                 if !k.starts_with(&prefix) {
                     break;
                 }
+                inside = true;
                 let Some(key) = layout::parse_key(k) else {
                     break;
                 };
@@ -246,7 +254,15 @@ pub(crate) fn sweep(shared: &Shared) -> Result<TierCounts, StoreError> {
                 if end <= horizon_q {
                     removed.add(tier, layout::block_count(v));
                     batch.delete_cf(cf, k);
+                    if batch.size_in_bytes() >= SWEEP_BATCH_BYTES {
+                        // A whole year expiring must not become one batch in memory.
+                        shared
+                            .db
+                            .write_opt(std::mem::take(&mut batch), &shared.write_opts())
+                            .map_err(engine("writing the sweep"))?;
+                    }
                     it.next();
+                    inside = false;
                     continue;
                 }
                 if start < horizon_q {
@@ -268,7 +284,9 @@ pub(crate) fn sweep(shared: &Shared) -> Result<TierCounts, StoreError> {
                 }
                 break;
             }
-            it.seek(layout::after_prefix(&prefix));
+            if inside {
+                it.seek(layout::after_prefix(&prefix));
+            }
         }
         it.status().map_err(engine("sweeping a tier"))?;
         drop(it);

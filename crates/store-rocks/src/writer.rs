@@ -3,7 +3,6 @@
 //! into blocks per tier and written as one key-sorted `WriteBatch`; the sync thread makes it
 //! durable. Other commands (connection changes, erasure, sweep) run between groups.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -64,9 +63,57 @@ fn full_block_bytes(tier: Tier) -> u64 {
 /// writer's share of `store.memory` even when every block is full; a tier's cache is
 /// cleared whole when full.
 fn cache_entries(budget: u64, tier: Tier) -> usize {
-    usize::try_from(budget / 3 / full_block_bytes(tier))
+    usize::try_from((budget - meters_bytes(budget)) / 3 / full_block_bytes(tier))
         .unwrap_or(usize::MAX)
         .max(1024)
+}
+
+/// The writer's share left to the table of recorded meters: an eighth.
+fn meters_bytes(budget: u64) -> u64 {
+    budget / 8
+}
+
+fn shared_meters_bytes(shared: &Shared) -> u64 {
+    meters_bytes(shared.config.writer_cache_bytes())
+}
+
+/// (connection, meter) pairs known to be recorded in the meters column family: a
+/// direct-mapped table of fixed size, so that its memory does not grow with the fleet (a set
+/// of every pair held 77 MB at a million connections). A pair landing on a taken slot
+/// replaces it; a pair forgotten that way is written again, which is harmless.
+struct SeenMeters {
+    slots: Vec<Option<(Pseudonym, Pseudonym)>>,
+}
+
+impl SeenMeters {
+    fn new(bytes: u64) -> SeenMeters {
+        let slot = std::mem::size_of::<Option<(Pseudonym, Pseudonym)>>() as u64;
+        let n = (bytes / slot).max(1024).next_power_of_two() / 2;
+        SeenMeters {
+            slots: vec![None; usize::try_from(n).unwrap_or(1024)],
+        }
+    }
+
+    /// Records the pair; true if it was not known (the caller then writes it).
+    fn insert(&mut self, pair: (Pseudonym, Pseudonym)) -> bool {
+        // Pseudonyms are keyed hashes: their bytes are already uniform.
+        let word = |p: &Pseudonym| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&p.hash[..8]);
+            u64::from_le_bytes(w)
+        };
+        let mix = word(&pair.0).rotate_left(17) ^ word(&pair.1);
+        let i = (mix as usize) & (self.slots.len() - 1);
+        if self.slots[i] == Some(pair) {
+            return false;
+        }
+        self.slots[i] = Some(pair);
+        true
+    }
+
+    fn clear(&mut self) {
+        self.slots.fill(None);
+    }
 }
 
 type BlockKey = [u8; layout::KEY_LEN];
@@ -78,8 +125,8 @@ pub(crate) struct Writer {
     /// Only this thread mutates blocks, so the cache stays exact; whatever deletes or trims
     /// blocks, or fails half-way, clears it.
     blocks: [FxHashMap<BlockKey, layout::Entries>; 3],
-    /// (connection, meter) pairs known to be recorded, to spare a read per message.
-    meters_seen: HashSet<(Pseudonym, Pseudonym)>,
+    /// (connection, meter) pairs known to be recorded, to spare a write per message.
+    meters_seen: SeenMeters,
     /// Groups written and waiting for a WAL sync (None when syncing inline or not at all).
     syncer: Option<std::sync::mpsc::SyncSender<Written>>,
 }
@@ -108,9 +155,9 @@ fn readings_in(items: &[IngestItem]) -> usize {
 impl Writer {
     pub(crate) fn new(shared: Arc<Shared>) -> Writer {
         Writer {
+            meters_seen: SeenMeters::new(shared_meters_bytes(&shared)),
             shared,
             blocks: Default::default(),
-            meters_seen: HashSet::new(),
             syncer: None,
         }
     }
@@ -178,7 +225,7 @@ impl Writer {
                 }
                 Command::Erase { pseudonyms, reply } => {
                     self.clear_cache();
-                    self.meters_seen.retain(|(c, _)| !pseudonyms.contains(c));
+                    self.meters_seen.clear();
                     let _ = reply.send(maintenance::erase(&self.shared, &pseudonyms));
                 }
                 Command::Sweep { reply } => {
@@ -475,5 +522,41 @@ impl Writer {
         for cache in &mut self.blocks {
             cache.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(i: u32) -> Pseudonym {
+        let mut hash = [0u8; 16];
+        hash[..4].copy_from_slice(&i.to_le_bytes());
+        hash[4..8].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_le_bytes());
+        Pseudonym { version: 1, hash }
+    }
+
+    #[test]
+    fn seen_meters_stay_their_size_however_many_pairs_pass() {
+        let mut seen = SeenMeters::new(64 << 10);
+        let slots = seen.slots.len();
+        assert!(slots * std::mem::size_of::<Option<(Pseudonym, Pseudonym)>>() <= 64 << 10);
+        assert!(seen.insert((p(1), p(2))), "new pair: written");
+        assert!(!seen.insert((p(1), p(2))), "known pair: not written again");
+        let mut rewritten = 0;
+        for i in 0..100_000 {
+            seen.insert((p(i), p(i + 1)));
+        }
+        for i in 0..100_000 {
+            if seen.insert((p(i), p(i + 1))) {
+                rewritten += 1;
+            }
+        }
+        // Most of a fleet far larger than the table is forgotten and written again, and the
+        // table has not grown.
+        assert!(rewritten > 90_000, "{rewritten}");
+        assert_eq!(seen.slots.len(), slots);
+        seen.clear();
+        assert!(seen.insert((p(1), p(2))));
     }
 }
