@@ -27,12 +27,51 @@ pub struct WireReading<'a> {
 }
 
 /// A register value: a decimal string, or (JSON only) a number.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum WireValue<'a> {
-    #[serde(borrow)]
     Text(Cow<'a, str>),
     Number(f64),
+}
+
+/// By hand rather than `#[serde(untagged)]`, which buffers every value into serde's generic
+/// `Content` and tries each variant in turn: a string or a number is all a value can be, and
+/// the deserializer says which it saw.
+impl<'de: 'a, 'a> Deserialize<'de> for WireValue<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<WireValue<'a>, D::Error> {
+        struct Value;
+        impl<'de> serde::de::Visitor<'de> for Value {
+            type Value = WireValue<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a decimal string or a number")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(WireValue::Text(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(WireValue::Text(Cow::Owned(v.to_owned())))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(WireValue::Number(v))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(WireValue::Number(v as f64))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(WireValue::Number(v as f64))
+            }
+        }
+        d.deserialize_any(Value)
+    }
 }
 
 impl WireValue<'_> {

@@ -9,7 +9,13 @@ use crate::{QUARTER_SECONDS, Register, Tier, TierSet};
 #[derive(Debug, Clone)]
 pub struct Calendar {
     tz: TimeZone,
+    /// Every UTC offset (seconds) the zone has between `OFFSETS_KNOWN`'s bounds: a time at
+    /// which no such offset makes local midnight needs no zone lookup.
+    offsets: Vec<i32>,
 }
+
+/// The span (Unix seconds) over which `Calendar::offsets` is complete: 1970 to 2100.
+const OFFSETS_KNOWN: (i64, i64) = (0, 4_102_444_800);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CalendarError {
@@ -22,12 +28,27 @@ pub enum CalendarError {
 impl Calendar {
     pub fn new(time_zone: &str) -> Result<Calendar, CalendarError> {
         let tz = TimeZone::get(time_zone).map_err(|_| CalendarError::UnknownTimeZone)?;
-        Ok(Calendar { tz })
+        Ok(Calendar::with_zone(tz))
+    }
+
+    fn with_zone(tz: TimeZone) -> Calendar {
+        let (from, to) = OFFSETS_KNOWN;
+        let start = Timestamp::from_second(from).unwrap_or(Timestamp::UNIX_EPOCH);
+        let mut offsets = vec![tz.to_offset(start).seconds()];
+        for transition in tz.following(start) {
+            if transition.timestamp().as_second() >= to {
+                break;
+            }
+            offsets.push(transition.offset().seconds());
+        }
+        offsets.sort_unstable();
+        offsets.dedup();
+        Calendar { tz, offsets }
     }
 
     pub fn amsterdam() -> Calendar {
         // The bundled tz database always holds this zone; fall back to UTC rather than panic.
-        Calendar::new("Europe/Amsterdam").unwrap_or(Calendar { tz: TimeZone::UTC })
+        Calendar::new("Europe/Amsterdam").unwrap_or_else(|_| Calendar::with_zone(TimeZone::UTC))
     }
 
     pub fn time_zone(&self) -> &TimeZone {
@@ -49,6 +70,16 @@ impl Calendar {
         // Every zone's offset is a whole number of quarter-hours, so local midnight lies on
         // the UTC quarter grid; this spares the zone lookup for most readings.
         if s.rem_euclid(QUARTER_SECONDS) != 0 {
+            return tiers;
+        }
+        // Most quarter-hours are local midnight under none of the zone's offsets (two of 96
+        // can be, in Amsterdam): decided without the zone lookup.
+        if (OFFSETS_KNOWN.0..OFFSETS_KNOWN.1).contains(&s)
+            && !self
+                .offsets
+                .iter()
+                .any(|o| (s + i64::from(*o)).rem_euclid(86_400) == 0)
+        {
             return tiers;
         }
         let local = s + i64::from(self.tz.to_offset(t).seconds());
@@ -141,6 +172,54 @@ mod tests {
     use super::*;
     use jiff::civil::date;
     use proptest::prelude::*;
+
+    /// `tiers_of` by the zone lookup alone, as it was before the offsets shortcut.
+    fn tiers_by_lookup(cal: &Calendar, register: Register, t: Timestamp) -> TierSet {
+        let s = t.as_second();
+        let mut tiers = TierSet::EMPTY;
+        if s.rem_euclid(register.interval_seconds()) == 0 {
+            tiers = tiers.with(Tier::Interval);
+        }
+        let local = s + i64::from(cal.tz.to_offset(t).seconds());
+        if s.rem_euclid(QUARTER_SECONDS) == 0 && local.rem_euclid(86_400) == 0 {
+            tiers = tiers.with(Tier::Day);
+            if t.to_zoned_datetime(cal.tz.clone()).day() == 1 {
+                tiers = tiers.with(Tier::Month);
+            }
+        }
+        tiers
+    }
+
+    #[test]
+    fn the_offsets_shortcut_agrees_with_the_zone_lookup_in_odd_zones() {
+        // Whole hours with DST, half and three-quarter hours, negative, and a zone that
+        // changed its standard offset.
+        for zone in [
+            "Europe/Amsterdam",
+            "Asia/Kolkata",
+            "America/St_Johns",
+            "Pacific/Chatham",
+            "Asia/Kathmandu",
+            "Pacific/Apia",
+            "UTC",
+        ] {
+            let cal = Calendar::new(zone).expect("zone");
+            // Every quarter-hour of a few years around DST changes and Apia's skipped day.
+            let mut q = ts("2011-01-01T00:00:00Z").as_second();
+            let end = ts("2013-01-01T00:00:00Z").as_second();
+            while q < end {
+                let t = Timestamp::from_second(q).expect("t");
+                for register in [Register::ImportT1, Register::Gas] {
+                    assert_eq!(
+                        cal.tiers_of(register, t),
+                        tiers_by_lookup(&cal, register, t),
+                        "{zone} {t}"
+                    );
+                }
+                q += QUARTER_SECONDS;
+            }
+        }
+    }
 
     fn ts(s: &str) -> Timestamp {
         s.parse().expect("valid timestamp")
