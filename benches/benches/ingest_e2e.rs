@@ -316,7 +316,10 @@ fn main() {
         .build()
         .expect("runtime");
     let tmp = tempfile::tempdir().expect("tempdir");
-    let broker = Mosquitto::start_in(&tmp.path().join("mosquitto"));
+    // Mosquitto's default autosave period, as deployed (the tests' broker saves every second
+    // for its restart test: with a round's messages queued, that rewrote up to 84 MB every
+    // second inside the broker's only thread, and set most of the round-to-round noise).
+    let broker = Mosquitto::start_with(&tmp.path().join("mosquitto"), "autosave_interval 1800");
     // METERSTAND_BENCH_ONLY=single|batched|p1 runs one kind (for profiling it).
     let only = std::env::var("METERSTAND_BENCH_ONLY").ok();
     for kind in [Kind::Single, Kind::Batched, Kind::P1] {
