@@ -138,6 +138,15 @@ impl<T> Batch<T> {
         self.acks.len()
     }
 
+    /// Adds the messages of `later`, which arrived after this batch's.
+    fn append(&mut self, mut later: Batch<T>) {
+        self.acks.append(&mut later.acks);
+        self.items.append(&mut later.items);
+        self.sources.append(&mut later.sources);
+        self.newest.append(&mut later.newest);
+        self.rejected += later.rejected;
+    }
+
     /// Decodes, validates and pseudonymises one message and adds it.
     fn push(&mut self, ctx: &Context, r: Received<T>) {
         metrics::MESSAGES.inc();
@@ -262,18 +271,17 @@ async fn batch_loop<T: Send + 'static>(
             return;
         }
         // Decoding checks "too far in the future" against one clock reading per batch.
-        let mut batch = Batch::new(Timestamp::now(), max.min(1024));
+        let now = Timestamp::now();
+        let mut raw: Vec<Received<T>> = Vec::with_capacity(max.min(1024));
         let deadline = tokio::time::Instant::now() + delay;
         let mut closed = false;
         loop {
-            for r in buf.drain(..) {
-                batch.push(&ctx, r);
-            }
-            if batch.len() >= max {
+            raw.append(&mut buf);
+            if raw.len() >= max {
                 break;
             }
             tokio::select! {
-                n = received.recv_many(&mut buf, max - batch.len()) => if n == 0 {
+                n = received.recv_many(&mut buf, max - raw.len()) => if n == 0 {
                     closed = true;
                     break;
                 },
@@ -281,6 +289,9 @@ async fn batch_loop<T: Send + 'static>(
                 _ = shutdown.cancelled() => break,
             }
         }
+        let Some(batch) = decode_batch(&ctx, now, raw).await else {
+            return;
+        };
         metrics::BATCH_MESSAGES.observe(batch.len() as f64);
         if commit.send(batch).await.is_err() || closed {
             return;
@@ -293,15 +304,63 @@ async fn batch_loop<T: Send + 'static>(
         if n == 0 {
             return;
         }
-        let mut batch = Batch::new(Timestamp::now(), n);
-        for r in buf.drain(..) {
-            batch.push(&ctx, r);
-        }
+        let Some(batch) = decode_batch(&ctx, Timestamp::now(), std::mem::take(&mut buf)).await
+        else {
+            return;
+        };
         metrics::BATCH_MESSAGES.observe(batch.len() as f64);
         if commit.send(batch).await.is_err() {
             return;
         }
     }
+}
+
+/// Below this many messages a batch is decoded on one thread: splitting it would cost more
+/// than it saves.
+const DECODE_SPLIT_MIN: usize = 32;
+
+/// Decodes a batch's messages (`Batch::push`) off the async workers, which keep serving the
+/// MQTT connection: a large batch in two halves on two blocking threads at once, so that
+/// decoding uses the second core while the store's writer is busy with the batch before.
+/// `None` if the runtime is shutting down.
+async fn decode_batch<T: Send + 'static>(
+    ctx: &Arc<Context>,
+    now: Timestamp,
+    mut raw: Vec<Received<T>>,
+) -> Option<Batch<T>> {
+    fn decode_all<T>(ctx: &Context, now: Timestamp, raw: Vec<Received<T>>) -> Batch<T> {
+        let mut batch = Batch::new(now, raw.len());
+        for r in raw {
+            batch.push(ctx, r);
+        }
+        batch
+    }
+    async fn joined<T>(handle: tokio::task::JoinHandle<Batch<T>>) -> Option<Batch<T>> {
+        match handle.await {
+            Ok(batch) => Some(batch),
+            // A panic in decoding is the batcher's: its task fails and ingest stops.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => None,
+        }
+    }
+    let second = if raw.len() >= DECODE_SPLIT_MIN {
+        let tail = raw.split_off(raw.len() / 2);
+        let c = ctx.clone();
+        Some(tokio::task::spawn_blocking(move || {
+            decode_all(&c, now, tail)
+        }))
+    } else {
+        None
+    };
+    let c = ctx.clone();
+    let mut batch = joined(tokio::task::spawn_blocking(move || {
+        decode_all(&c, now, raw)
+    }))
+    .await?;
+    if let Some(second) = second {
+        batch.append(joined(second).await?);
+    }
+    Some(batch)
 }
 
 /// A batch whose first write attempt is under way.

@@ -184,6 +184,40 @@ async fn acks_every_message_in_arrival_order() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_batch_decoded_in_two_halves_keeps_arrival_order() {
+    // Large enough to be split between two decoding threads.
+    let n = (super::DECODE_SPLIT_MIN * 3) as u64;
+    let writer = Arc::new(FakeWriter::default());
+    let h = start(
+        config(n as usize, Duration::from_secs(3600)),
+        writer.clone(),
+    );
+    for i in 0..n {
+        let m = if i % 7 == 3 {
+            raw(i, "meters/not-an-ean/json", b"{}".to_vec())
+        } else {
+            message(i)
+        };
+        h.tx.send(m).await.expect("send");
+    }
+    until("every ack", || h.acker.acked().len() == n as usize).await;
+    assert_eq!(h.acker.acked(), (0..n).collect::<Vec<_>>());
+    let attempts = writer.attempts();
+    assert_eq!(attempts.len(), 1, "one batch");
+    assert_eq!(
+        attempts[0].0,
+        (0..n).filter(|i| i % 7 != 3).collect::<Vec<_>>(),
+        "items in arrival order across both halves"
+    );
+    assert_eq!(
+        h.status.rejected.load(Ordering::Relaxed),
+        (0..n).filter(|i| i % 7 == 3).count() as u64
+    );
+    h.shutdown.cancel();
+    h.handle.await.expect("clean shutdown");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_full_batch_is_written_without_waiting_for_the_delay() {
     let writer = Arc::new(FakeWriter::default());
     let delay = Duration::from_secs(3600);
