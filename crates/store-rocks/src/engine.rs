@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 
 use jiff::Timestamp;
 use meterstand_model::{Calendar, Connection, ConsentLevel, Postcode4, Profile, Tier, TierSet};
@@ -154,9 +154,43 @@ pub(crate) struct Shared {
     pub(crate) frozen_until: [AtomicI64; 3],
     /// One freeze at a time, so that "not frozen yet, write" cannot race.
     pub(crate) freeze_lock: parking_lot::Mutex<()>,
+    /// RocksDB's block cache, shrunk by what the registry of connections takes.
+    cache: parking_lot::Mutex<rocksdb::Cache>,
+    /// The block cache's capacity now, and the registry bytes it was charged for.
+    pub(crate) block_cache_capacity: AtomicUsize,
+    registry_charged: AtomicUsize,
+}
+
+/// The block cache keeps at least this share of the RocksDB budget, however large the
+/// registry of connections grows.
+const MIN_BLOCK_CACHE_SHARE: usize = 4;
+
+/// Bytes the registry of connections takes: hash-table slots (entry and control byte) of
+/// the connection records and the tombstones.
+fn registry_bytes(connection_slots: usize, tombstone_slots: usize) -> usize {
+    connection_slots * (std::mem::size_of::<(Pseudonym, Connection)>() + 1)
+        + tombstone_slots * (std::mem::size_of::<[u8; 16]>() + 1)
 }
 
 impl Shared {
+    /// Charges the registry of connections (records and tombstones, held in memory because
+    /// the gate reads them for every reading) to `store.memory`: the block cache gives up
+    /// what the registry takes, so that the store stays within its budget as the fleet
+    /// grows (down to a quarter of the RocksDB share). Called with the registry's capacities
+    /// after every change; the cache is resized only when they changed.
+    pub(crate) fn charge_registry(&self, connection_slots: usize, tombstone_slots: usize) {
+        let bytes = registry_bytes(connection_slots, tombstone_slots);
+        if self.registry_charged.swap(bytes, Ordering::AcqRel) == bytes {
+            return;
+        }
+        let share = self.config.rocksdb_bytes();
+        let capacity = share
+            .saturating_sub(bytes)
+            .max(share / MIN_BLOCK_CACHE_SHARE);
+        self.cache.lock().set_capacity(capacity);
+        self.block_cache_capacity.store(capacity, Ordering::Release);
+    }
+
     pub(crate) fn cf(&self, name: &str) -> Result<&ColumnFamily, StoreError> {
         self.db
             .cf_handle(name)
@@ -291,6 +325,7 @@ pub(crate) fn open_shared(
 
     let calendar = Calendar::new(&config.time_zone)
         .map_err(|e| StoreError::InvalidQuery(format!("store time zone: {e}")))?;
+    let config_rocksdb_bytes = config.rocksdb_bytes();
     let shared = Shared {
         db,
         calendar,
@@ -303,6 +338,9 @@ pub(crate) fn open_shared(
         faults: Default::default(),
         frozen_until: Default::default(),
         freeze_lock: parking_lot::Mutex::new(()),
+        block_cache_capacity: AtomicUsize::new(config_rocksdb_bytes),
+        cache: parking_lot::Mutex::new(cache),
+        registry_charged: AtomicUsize::new(0),
     };
     load_connections(&shared)?;
     crate::stats::load_watermarks(&shared)?;
@@ -414,6 +452,7 @@ fn load_connections(shared: &Shared) -> Result<(), StoreError> {
             .map_err(|_| StoreError::Corrupt("tombstones"))?;
         tombstones.insert(key);
     }
+    shared.charge_registry(map.capacity(), tombstones.capacity());
     *shared.connections.write() = map;
     *shared.tombstones.write() = tombstones;
     Ok(())

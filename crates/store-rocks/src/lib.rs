@@ -102,6 +102,14 @@ impl RocksStore {
         Ok(store)
     }
 
+    /// RocksDB's block cache capacity now: its share of `store.memory` less what the
+    /// registry of connections takes (see `DESIGN.md`, "Writes").
+    pub fn block_cache_capacity(&self) -> usize {
+        self.shared
+            .block_cache_capacity
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// What the journal replay at open re-applied, one line each (pseudonyms only).
     pub fn replayed(&self) -> &[String] {
         &self.replayed

@@ -53,6 +53,7 @@ pub(crate) fn put_connection(
             tombstones.remove(&tombstone_key(*p));
         }
         connections.insert(current, connection);
+        shared.charge_registry(connections.capacity(), tombstones.capacity());
     }
     if receipt.deleted.total() > 0 {
         purge(shared, all)?;
@@ -159,6 +160,7 @@ pub(crate) fn erase(
             connections.remove(p);
             tombstones.insert(tombstone_key(*p));
         }
+        shared.charge_registry(connections.capacity(), tombstones.capacity());
     }
     purge(shared, pseudonyms)?;
     record_erased(&receipt);

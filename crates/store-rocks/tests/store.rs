@@ -250,6 +250,51 @@ fn a_moved_connection_record_is_durable() {
     assert!(store.connection(old).expect("read").is_none());
 }
 
+/// The registry of connections lives in memory (the gate reads it for every reading): it is
+/// charged to `store.memory`, so the block cache shrinks as the fleet grows, at registration
+/// and again when a reopened store loads it.
+#[test]
+fn the_registry_of_connections_is_charged_to_the_memory_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(ts("2026-12-02T00:00:00Z"));
+    let open = || {
+        let mut config = StoreConfig::new(dir.path());
+        config.memory = 32 << 20;
+        RocksStore::open(config, Arc::new(clock.clone())).expect("open store")
+    };
+    let share = 24 << 20; // three quarters of the budget
+    let fleet = 3_000u32;
+    let registered = {
+        let store = open();
+        assert_eq!(
+            store.block_cache_capacity(),
+            share,
+            "nothing registered yet"
+        );
+        for i in 0..fleet {
+            let mut hash = [0u8; 16];
+            hash[..4].copy_from_slice(&i.to_le_bytes());
+            let p = Pseudonym { version: 1, hash };
+            put(&store, p, connection(ConsentLevel::Interval, "1234"));
+        }
+        let registered = store.block_cache_capacity();
+        // At least the records themselves (18-byte pseudonym and the record, one slot each).
+        assert!(
+            share - registered >= fleet as usize * 20,
+            "the cache gave up {} bytes for {fleet} connections",
+            share - registered
+        );
+        store.close().expect("close");
+        registered
+    };
+    let store = open();
+    assert_eq!(
+        store.block_cache_capacity(),
+        registered,
+        "charged again at open"
+    );
+}
+
 /// The day tier's block read fails once, after the interval blocks were merged into the
 /// writer's cache. The retry must store the interval readings, not count them duplicates.
 #[test]
