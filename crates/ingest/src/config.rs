@@ -113,7 +113,7 @@ impl IngestConfig {
             mqtt_version: MqttVersion::V5,
             session_expiry: None,
             limits: Limits::default(),
-            batch_max_messages: 2000,
+            batch_max_messages: 4000,
             batch_max_delay: Duration::from_millis(20),
             max_unacked: 20_000,
             write_retries: 5,
