@@ -237,10 +237,18 @@ fn ingest(
     client_id: &str,
     msgs: usize,
     readings: u64,
-) -> Duration {
+) -> (Duration, f64) {
+    // Ingest's own memory: what the process grows by while it runs (the bench's queued
+    // messages and the drain client are resident before).
+    let before = meterstand_testkit::bench::rss_mib();
+    meterstand_testkit::bench::reset_peak_rss();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = StoreConfig::new(dir.path());
     config.default_consent = ConsentLevel::Interval;
+    // METERSTAND_BENCH_STORE_MEMORY_MIB=64 sets `store.memory` (default 256 MiB).
+    if let Ok(mib) = std::env::var("METERSTAND_BENCH_STORE_MEMORY_MIB") {
+        config.memory = mib.parse::<u64>().expect("store memory: MiB") << 20;
+    }
     let store = Arc::new(RocksStore::open(config, Arc::new(SystemClock)).expect("open"));
     let p = Arc::new(Pseudonymiser::new(&KeyRing::from_keys([(1, [5u8; 32])])));
     let mut ic = IngestConfig::new(format!("mqtt://127.0.0.1:{port}"));
@@ -254,6 +262,12 @@ fn ingest(
         .and_then(|v| v.parse().ok())
     {
         ic.batch_max_messages = n;
+    }
+    if let Some(n) = std::env::var("METERSTAND_BENCH_MAX_UNACKED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        ic.max_unacked = n;
     }
     let status = Arc::new(IngestStatus::default());
     let stop = CancellationToken::new();
@@ -289,7 +303,8 @@ fn ingest(
     let _ = rt.block_on(handle);
     let stored = status.totals().stored.total();
     assert!(stored >= readings, "stored {stored} of {readings}");
-    rate
+    drop(store);
+    (rate, meterstand_testkit::bench::peak_rss_mib() - before)
 }
 
 /// `n` per second of `elapsed`.
@@ -334,6 +349,7 @@ fn main() {
         // The same two persistent sessions every round: an offline session of an earlier round
         // would keep collecting copies and slow the broker down.
         let (mut drains, mut ingests, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let mut growth: f64 = 0.0;
         let drain_id = format!("bench-drain-{name}");
         let ingest_id = format!("bench-ingest-{name}");
         meterstand_benches::prepare_session(&rt, broker.port, &drain_id, kind.filter());
@@ -342,7 +358,8 @@ fn main() {
             eprintln!("{name} round {round}: queueing {} messages", msgs.len());
             queue(broker.port, &msgs, &format!("bench-pub-{name}-{round}"));
             drains.push(drain(&rt, broker.port, &drain_id, msgs.len()));
-            let took = ingest(&rt, broker.port, &ingest_id, msgs.len(), readings);
+            let (took, grew) = ingest(&rt, broker.port, &ingest_id, msgs.len(), readings);
+            growth = growth.max(grew);
             ingests.push(took);
             // Drain and ingest of one round run back to back, under the same conditions:
             // their ratio drifts far less than either rate.
@@ -363,6 +380,8 @@ fn main() {
             (per_sec(msgs.len() as u64, took), per_sec(readings, took));
         let ratio = median(&mut ratios);
         println!("mqtt_drain_messages_per_sec_{name} {drain_rate:.0} messages/s");
+        // Ingest's own peak: broker client, pipeline and a fresh store (the largest round).
+        println!("ingest_rss_growth_mib_{name} {growth:.0} MiB");
         match kind {
             Kind::Single => {
                 println!("ingest_readings_per_sec_{name} {reading_rate:.0} readings/s");

@@ -62,12 +62,6 @@ fn hour_of(c: u64, start: Timestamp) -> Vec<Reading> {
     out
 }
 
-/// Resets the process's peak RSS to its current RSS (Linux `clear_refs`), so that each size
-/// reports its own peak.
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
 fn bytes_below(dir: &std::path::Path) -> u64 {
     meterstand_testkit::files_below(dir)
         .iter()
@@ -150,7 +144,7 @@ fn main() {
         ic.client_id = client_id;
         let status = Arc::new(IngestStatus::default());
         let stop = CancellationToken::new();
-        reset_peak_rss();
+        meterstand_testkit::bench::reset_peak_rss();
         // From the session's start (connect, subscribe, then the queued messages) to the
         // last acknowledgement: at 1,000 connections everything fits one batch.
         let started = Instant::now();

@@ -42,6 +42,17 @@ pub(crate) struct AckToken {
     pub qos: u8,
 }
 
+/// What the pipeline carries for each message until it is acknowledged: its ack, and its
+/// share of the bytes ingest may hold (`IngestConfig::max_unacked_bytes`), given back when
+/// the batch is done with the message.
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub ack: AckToken,
+    /// Held, never read: dropping it gives the bytes back.
+    #[allow(dead_code)]
+    pub bytes: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
 /// The two rumqttc clients, as far as acking goes.
 pub(crate) trait AckClient: Send + Sync + 'static {
     /// Queues the ack in rumqttc's request channel; false when it has no room (or is gone).
@@ -234,10 +245,10 @@ impl<C: AckClient> AckQueue<C> {
 }
 
 impl<C: AckClient> Acker for std::sync::Arc<AckQueue<C>> {
-    type Token = AckToken;
+    type Token = Held;
 
-    fn ack(&self, token: &AckToken) -> Result<(), AckError> {
-        self.push(*token)
+    fn ack(&self, token: &Held) -> Result<(), AckError> {
+        self.push(token.ack)
     }
 }
 
@@ -287,14 +298,14 @@ mod tests {
     fn acks_wait_compactly_and_leave_in_arrival_order() {
         let (q, channel) = queue(2);
         for pkid in 1..=5 {
-            q.ack(&q.token(pkid, 1)).expect("queued");
+            q.ack(&held(q.token(pkid, 1))).expect("queued");
         }
         assert_eq!(*channel.queued.lock(), vec![1, 2]);
         assert!(!q.all_written());
         write(&q, &channel, 2);
         assert_eq!(*channel.queued.lock(), vec![1, 2, 3, 4]);
         // A new ack goes behind the one still waiting, not past it.
-        q.ack(&q.token(6, 1)).expect("queued");
+        q.ack(&held(q.token(6, 1))).expect("queued");
         write(&q, &channel, 2);
         write(&q, &channel, 1);
         assert_eq!(*channel.queued.lock(), vec![1, 2, 3, 4, 5, 6]);
@@ -306,7 +317,7 @@ mod tests {
     fn never_more_than_the_channel_share_at_once() {
         let (q, channel) = queue(usize::MAX);
         for pkid in 0..2000 {
-            q.ack(&q.token(pkid, 1)).expect("queued");
+            q.ack(&held(q.token(pkid, 1))).expect("queued");
         }
         assert_eq!(channel.queued.lock().len(), IN_CHANNEL as usize);
         assert_eq!(q.waiting_len.load(Ordering::Relaxed), 2000 - 1024);
@@ -316,26 +327,30 @@ mod tests {
     fn a_lost_connection_drops_its_acks_and_later_ones_of_its_messages() {
         let (q, channel) = queue(1);
         let old = q.token(1, 1);
-        q.ack(&old).expect("queued");
-        q.ack(&q.token(2, 1)).expect("queued");
+        q.ack(&held(old)).expect("queued");
+        q.ack(&held(q.token(2, 1))).expect("queued");
         q.connection_lost();
         *channel.room.lock() = 10;
         q.move_waiting();
         // The old connection's late ack is not sent on the new one.
-        q.ack(&q.token(3, 1).with_generation(old.generation))
+        q.ack(&held(q.token(3, 1).with_generation(old.generation)))
             .expect("dropped quietly");
-        q.ack(&q.token(4, 1)).expect("queued");
+        q.ack(&held(q.token(4, 1))).expect("queued");
         assert_eq!(*channel.queued.lock(), vec![1, 4]);
     }
 
     #[test]
     fn qos_0_needs_no_ack_and_a_closed_loop_takes_none() {
         let (q, channel) = queue(0);
-        q.ack(&q.token(1, 0)).expect("nothing to send");
+        q.ack(&held(q.token(1, 0))).expect("nothing to send");
         assert!(q.all_written());
         q.close();
-        assert_eq!(q.ack(&q.token(2, 1)), Err(AckError::Closed));
+        assert_eq!(q.ack(&held(q.token(2, 1))), Err(AckError::Closed));
         assert!(channel.queued.lock().is_empty());
+    }
+
+    fn held(ack: AckToken) -> Held {
+        Held { ack, bytes: None }
     }
 
     impl AckToken {

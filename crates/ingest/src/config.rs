@@ -62,6 +62,10 @@ pub struct IngestConfig {
     /// Maximum stated in CONNECT (1..=65535), so the broker enforces it; with 3.1.1 it is
     /// the received queue's capacity and the broker's in-flight window applies.
     pub max_unacked: usize,
+    /// Payload bytes of the messages received and not yet acknowledged, at most: the poll
+    /// loop stops reading from the broker (TCP holds it back) until acks free some. The
+    /// service gives it `store.memory`'s ingest share.
+    pub max_unacked_bytes: usize,
     /// A failed store write is retried this many times (with backoff) before ingest stops
     /// with an error.
     pub write_retries: u32,
@@ -91,6 +95,7 @@ impl fmt::Debug for IngestConfig {
             .field("batch_max_messages", &self.batch_max_messages)
             .field("batch_max_delay", &self.batch_max_delay)
             .field("max_unacked", &self.max_unacked)
+            .field("max_unacked_bytes", &self.max_unacked_bytes)
             .field("write_retries", &self.write_retries)
             .field("p1_boundary_window", &self.p1_boundary_window)
             .field("keep_alive", &self.keep_alive)
@@ -116,6 +121,7 @@ impl IngestConfig {
             batch_max_messages: 4000,
             batch_max_delay: Duration::from_millis(20),
             max_unacked: 20_000,
+            max_unacked_bytes: 32 << 20,
             write_retries: 5,
             p1_boundary_window: Duration::from_secs(10),
             keep_alive: Duration::from_secs(30),

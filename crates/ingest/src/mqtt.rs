@@ -12,10 +12,10 @@ use bytes::Bytes;
 use meterstand_pseudonym::Pseudonymiser;
 use meterstand_store::ReadingWriter;
 use rumqttc::{Outgoing, TlsConfiguration, Transport, v5};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::acks::{AckClient, AckQueue, AckToken, CHANNEL_CAPACITY};
+use crate::acks::{AckClient, AckQueue, CHANNEL_CAPACITY, Held};
 use crate::backoff::Backoff;
 use crate::pipeline::{Context, Received, StoreWriter};
 use crate::{IngestConfig, IngestError, IngestStatus, MqttVersion, metrics};
@@ -108,6 +108,14 @@ impl Session {
         shutdown: CancellationToken,
     ) -> Result<(), IngestError> {
         let window = config.max_unacked.max(1);
+        // The bytes of what is inside, bounded like the count: the poll loop takes a message's
+        // payload size from this before handing it on and the pipeline gives it back when the
+        // message is acknowledged (or dropped). At least one largest message fits.
+        let budget = ByteBudget::new(
+            config
+                .max_unacked_bytes
+                .max(config.limits.max_payload_bytes),
+        );
         let stop = CancellationToken::new();
         let topics = config.topics();
         let writer = Arc::new(StoreWriter(store));
@@ -132,6 +140,7 @@ impl Session {
                     eventloop,
                     client.clone(),
                     acks.clone(),
+                    budget.clone(),
                     topics,
                     received_tx,
                     link,
@@ -152,6 +161,7 @@ impl Session {
                     eventloop,
                     client.clone(),
                     acks.clone(),
+                    budget.clone(),
                     topics,
                     received_tx,
                     link,
@@ -313,6 +323,31 @@ impl<C: AckClient> Drop for CloseOnDrop<'_, C> {
     }
 }
 
+/// The payload bytes ingest may hold until they are acknowledged.
+#[derive(Clone)]
+struct ByteBudget {
+    bytes: Arc<Semaphore>,
+    total: u32,
+}
+
+impl ByteBudget {
+    fn new(total: usize) -> ByteBudget {
+        let total = u32::try_from(total.clamp(1, Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
+        ByteBudget {
+            bytes: Arc::new(Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    /// Takes a message's share, waiting (and so not reading from the broker) until acks give
+    /// enough back. A message larger than the whole budget takes all of it.
+    async fn take(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+        let want = u32::try_from(len).unwrap_or(u32::MAX).clamp(1, self.total);
+        // Never closed; if it were, the message would simply not be counted.
+        self.bytes.clone().acquire_many_owned(want).await.ok()
+    }
+}
+
 /// Hands one publish to the pipeline, waiting while the received queue is full (a broker
 /// sending past our window; see `Session::run`).
 async fn deliver<T>(received: &mpsc::Sender<Received<T>>, message: Received<T>) {
@@ -328,8 +363,9 @@ async fn poll_v5(
     mut eventloop: v5::EventLoop,
     client: v5::AsyncClient,
     acks: Arc<AckQueue<v5::AsyncClient>>,
+    budget: ByteBudget,
     topics: Vec<String>,
-    received: mpsc::Sender<Received<AckToken>>,
+    received: mpsc::Sender<Received<Held>>,
     mut link: Link,
     shutdown: CancellationToken,
     stop: CancellationToken,
@@ -364,11 +400,15 @@ async fn poll_v5(
                     payload,
                     ..
                 } = publish;
+                let bytes = budget.take(payload.len()).await;
                 let message = Received {
                     topic,
                     payload,
                     received: Instant::now(),
-                    token: acks.token(pkid, qos as u8),
+                    token: Held {
+                        ack: acks.token(pkid, qos as u8),
+                        bytes,
+                    },
                 };
                 deliver(&received, message).await;
             }
@@ -408,8 +448,9 @@ async fn poll_v311(
     mut eventloop: rumqttc::EventLoop,
     client: rumqttc::AsyncClient,
     acks: Arc<AckQueue<rumqttc::AsyncClient>>,
+    budget: ByteBudget,
     topics: Vec<String>,
-    received: mpsc::Sender<Received<AckToken>>,
+    received: mpsc::Sender<Received<Held>>,
     mut link: Link,
     shutdown: CancellationToken,
     stop: CancellationToken,
@@ -439,11 +480,15 @@ async fn poll_v311(
                     payload,
                     ..
                 } = publish;
+                let bytes = budget.take(payload.len()).await;
                 let message = Received {
                     topic: Bytes::from(topic),
                     payload,
                     received: Instant::now(),
-                    token: acks.token(pkid, qos as u8),
+                    token: Held {
+                        ack: acks.token(pkid, qos as u8),
+                        bytes,
+                    },
                 };
                 deliver(&received, message).await;
             }

@@ -22,13 +22,21 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static HEAP: &PeakMemAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
 
-const BACKLOG: u64 = 60_000;
-const WINDOW: usize = 64;
+/// The tests measure one process-wide heap: one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn config(broker: &Mosquitto) -> IngestConfig {
+/// What ingest may hold: a window of messages and a budget of payload bytes.
+#[derive(Clone, Copy)]
+struct Bounds {
+    window: usize,
+    bytes: usize,
+}
+
+fn config(broker: &Mosquitto, bounds: Bounds) -> IngestConfig {
     let mut c = IngestConfig::new(broker.url());
     c.client_id = "flooded".into();
-    c.max_unacked = WINDOW;
+    c.max_unacked = bounds.window;
+    c.max_unacked_bytes = bounds.bytes;
     c.batch_max_messages = 500;
     c.batch_max_delay = Duration::from_millis(5);
     c
@@ -39,6 +47,7 @@ fn config(broker: &Mosquitto) -> IngestConfig {
 fn session(
     rt: &tokio::runtime::Runtime,
     broker: &Mosquitto,
+    bounds: Bounds,
     store: Arc<MemStore>,
     done: impl Fn(&IngestStatus) -> bool,
 ) -> Arc<IngestStatus> {
@@ -46,7 +55,7 @@ fn session(
     let shutdown = CancellationToken::new();
     rt.block_on(async {
         let handle = Ingest::start(
-            config(broker),
+            config(broker, bounds),
             store,
             Arc::new(Pseudonymiser::new(&KeyRing::from_keys([(1, [9u8; 32])]))),
             status.clone(),
@@ -69,8 +78,10 @@ fn session(
     status
 }
 
-#[test]
-fn a_broker_flooding_past_our_window_costs_bytes_per_message_not_packets() {
+/// Queues `backlog` copies of `payload` for ingest's persistent session, reconnects it (the
+/// broker then sends them all at once) and returns the peak heap growth while it drained
+/// them. Checks that everything was taken and acknowledged.
+fn flood(bounds: Bounds, backlog: u64, payload: &str) -> usize {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -85,37 +96,32 @@ fn a_broker_flooding_past_our_window_costs_bytes_per_message_not_packets() {
 
     // The persistent session subscribes, then goes away.
     let start = Instant::now();
-    session(&rt, &broker, store.clone(), |_| {
+    session(&rt, &broker, bounds, store.clone(), |_| {
         start.elapsed() > Duration::from_millis(300)
     });
 
-    // Its backlog: the same valid reading, many times over.
-    let now = Timestamp::now().as_second();
-    let at = Timestamp::from_second(now - now.rem_euclid(900) - 3600).expect("time");
-    let payload = format!(
-        r#"{{"meter":"E0031003262764316","readings":[{{"obis":"1-0:1.8.1","time":"{at}","value":"1.234","unit":"kWh"}}]}}"#
-    );
+    // Its backlog: the same valid message, many times over.
     let topic = format!("meters/{}/json", ean_from(5, 1).expose());
     {
         let mut publisher = Publisher::connect(broker.port, "flood-publisher");
-        for _ in 0..BACKLOG {
-            publisher.publish(&topic, payload.clone().into_bytes());
+        for _ in 0..backlog {
+            publisher.publish(&topic, payload.as_bytes().to_vec());
         }
         publisher.wait_acked();
     }
 
-    // Reconnect: the broker sends the backlog far past our window of 64.
+    // Reconnect: the broker sends the whole backlog at once.
     HEAP.reset_peak_memory();
-    let status = session(&rt, &broker, store.clone(), |s| {
-        s.acked.load(Ordering::Relaxed) >= BACKLOG
+    let status = session(&rt, &broker, bounds, store.clone(), |s| {
+        s.acked.load(Ordering::Relaxed) >= backlog
     });
     let peak = HEAP.get_peak_memory();
-    assert_eq!(status.messages.load(Ordering::Relaxed), BACKLOG);
+    assert_eq!(status.messages.load(Ordering::Relaxed), backlog);
     assert_eq!(status.rejected.load(Ordering::Relaxed), 0);
 
     // Every ack reached the broker: a new session of the same client gets nothing.
     let start = Instant::now();
-    let after = session(&rt, &broker, store, |_| {
+    let after = session(&rt, &broker, bounds, store, |_| {
         start.elapsed() > Duration::from_secs(2)
     });
     assert_eq!(
@@ -123,7 +129,41 @@ fn a_broker_flooding_past_our_window_costs_bytes_per_message_not_packets() {
         0,
         "the broker redelivered messages whose acks never left"
     );
+    peak
+}
 
+/// `readings` consecutive quarter-hours of one register, ending an hour ago.
+fn payload(readings: i64) -> String {
+    let now = Timestamp::now().as_second();
+    let last = now - now.rem_euclid(900) - 3600;
+    let list: Vec<String> = (0..readings)
+        .map(|i| {
+            let at = Timestamp::from_second(last - (readings - 1 - i) * 900).expect("time");
+            format!(
+                r#"{{"obis":"1-0:1.8.1","time":"{at}","value":"{}.{:03}","unit":"kWh"}}"#,
+                1 + i / 1000,
+                i % 1000
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"meter":"E0031003262764316","readings":[{}]}}"#,
+        list.join(",")
+    )
+}
+
+#[test]
+fn a_broker_flooding_past_our_window_costs_bytes_per_message_not_packets() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const BACKLOG: u64 = 60_000;
+    let peak = flood(
+        Bounds {
+            window: 64,
+            bytes: 32 << 20,
+        },
+        BACKLOG,
+        &payload(1),
+    );
     // What the flood may cost: the window's messages and fixed buffers, plus a few bytes per
     // message whose ack waits for the connection. A queued rumqttc request is about 230 B.
     let per_message = peak as f64 / BACKLOG as f64;
@@ -131,5 +171,34 @@ fn a_broker_flooding_past_our_window_costs_bytes_per_message_not_packets() {
     assert!(
         peak < 4 * 1024 * 1024 + 32 * BACKLOG as usize,
         "peak live heap grew by {peak} B ({per_message:.1} B per message) under the flood"
+    );
+}
+
+/// The window counts messages; large messages are bounded by bytes too: ingest stops
+/// reading from the broker while the payloads it holds reach `max_unacked_bytes`.
+#[test]
+fn large_messages_are_held_to_the_byte_budget_whatever_the_window() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const BACKLOG: u64 = 20_000;
+    let payload = payload(24);
+    let budget = 256 << 10;
+    let peak = flood(
+        Bounds {
+            window: 20_000,
+            bytes: budget,
+        },
+        BACKLOG,
+        &payload,
+    );
+    let backlog_bytes = payload.len() * BACKLOG as usize;
+    eprintln!(
+        "flood of {BACKLOG} x {} B ({backlog_bytes} B): peak live heap growth {peak} B",
+        payload.len()
+    );
+    // The budget's payloads (kept in the read buffers they arrived in, up to twice their
+    // size), their decoded readings and fixed buffers: far below the backlog.
+    assert!(
+        peak < 6 * 1024 * 1024,
+        "peak live heap grew by {peak} B under a {budget} B budget (backlog {backlog_bytes} B)"
     );
 }

@@ -77,21 +77,28 @@ pub struct StoreConfig {
     /// connection changes are journalled before they run, and entries the store has not
     /// applied are replayed at open. `None`: no journal (tests, benchmarks).
     pub journal: Option<PathBuf>,
-    /// One memory budget in bytes (`store.memory`): three quarters for RocksDB's block cache,
+    /// One memory budget in bytes (`store.memory`): five eighths for RocksDB's block cache,
     /// which memtables are charged to as well (a write-buffer manager holds them to a quarter
-    /// of the budget), and one quarter for the writer's decoded blocks.
+    /// of the budget), a quarter for the writer's decoded blocks, and an eighth for the
+    /// messages ingest holds until they are acknowledged (`ingest_bytes`).
     pub memory: u64,
 }
 
 impl StoreConfig {
     /// The RocksDB share of the budget: block cache and memtables together.
     pub(crate) fn rocksdb_bytes(&self) -> usize {
-        usize::try_from(self.memory / 4 * 3).unwrap_or(usize::MAX)
+        usize::try_from(self.memory / 8 * 5).unwrap_or(usize::MAX)
     }
 
     /// The memtables' share, within the RocksDB share.
     pub(crate) fn memtable_bytes(&self) -> usize {
         usize::try_from(self.memory / 4).unwrap_or(usize::MAX)
+    }
+
+    /// The share of the messages received and not yet acknowledged: ingest waits before
+    /// reading more from the broker while their payloads hold this much.
+    pub fn ingest_bytes(&self) -> u64 {
+        self.memory / 8
     }
 
     /// The writer's decoded-block cache share.

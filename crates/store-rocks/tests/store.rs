@@ -262,7 +262,7 @@ fn the_registry_of_connections_is_charged_to_the_memory_budget() {
         config.memory = 32 << 20;
         RocksStore::open(config, Arc::new(clock.clone())).expect("open store")
     };
-    let share = 24 << 20; // three quarters of the budget
+    let share = 20 << 20; // five eighths of the budget
     let fleet = 3_000u32;
     let registered = {
         let store = open();

@@ -99,11 +99,26 @@ pub fn day_of_quarter_hours(
 
 /// Peak resident memory of this process so far (VmHWM), in MiB; 0 where /proc is missing.
 pub fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM:")
+}
+
+/// Resident memory of this process now (VmRSS), in MiB; 0 where /proc is missing.
+pub fn rss_mib() -> f64 {
+    status_mib("VmRSS:")
+}
+
+/// Resets the process's peak RSS to its current RSS (Linux `clear_refs`), so that a phase
+/// can report its own peak.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
