@@ -258,26 +258,41 @@ async fn batch_loop<T: Send + 'static>(
 ) {
     let max = ctx.config.batch_max_messages.max(1);
     let delay = ctx.config.batch_max_delay;
+    // A batch also closes at a quarter of the bytes ingest may hold, so that several batches
+    // fit the budget at once and writing one overlaps receiving and decoding the next.
+    let max_bytes = (ctx.config.max_unacked_bytes / BATCHES_IN_BYTE_BUDGET).max(1);
     // Messages taken off the channel together, up to a batch: one wake-up for many.
     let mut buf: Vec<Received<T>> = Vec::with_capacity(max.min(1024));
     loop {
-        let n = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            n = received.recv_many(&mut buf, max) => n,
-        };
-        if n == 0 {
-            // The session is gone: nothing more will come.
-            return;
+        // Messages left over from the last batch (it closed by bytes) start the next one.
+        if buf.is_empty() {
+            let n = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                n = received.recv_many(&mut buf, max) => n,
+            };
+            if n == 0 {
+                // The session is gone: nothing more will come.
+                return;
+            }
         }
         // Decoding checks "too far in the future" against one clock reading per batch.
         let now = Timestamp::now();
         let mut raw: Vec<Received<T>> = Vec::with_capacity(max.min(1024));
         let deadline = tokio::time::Instant::now() + delay;
         let mut closed = false;
+        let mut bytes = 0;
         loop {
-            raw.append(&mut buf);
-            if raw.len() >= max {
+            let mut take = 0;
+            for r in &buf {
+                if raw.len() + take >= max || bytes >= max_bytes {
+                    break;
+                }
+                bytes += r.payload.len();
+                take += 1;
+            }
+            raw.extend(buf.drain(..take));
+            if raw.len() >= max || bytes >= max_bytes {
                 break;
             }
             tokio::select! {
@@ -300,8 +315,8 @@ async fn batch_loop<T: Send + 'static>(
     // Shutdown: what was already received still gets written and acknowledged.
     received.close();
     loop {
-        let n = received.recv_many(&mut buf, max).await;
-        if n == 0 {
+        // Leftovers of a batch closed by bytes first.
+        if buf.is_empty() && received.recv_many(&mut buf, max).await == 0 {
             return;
         }
         let Some(batch) = decode_batch(&ctx, Timestamp::now(), std::mem::take(&mut buf)).await
@@ -314,6 +329,9 @@ async fn batch_loop<T: Send + 'static>(
         }
     }
 }
+
+/// Batches that fit in `max_unacked_bytes` at once (each closes at this fraction of it).
+const BATCHES_IN_BYTE_BUDGET: usize = 4;
 
 /// Below this many messages a batch is decoded on one thread: splitting it would cost more
 /// than it saves.

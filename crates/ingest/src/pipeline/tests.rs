@@ -218,6 +218,29 @@ async fn a_batch_decoded_in_two_halves_keeps_arrival_order() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_batch_closes_at_a_quarter_of_the_byte_budget() {
+    let writer = Arc::new(FakeWriter::default());
+    let size = message(0).payload.len();
+    // Room for three messages per batch, by bytes; by count and time, for all twelve.
+    let mut c = config(1000, Duration::from_secs(3600));
+    c.max_unacked_bytes = super::BATCHES_IN_BYTE_BUDGET * 3 * size;
+    let h = start(c, writer.clone());
+    for i in 0..12 {
+        // One at a time, so that each batch sees its messages arrive.
+        h.tx.send(message(i)).await.expect("send");
+        tokio::task::yield_now().await;
+    }
+    until("12 acks", || h.acker.acked().len() == 12).await;
+    let batches: Vec<usize> = writer.attempts().iter().map(|(v, _)| v.len()).collect();
+    assert!(
+        batches.iter().all(|&n| n <= 3) && batches.len() >= 4,
+        "batches of at most three messages' bytes: {batches:?}"
+    );
+    h.shutdown.cancel();
+    h.handle.await.expect("clean shutdown");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_full_batch_is_written_without_waiting_for_the_delay() {
     let writer = Arc::new(FakeWriter::default());
     let delay = Duration::from_secs(3600);
