@@ -249,9 +249,12 @@ fn ingest(
     if let Ok(mib) = std::env::var("METERSTAND_BENCH_STORE_MEMORY_MIB") {
         config.memory = mib.parse::<u64>().expect("store memory: MiB") << 20;
     }
+    // Ingest's share of the budget, as the service gives it.
+    let ingest_bytes = usize::try_from(config.ingest_bytes()).unwrap_or(usize::MAX);
     let store = Arc::new(RocksStore::open(config, Arc::new(SystemClock)).expect("open"));
     let p = Arc::new(Pseudonymiser::new(&KeyRing::from_keys([(1, [5u8; 32])])));
     let mut ic = IngestConfig::new(format!("mqtt://127.0.0.1:{port}"));
+    ic.max_unacked_bytes = ingest_bytes;
     ic.client_id = client_id.into();
     // METERSTAND_BENCH_PROTOCOL=3.1.1 ingests over MQTT 3.1.1, as the drain client does.
     if std::env::var("METERSTAND_BENCH_PROTOCOL").as_deref() == Ok("3.1.1") {

@@ -139,9 +139,12 @@ fn main() {
         if let Ok(mib) = std::env::var("METERSTAND_BENCH_STORE_MEMORY_MIB") {
             config.memory = mib.parse::<u64>().expect("store memory: MiB") << 20;
         }
+        // Ingest's share of the budget, as the service gives it.
+        let ingest_bytes = usize::try_from(config.ingest_bytes()).unwrap_or(usize::MAX);
         let store = Arc::new(RocksStore::open(config, Arc::new(SystemClock)).expect("open"));
         let mut ic = IngestConfig::new(format!("mqtt://127.0.0.1:{}", broker.port));
         ic.client_id = client_id;
+        ic.max_unacked_bytes = ingest_bytes;
         let status = Arc::new(IngestStatus::default());
         let stop = CancellationToken::new();
         meterstand_testkit::bench::reset_peak_rss();
