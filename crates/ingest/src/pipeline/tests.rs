@@ -218,7 +218,7 @@ async fn a_batch_decoded_in_two_halves_keeps_arrival_order() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_batch_closes_at_a_quarter_of_the_byte_budget() {
+async fn a_batch_closes_at_its_share_of_the_byte_budget() {
     let writer = Arc::new(FakeWriter::default());
     let size = message(0).payload.len();
     // Room for three messages per batch, by bytes; by count and time, for all twelve.
