@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use meterstand_codec::p1;
-use meterstand_ingest::{Ingest, IngestConfig, IngestStatus};
-use meterstand_model::{ConsentLevel, MeterId, Reading, Register};
+use meterstand_ingest::{Ingest, IngestStatus};
+use meterstand_model::{MeterId, Reading, Register};
 use meterstand_pseudonym::{KeyRing, Pseudonymiser};
 use meterstand_store::SystemClock;
-use meterstand_store_rocks::{RocksStore, StoreConfig};
+use meterstand_store_rocks::RocksStore;
 use meterstand_testkit::fleet::json_payload;
-use meterstand_testkit::{Mosquitto, Publisher, ean_from, quarters_ago};
+use meterstand_testkit::{Publisher, ean_from, quarters_ago};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
 use tokio_util::sync::CancellationToken;
 
@@ -243,19 +243,10 @@ fn ingest(
     let before = meterstand_testkit::bench::rss_mib();
     meterstand_testkit::bench::reset_peak_rss();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = StoreConfig::new(dir.path());
-    config.default_consent = ConsentLevel::Interval;
-    // METERSTAND_BENCH_STORE_MEMORY_MIB=64 sets `store.memory` (default 256 MiB).
-    if let Ok(mib) = std::env::var("METERSTAND_BENCH_STORE_MEMORY_MIB") {
-        config.memory = mib.parse::<u64>().expect("store memory: MiB") << 20;
-    }
-    // Ingest's share of the budget, as the service gives it.
-    let ingest_bytes = usize::try_from(config.ingest_bytes()).unwrap_or(usize::MAX);
+    let config = meterstand_benches::store_config(dir.path());
+    let mut ic = meterstand_benches::ingest_config(port, client_id, &config);
     let store = Arc::new(RocksStore::open(config, Arc::new(SystemClock)).expect("open"));
     let p = Arc::new(Pseudonymiser::new(&KeyRing::from_keys([(1, [5u8; 32])])));
-    let mut ic = IngestConfig::new(format!("mqtt://127.0.0.1:{port}"));
-    ic.max_unacked_bytes = ingest_bytes;
-    ic.client_id = client_id.into();
     // METERSTAND_BENCH_PROTOCOL=3.1.1 ingests over MQTT 3.1.1, as the drain client does.
     if std::env::var("METERSTAND_BENCH_PROTOCOL").as_deref() == Ok("3.1.1") {
         ic.mqtt_version = meterstand_ingest::MqttVersion::V311;
@@ -328,16 +319,9 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = meterstand_benches::runtime();
     let tmp = tempfile::tempdir().expect("tempdir");
-    // Mosquitto's default autosave period, as deployed (the tests' broker saves every second
-    // for its restart test: with a round's messages queued, that rewrote up to 84 MB every
-    // second inside the broker's only thread, and set most of the round-to-round noise).
-    let broker = Mosquitto::start_with(&tmp.path().join("mosquitto"), "autosave_interval 1800");
+    let broker = meterstand_benches::broker(&tmp.path().join("mosquitto"));
     // METERSTAND_BENCH_ONLY=single|batched|p1 runs one kind (for profiling it).
     let only = std::env::var("METERSTAND_BENCH_ONLY").ok();
     for kind in [Kind::Single, Kind::Batched, Kind::P1] {

@@ -19,13 +19,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use meterstand_ingest::{Ingest, IngestConfig, IngestStatus};
-use meterstand_model::{ConsentLevel, Reading, Register, RegisterKind, Tier};
+use meterstand_ingest::{Ingest, IngestStatus};
+use meterstand_model::{Reading, Register, RegisterKind, Tier};
 use meterstand_pseudonym::{KeyRing, Pseudonymiser};
 use meterstand_store::{ManualClock, ReadingStore, SystemClock};
 use meterstand_store_rocks::{RocksStore, StoreConfig};
 use meterstand_testkit::fleet::json_payload;
-use meterstand_testkit::{Mosquitto, Publisher, ean_from, meter_id};
+use meterstand_testkit::{Publisher, ean_from, meter_id};
 use tokio_util::sync::CancellationToken;
 
 /// One hour of quarter-hours per connection: the five boundaries of the hour, both tariffs.
@@ -109,15 +109,9 @@ fn main() {
         .split(',')
         .map(|s| s.trim().parse().expect("sizes: comma-separated numbers"))
         .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = meterstand_benches::runtime();
     let tmp = tempfile::tempdir().expect("tempdir");
-    // Mosquitto's own autosave period (the tests' broker saves every second for its restart
-    // test; with a million queued messages that would be the figure).
-    let broker = Mosquitto::start_with(&tmp.path().join("mosquitto"), "autosave_interval 1800");
+    let broker = meterstand_benches::broker(&tmp.path().join("mosquitto"));
     let p = Arc::new(Pseudonymiser::new(&KeyRing::from_keys([(1, [7u8; 32])])));
     let now = Timestamp::now().as_second();
     let start = Timestamp::from_second(now - now.rem_euclid(3600) - 2 * 3600).expect("in range");
@@ -134,17 +128,9 @@ fn main() {
         assert!(published.success(), "publisher: {published}");
 
         let dir = tmp.path().join(format!("store-{n}"));
-        let mut config = StoreConfig::new(&dir);
-        config.default_consent = ConsentLevel::Interval;
-        if let Ok(mib) = std::env::var("METERSTAND_BENCH_STORE_MEMORY_MIB") {
-            config.memory = mib.parse::<u64>().expect("store memory: MiB") << 20;
-        }
-        // Ingest's share of the budget, as the service gives it.
-        let ingest_bytes = usize::try_from(config.ingest_bytes()).unwrap_or(usize::MAX);
+        let config = meterstand_benches::store_config(&dir);
+        let ic = meterstand_benches::ingest_config(broker.port, &client_id, &config);
         let store = Arc::new(RocksStore::open(config, Arc::new(SystemClock)).expect("open"));
-        let mut ic = IngestConfig::new(format!("mqtt://127.0.0.1:{}", broker.port));
-        ic.client_id = client_id;
-        ic.max_unacked_bytes = ingest_bytes;
         let status = Arc::new(IngestStatus::default());
         let stop = CancellationToken::new();
         meterstand_testkit::bench::reset_peak_rss();

@@ -49,8 +49,7 @@ pub(crate) struct AckToken {
 pub(crate) struct Held {
     pub ack: AckToken,
     /// Held, never read: dropping it gives the bytes back.
-    #[allow(dead_code)]
-    pub bytes: Option<tokio::sync::OwnedSemaphorePermit>,
+    pub _bytes: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// The two rumqttc clients, as far as acking goes.
@@ -350,7 +349,7 @@ mod tests {
     }
 
     fn held(ack: AckToken) -> Held {
-        Held { ack, bytes: None }
+        Held { ack, _bytes: None }
     }
 
     impl AckToken {

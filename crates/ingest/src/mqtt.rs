@@ -407,7 +407,7 @@ async fn poll_v5(
                     received: Instant::now(),
                     token: Held {
                         ack: acks.token(pkid, qos as u8),
-                        bytes,
+                        _bytes: bytes,
                     },
                 };
                 deliver(&received, message).await;
@@ -487,7 +487,7 @@ async fn poll_v311(
                     received: Instant::now(),
                     token: Held {
                         ack: acks.token(pkid, qos as u8),
-                        bytes,
+                        _bytes: bytes,
                     },
                 };
                 deliver(&received, message).await;

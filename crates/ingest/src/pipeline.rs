@@ -332,7 +332,7 @@ async fn batch_loop<T: Send + 'static>(
 }
 
 /// Batches that fit in `max_unacked_bytes` at once (each closes at this fraction of it).
-/// Batched ingest at the default budget: 2.1–2.5 M/s with 4, 3.0–3.3 M/s with 2.
+/// Batched ingest at the default budget: 2.1–2.5 M/s with 4, 2.6–3.3 M/s with 2.
 const BATCHES_IN_BYTE_BUDGET: usize = 2;
 
 /// Below this many messages a batch is decoded on one thread: splitting it would cost more

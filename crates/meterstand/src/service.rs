@@ -77,8 +77,11 @@ pub fn ingest_config(config: &Config) -> anyhow::Result<IngestConfig> {
         batch_max_messages: config.ingest.batch_max_messages,
         batch_max_delay: config.ingest.batch_max_delay,
         max_unacked: config.ingest.max_unacked,
-        // The ingest share of `store.memory` (an eighth; the store takes the rest).
-        max_unacked_bytes: usize::try_from(config.store.memory.0 / 8).unwrap_or(usize::MAX),
+        // Ingest's share of `store.memory`; the store takes the rest.
+        max_unacked_bytes: usize::try_from(meterstand_store_rocks::ingest_share(
+            config.store.memory.0,
+        ))
+        .unwrap_or(usize::MAX),
         keep_alive: config.broker.keep_alive,
         // The embedded broker (rumqttd) speaks MQTT 3.1.1 only.
         mqtt_version: match config.broker.protocol {

@@ -84,6 +84,11 @@ pub struct StoreConfig {
     pub memory: u64,
 }
 
+/// Ingest's share of a `store.memory` budget: an eighth (see `StoreConfig::memory`).
+pub fn ingest_share(memory: u64) -> u64 {
+    memory / 8
+}
+
 impl StoreConfig {
     /// The RocksDB share of the budget: block cache and memtables together.
     pub(crate) fn rocksdb_bytes(&self) -> usize {
@@ -98,7 +103,7 @@ impl StoreConfig {
     /// The share of the messages received and not yet acknowledged: ingest waits before
     /// reading more from the broker while their payloads hold this much.
     pub fn ingest_bytes(&self) -> u64 {
-        self.memory / 8
+        ingest_share(self.memory)
     }
 
     /// The writer's decoded-block cache share.

@@ -14,7 +14,7 @@ mod stats;
 mod sync;
 mod writer;
 
-pub use engine::{Compression, StoreConfig};
+pub use engine::{Compression, StoreConfig, ingest_share};
 pub use fault::{FAULT_ENV, FaultPoint};
 pub use maintenance::SWEEP_PAUSE_ENV;
 

@@ -20,12 +20,7 @@ pub fn month_of_days(
     (0..n).map(move |i| {
         let mut m = SimMeter::new(i, 3);
         let ps = p.ean(&m.ean);
-        let connection = Connection {
-            consent: ConsentLevel::Daily,
-            postcode4: Some(Postcode4::new(m.postcode4).expect("valid postcode")),
-            profile: Some(m.profile.parse().expect("valid profile")),
-            analytics: true,
-        };
+        let connection = connection_of(&m, ConsentLevel::Daily);
         let mut readings = Vec::new();
         for d in 0..=31 {
             let day = date(2026, 10, 1)
@@ -67,12 +62,7 @@ pub fn day_of_quarter_hours(
     (0..n).map(move |i| {
         let mut m = SimMeter::new(i, 5);
         let ps = p.ean(&m.ean);
-        let connection = Connection {
-            consent: ConsentLevel::Interval,
-            postcode4: Some(Postcode4::new(m.postcode4).expect("valid postcode")),
-            profile: Some(m.profile.parse().expect("valid profile")),
-            analytics: true,
-        };
+        let connection = connection_of(&m, ConsentLevel::Interval);
         let mut readings = Vec::new();
         let mut t = start;
         while t <= end {
@@ -95,6 +85,16 @@ pub fn day_of_quarter_hours(
         };
         (ps, connection, item)
     })
+}
+
+/// The connection record of a simulated household.
+fn connection_of(m: &SimMeter, consent: ConsentLevel) -> Connection {
+    Connection {
+        consent,
+        postcode4: Some(Postcode4::new(m.postcode4).expect("valid postcode")),
+        profile: Some(m.profile.parse().expect("valid profile")),
+        analytics: true,
+    }
 }
 
 /// Peak resident memory of this process so far (VmHWM), in MiB; 0 where /proc is missing.
