@@ -131,16 +131,48 @@ pub(crate) struct Writer {
     syncer: Option<std::sync::mpsc::SyncSender<Written>>,
 }
 
-/// One reading bound for one block: its slot, value and the index of its request.
+/// One reading bound for one block: its slot, value and the index of its request. The
+/// block's key is its run's.
 struct Touch {
-    key: BlockKey,
     slot: u32,
+    idx: u32,
     value: u64,
-    idx: usize,
     /// For a period whose statistics are already frozen.
     late: bool,
     /// From the correction topic: replaces a different stored value.
     correction: bool,
+}
+
+/// Consecutive touches of one block, as a message gives them (a day of quarter-hours is one
+/// run): the writer orders runs by key, not readings, which is 96 times fewer to sort.
+struct Run {
+    key: BlockKey,
+    touches: std::ops::Range<u32>,
+}
+
+/// One tier's touches of a group, in arrival order, and their runs.
+#[derive(Default)]
+struct Touched {
+    touches: Vec<Touch>,
+    runs: Vec<Run>,
+}
+
+impl Touched {
+    fn push(&mut self, key: BlockKey, touch: Touch) {
+        let at = self.touches.len() as u32;
+        self.touches.push(touch);
+        match self.runs.last_mut() {
+            Some(run) if run.key == key && run.touches.end == at => run.touches.end = at + 1,
+            _ => self.runs.push(Run {
+                key,
+                touches: at..at + 1,
+            }),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.touches.is_empty()
+    }
 }
 
 struct Pending {
@@ -310,7 +342,7 @@ impl Writer {
         group: &[Pending],
         outcomes: &mut [WriteOutcome],
         batch: &mut WriteBatch,
-    ) -> Result<[Vec<Touch>; 3], StoreError> {
+    ) -> Result<[Touched; 3], StoreError> {
         let shared = self.shared.clone();
         let meters_cf = shared.cf(CF_METERS)?;
         let horizons = Tier::ALL.map(|t| shared.horizons.get(t));
@@ -318,7 +350,7 @@ impl Writer {
         // tier entry; the freeze raises it).
         let frozen_until = Tier::ALL
             .map(|t| shared.frozen_until[t as usize].load(std::sync::atomic::Ordering::Relaxed));
-        let mut touched: [Vec<Touch>; 3] = Default::default();
+        let mut touched: [Touched; 3] = Default::default();
         let connections = shared.connections.read();
         let tombstones = shared.tombstones.read();
         for (idx, pending) in group.iter().enumerate() {
@@ -336,18 +368,17 @@ impl Writer {
                             outcomes[idx].expired.add(tier, 1);
                         } else {
                             let (bucket, slot) = layout::bucket_of(tier, q);
-                            touched[tier as usize].push(Touch {
-                                key: layout::block_key(
-                                    item.connection,
-                                    tr.reading.register,
-                                    bucket,
-                                ),
-                                slot,
-                                value: tr.reading.value,
-                                idx,
-                                late: tr.reading.time.as_second() < frozen_until[tier as usize],
-                                correction: item.correction,
-                            });
+                            touched[tier as usize].push(
+                                layout::block_key(item.connection, tr.reading.register, bucket),
+                                Touch {
+                                    slot,
+                                    value: tr.reading.value,
+                                    idx: idx as u32,
+                                    late: tr.reading.time.as_second()
+                                        < frozen_until[tier as usize],
+                                    correction: item.correction,
+                                },
+                            );
                             stored_any = true;
                         }
                     }
@@ -367,28 +398,29 @@ impl Writer {
     fn merge_tier(
         &mut self,
         tier: Tier,
-        mut touches: Vec<Touch>,
+        touched: Touched,
         outcomes: &mut [WriteOutcome],
         batch: &mut WriteBatch,
     ) -> Result<(), StoreError> {
+        let Touched { touches, mut runs } = touched;
         // Key order: the memtable inserts each key next to the previous one (its skip list
         // reuses the last insert position), and equal keys meet. The sort is stable, so
         // within one key the first arrival is merged first and wins a conflict.
-        touches.sort_by_key(|t| t.key);
+        runs.sort_by_key(|r| r.key);
         let shared = self.shared.clone();
         let cf = shared.tier_cf(tier)?;
         let cache = &mut self.blocks[tier as usize];
         let mut missing: Vec<BlockKey> = Vec::new();
-        for t in &touches {
-            if missing.last() != Some(&t.key) && !cache.contains_key(&t.key) {
-                missing.push(t.key);
+        for r in &runs {
+            if missing.last() != Some(&r.key) && !cache.contains_key(&r.key) {
+                missing.push(r.key);
             }
         }
         let limit = cache_entries(shared.config.writer_cache_bytes(), tier);
         if cache.len() + missing.len() > limit {
             cache.clear();
             missing.clear();
-            missing.extend(touches.iter().map(|t| t.key));
+            missing.extend(runs.iter().map(|r| r.key));
             missing.dedup();
         }
         shared.faults.check(FaultPoint::BlockRead(tier))?;
@@ -417,8 +449,11 @@ impl Writer {
         let quarantine = shared.cf(CF_QUARANTINE)?;
         let corrections = shared.cf(CF_CORRECTIONS)?;
         let now = shared.clock.now().as_second();
-        for run in touches.chunk_by(|a, b| a.key == b.key) {
-            let key = run[0].key;
+        for same_key in runs.chunk_by(|a, b| a.key == b.key) {
+            let key = same_key[0].key;
+            let run = same_key
+                .iter()
+                .flat_map(|r| &touches[r.touches.start as usize..r.touches.end as usize]);
             if corrupt.contains(&key) {
                 tracing::error!(
                     tier = tier.as_str(),
@@ -428,7 +463,7 @@ impl Writer {
                     let mut qkey = key.to_vec();
                     qkey.extend_from_slice(&t.slot.to_be_bytes());
                     batch.put_cf(quarantine, qkey, t.value.to_be_bytes());
-                    outcomes[t.idx].quarantined += 1;
+                    outcomes[t.idx as usize].quarantined += 1;
                     metrics::QUARANTINED.inc();
                 }
                 continue;
@@ -436,17 +471,17 @@ impl Writer {
             let entries = cache.entry(key).or_default();
             let mut changed = false;
             for t in run {
+                let outcome = &mut outcomes[t.idx as usize];
                 match layout::merge_entry(entries, t.slot, t.value, t.correction) {
                     MergeResult::Inserted => {
                         changed = true;
-                        outcomes[t.idx].stored.add(tier, 1);
+                        outcome.stored.add(tier, 1);
                         if t.late {
-                            outcomes[t.idx].late += 1;
+                            outcome.late += 1;
                         }
                     }
                     MergeResult::Corrected { old } => {
                         changed = true;
-                        let outcome = &mut outcomes[t.idx];
                         outcome.corrected += 1;
                         if t.late {
                             outcome.late += 1;
@@ -469,8 +504,8 @@ impl Writer {
                             });
                         }
                     }
-                    MergeResult::Duplicate => outcomes[t.idx].duplicates += 1,
-                    MergeResult::Conflict => outcomes[t.idx].conflicts += 1,
+                    MergeResult::Duplicate => outcome.duplicates += 1,
+                    MergeResult::Conflict => outcome.conflicts += 1,
                 }
             }
             if changed {
