@@ -217,3 +217,93 @@ proptest! {
         let _ = decode(format, &bytes, now(), &Calendar::amsterdam(), &Limits::default());
     }
 }
+
+/// A reading time as a publisher might write it: any date, a time of day that may be out of
+/// range, and each separator, fraction and offset form.
+fn time_text(date: (i16, u8, u8), hms: (u8, u8, u8), sep: &str, suffix: &str) -> String {
+    let (y, mo, d) = date;
+    let (h, mi, s) = hms;
+    format!("{y:04}-{mo:02}-{d:02}{sep}{h:02}:{mi:02}:{s:02}{suffix}")
+}
+
+fn suffix_strategy() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec![
+        "Z",
+        "z",
+        "+01:00",
+        "-00:00",
+        "+05:45",
+        "-09:30",
+        ".5Z",
+        ".250+02:00",
+        "+01:00[Europe/Amsterdam]",
+        "+02:00[Europe/Amsterdam]",
+        "",
+        "+25:00",
+    ])
+}
+
+proptest! {
+    /// The fast path for a message's reading times gives exactly what jiff's parser gives,
+    /// reading after reading, valid or not, whether or not date, separator or offset change.
+    #[test]
+    fn reading_times_parse_as_jiff_parses_them(
+        dates in ((1960i16..2200, 1u8..=12, 1u8..=31), 1u8..=31),
+        readings in proptest::collection::vec(
+            (any::<bool>(), (0u8..=24, 0u8..=60, 0u8..=60), any::<bool>(), any::<bool>()),
+            1..8,
+        ),
+        seps in (prop::sample::select(vec!["T", "t", " "]), prop::sample::select(vec!["T", "t", " "])),
+        suffixes in (suffix_strategy(), suffix_strategy()),
+    ) {
+        let ((year, month, day), other_day) = dates;
+        let texts: Vec<String> = readings
+            .iter()
+            .map(|&(first_date, hms, first_sep, first_suffix)| {
+                let date = (year, month, if first_date { day } else { other_day });
+                let sep = if first_sep { seps.0 } else { seps.1 };
+                time_text(date, hms, sep, if first_suffix { suffixes.0 } else { suffixes.1 })
+            })
+            .collect();
+        let mut times = Times::default();
+        for text in &texts {
+            let expected = text.parse::<Timestamp>().ok();
+            let got = times.parse(text).ok();
+            prop_assert_eq!(got, expected, "{}", text);
+            if got.is_none() {
+                // A rejected time rejects its message: nothing is parsed after it.
+                break;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_day_of_quarter_hours_parses_as_jiff_parses_it() {
+    for suffix in ["Z", "+01:00", "+02:00", ".000Z"] {
+        let mut times = Times::default();
+        let texts: Vec<String> = (0..96)
+            .map(|q| time_text((2026, 3, 29), (q / 4, (q % 4) * 15, 0), "T", suffix))
+            .collect();
+        for text in &texts {
+            assert_eq!(
+                times.parse(text).ok(),
+                text.parse::<Timestamp>().ok(),
+                "{text}"
+            );
+        }
+    }
+    // A day that crosses UTC midnight: the date changes, and the parser takes over.
+    let mut times = Times::default();
+    for text in [
+        "2026-11-26T23:45:00Z",
+        "2026-11-27T00:00:00Z",
+        "2026-11-27T00:15:00Z",
+    ] {
+        assert_eq!(
+            times.parse(text).ok(),
+            text.parse::<Timestamp>().ok(),
+            "{text}"
+        );
+    }
+}

@@ -169,41 +169,51 @@ pub fn parse_milli(text: &str) -> Result<u64, ValueError> {
             Err(e) => Err(e),
         };
     }
-    let (int, frac) = match text.split_once('.') {
-        Some((i, f)) => (i, f),
-        None => (text, ""),
-    };
-    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ValueError::NotANumber);
-    }
-    if !frac.bytes().all(|b| b.is_ascii_digit()) || (text.contains('.') && frac.is_empty()) {
-        return Err(ValueError::NotANumber);
-    }
-    let frac = frac.trim_end_matches('0');
-    if frac.len() > 3 {
-        return Err(ValueError::TooPrecise);
-    }
-    let int = int.trim_start_matches('0');
+    // One pass over the digits (a batch holds hundreds of thousands of these): the whole
+    // part without its leading zeros, then up to three significant decimals.
     let absurd = ValueError::Absurd {
         max: Register::MAX_PUBLISHED,
         unit: "",
     };
+    let bytes = text.as_bytes();
+    let (int, frac) = match bytes.iter().position(|&b| b == b'.') {
+        Some(dot) if dot + 1 < bytes.len() => (&bytes[..dot], &bytes[dot + 1..]),
+        // "5." has no decimals after its point.
+        Some(_) => return Err(ValueError::NotANumber),
+        None => (bytes, &[][..]),
+    };
+    if int.is_empty() || !int.iter().all(u8::is_ascii_digit) {
+        return Err(ValueError::NotANumber);
+    }
+    if !frac.iter().all(u8::is_ascii_digit) {
+        return Err(ValueError::NotANumber);
+    }
+    let frac = without_trailing_zeros(frac);
+    if frac.len() > 3 {
+        return Err(ValueError::TooPrecise);
+    }
+    let significant = int.iter().position(|&b| b != b'0').unwrap_or(int.len());
+    let int = &int[significant..];
     if int.len() > 9 {
         return Err(absurd);
     }
-    let whole: u64 = if int.is_empty() {
-        0
-    } else {
-        int.parse().map_err(|_| ValueError::NotANumber)?
-    };
+    // At most nine digits: no overflow.
+    let whole = int.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
     if whole > Register::MAX_PUBLISHED {
         return Err(absurd);
     }
-    let mut milli = 0u64;
-    for (i, d) in frac.bytes().enumerate() {
-        milli += u64::from(d - b'0') * 10u64.pow(2 - i as u32);
-    }
+    let milli = frac
+        .iter()
+        .chain(std::iter::repeat(&b'0'))
+        .take(3)
+        .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
     Ok(whole * 1000 + milli)
+}
+
+/// Decimals without their trailing zeros.
+fn without_trailing_zeros(frac: &[u8]) -> &[u8] {
+    let end = frac.iter().rposition(|&b| b != b'0').map_or(0, |i| i + 1);
+    &frac[..end]
 }
 
 /// Formats thousandths as a decimal with exactly 3 decimals (Wh → "12.345" kWh).
@@ -215,6 +225,58 @@ pub fn format_milli(value: u64) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The first, plainer `parse_milli` (split, trim, `str::parse`): the one-pass version
+    /// must agree with it on every input.
+    fn parse_milli_by_parts(text: &str) -> Result<u64, ValueError> {
+        let text = text.trim();
+        if let Some(rest) = text.strip_prefix('-') {
+            return match parse_milli_by_parts(rest) {
+                Ok(0) => Ok(0),
+                Ok(_) | Err(ValueError::Absurd { .. }) => Err(ValueError::Negative),
+                Err(e) => Err(e),
+            };
+        }
+        let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+        if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ValueError::NotANumber);
+        }
+        if !frac.bytes().all(|b| b.is_ascii_digit()) || (text.contains('.') && frac.is_empty()) {
+            return Err(ValueError::NotANumber);
+        }
+        let frac = frac.trim_end_matches('0');
+        if frac.len() > 3 {
+            return Err(ValueError::TooPrecise);
+        }
+        let int = int.trim_start_matches('0');
+        let absurd = ValueError::Absurd {
+            max: Register::MAX_PUBLISHED,
+            unit: "",
+        };
+        if int.len() > 9 {
+            return Err(absurd);
+        }
+        let whole: u64 = if int.is_empty() {
+            0
+        } else {
+            int.parse().map_err(|_| ValueError::NotANumber)?
+        };
+        if whole > Register::MAX_PUBLISHED {
+            return Err(absurd);
+        }
+        let mut milli = 0u64;
+        for (i, d) in frac.bytes().enumerate() {
+            milli += u64::from(d - b'0') * 10u64.pow(2 - i as u32);
+        }
+        Ok(whole * 1000 + milli)
+    }
+
+    proptest! {
+        #[test]
+        fn parse_milli_agrees_with_the_plain_version(text in "[ ]?-?[0-9]{0,12}[.]?[0-9]{0,6}[.0-9a-e+ ]{0,2}") {
+            prop_assert_eq!(parse_milli(&text), parse_milli_by_parts(&text), "{:?}", text);
+        }
+    }
 
     #[test]
     fn obis_codes_round_trip() {
