@@ -249,6 +249,11 @@ pub enum MergeResult {
 /// Merges one reading into a block: the first value wins (a different one is a conflict),
 /// unless `correction`, which replaces a different stored value.
 pub fn merge_entry(entries: &mut Entries, slot: u32, value: u64, correction: bool) -> MergeResult {
+    // Readings mostly arrive in time order: after the last entry, nothing to search.
+    if entries.last().is_none_or(|&(last, _)| last < slot) {
+        entries.push((slot, value));
+        return MergeResult::Inserted;
+    }
     match entries.binary_search_by_key(&slot, |(s, _)| *s) {
         Ok(i) if entries[i].1 == value => MergeResult::Duplicate,
         Ok(i) if correction => {

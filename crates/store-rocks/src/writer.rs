@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use meterstand_model::{Connection, Tier};
+use meterstand_model::{Connection, Register, Tier};
 use meterstand_pseudonym::Pseudonym;
 use meterstand_store::{
     Correction, ErasureReceipt, IngestItem, StoreError, TierCounts, WriteOutcome,
@@ -158,13 +158,15 @@ struct Touched {
 }
 
 impl Touched {
-    fn push(&mut self, key: BlockKey, touch: Touch) {
+    /// Adds a touch: to the last run if `same_block` (it is bound for the block of the touch
+    /// pushed just before it), else as a new run of the block `key` names (built only then).
+    fn push(&mut self, same_block: bool, key: impl FnOnce() -> BlockKey, touch: Touch) {
         let at = self.touches.len() as u32;
         self.touches.push(touch);
         match self.runs.last_mut() {
-            Some(run) if run.key == key && run.touches.end == at => run.touches.end = at + 1,
+            Some(run) if same_block && run.touches.end == at => run.touches.end = at + 1,
             _ => self.runs.push(Run {
-                key,
+                key: key(),
                 touches: at..at + 1,
             }),
         }
@@ -357,6 +359,9 @@ impl Writer {
             for item in &pending.items {
                 let allowed = shared.allowed_tiers(&connections, &tombstones, item.connection);
                 let mut stored_any = false;
+                // The block of each tier's last touch from this item: a day of quarter-hours
+                // is one block, whose key is built once.
+                let mut last_block: [Option<(Register, u32)>; 3] = [None; 3];
                 for tr in &item.readings {
                     let Some(q) = layout::quarter_of(tr.reading.time) else {
                         continue;
@@ -368,14 +373,17 @@ impl Writer {
                             outcomes[idx].expired.add(tier, 1);
                         } else {
                             let (bucket, slot) = layout::bucket_of(tier, q);
+                            let block = Some((tr.reading.register, bucket));
+                            let same_block = last_block[tier as usize] == block;
+                            last_block[tier as usize] = block;
                             touched[tier as usize].push(
-                                layout::block_key(item.connection, tr.reading.register, bucket),
+                                same_block,
+                                || layout::block_key(item.connection, tr.reading.register, bucket),
                                 Touch {
                                     slot,
                                     value: tr.reading.value,
                                     idx: idx as u32,
-                                    late: tr.reading.time.as_second()
-                                        < frozen_until[tier as usize],
+                                    late: tr.reading.time.as_second() < frozen_until[tier as usize],
                                     correction: item.correction,
                                 },
                             );
