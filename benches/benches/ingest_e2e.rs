@@ -131,7 +131,14 @@ fn messages(kind: Kind) -> Vec<(String, Vec<u8>, u64)> {
             ));
         }
     } else {
-        let start = quarters_ago(96 * 12);
+        // The workload: 1,000 connections × 90 days (8.64 M readings) a round, long
+        // enough that the pipeline's filling and draining weigh little (12 days a round, as
+        // before 2026-11-28, read about a tenth faster). METERSTAND_BENCH_DAYS sets it.
+        let days: u64 = std::env::var("METERSTAND_BENCH_DAYS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(90);
+        let start = quarters_ago(96 * days as i64);
         // Household increments by hour of day, with noise (E1A-like: 20–60 Wh a quarter at
         // night, up to 400 Wh in the evening): not constant steps, which encode unrealistically
         // well.
@@ -140,7 +147,7 @@ fn messages(kind: Kind) -> Vec<(String, Vec<u8>, u64)> {
         // METERSTAND_BENCH_CONSTANT_STEPS=1: the +30 Wh steps the figures before 2026-11-28
         // were measured with (they encode unrealistically well), for comparing with them.
         let constant_steps = std::env::var_os("METERSTAND_BENCH_CONSTANT_STEPS").is_some();
-        for i in 0..12_000u64 {
+        for i in 0..days * 1_000 {
             let c = i % 1_000;
             let day = (i / 1_000) as i64;
             let ean = ean_from(0, 100_000 + c);
@@ -231,13 +238,28 @@ fn drain(rt: &tokio::runtime::Runtime, port: u16, client_id: &str, n: usize) -> 
     })
 }
 
+/// What one ingest round took: wall time, RSS growth (MiB), and the CPU seconds used by
+/// this process (ingest: the publisher and drain client are idle then) and by the broker.
+struct Round {
+    took: Duration,
+    grew: f64,
+    cpu: f64,
+    broker_cpu: f64,
+}
+
 fn ingest(
     rt: &tokio::runtime::Runtime,
-    port: u16,
+    broker: &meterstand_testkit::Mosquitto,
     client_id: &str,
     msgs: usize,
     readings: u64,
-) -> (Duration, f64) {
+) -> Round {
+    let port = broker.port;
+    let broker_pid = broker
+        .pid()
+        .map_or_else(|| "self".into(), |p| p.to_string());
+    let cpu = || meterstand_testkit::bench::cpu_seconds("self");
+    let broker_cpu = || meterstand_testkit::bench::cpu_seconds(&broker_pid);
     // Ingest's own memory: what the process grows by while it runs (the bench's queued
     // messages and the drain client are resident before).
     let before = meterstand_testkit::bench::rss_mib();
@@ -265,6 +287,12 @@ fn ingest(
     }
     let status = Arc::new(IngestStatus::default());
     let stop = CancellationToken::new();
+    // The clock runs from the start of the session (connect and subscribe take a few ms on
+    // loopback) until the last message is acknowledged: starting it at the first decoded
+    // message, as before 2026-11-28, left out receiving the first batch.
+    let (cpu_before, broker_before) = (cpu(), broker_cpu());
+    let threads_before = meterstand_testkit::bench::thread_cpu_seconds();
+    let started = Instant::now();
     let handle = rt.spawn(Ingest::run(
         ic,
         store.clone(),
@@ -273,10 +301,6 @@ fn ingest(
         stop.clone(),
     ));
     let rate = rt.block_on(async {
-        while status.messages.load(Ordering::Relaxed) == 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let started = Instant::now();
         let mut last_report = Instant::now();
         while status.acked.load(Ordering::Relaxed) < msgs as u64 {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -293,12 +317,33 @@ fn ingest(
         }
         started.elapsed()
     });
+    let (cpu_used, broker_used) = (cpu() - cpu_before, broker_cpu() - broker_before);
+    // Where ingest's CPU went, by thread name (for profiling; not a figure).
+    let mut by_name: std::collections::BTreeMap<String, f64> = Default::default();
+    for (tid, name, now) in meterstand_testkit::bench::thread_cpu_seconds() {
+        let before = threads_before
+            .iter()
+            .find(|(t, _, _)| *t == tid)
+            .map_or(0.0, |(_, _, c)| *c);
+        *by_name.entry(name).or_default() += now - before;
+    }
+    let by_name: Vec<String> = by_name
+        .iter()
+        .filter(|(_, cpu)| **cpu > 0.0)
+        .map(|(name, cpu)| format!("{name} {:.0} ms/M", cpu * 1e9 / readings as f64))
+        .collect();
+    eprintln!("ingest CPU by thread: {}", by_name.join(", "));
     stop.cancel();
     let _ = rt.block_on(handle);
     let stored = status.totals().stored.total();
     assert!(stored >= readings, "stored {stored} of {readings}");
     drop(store);
-    (rate, meterstand_testkit::bench::peak_rss_mib() - before)
+    Round {
+        took: rate,
+        grew: meterstand_testkit::bench::peak_rss_mib() - before,
+        cpu: cpu_used,
+        broker_cpu: broker_used,
+    }
 }
 
 /// `n` per second of `elapsed`.
@@ -336,6 +381,7 @@ fn main() {
         // The same two persistent sessions every round: an offline session of an earlier round
         // would keep collecting copies and slow the broker down.
         let (mut drains, mut ingests, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut cpus, mut broker_cpus) = (Vec::new(), Vec::new());
         let mut growth: f64 = 0.0;
         let drain_id = format!("bench-drain-{name}");
         let ingest_id = format!("bench-ingest-{name}");
@@ -344,9 +390,26 @@ fn main() {
         for round in 0..ROUNDS {
             eprintln!("{name} round {round}: queueing {} messages", msgs.len());
             queue(broker.port, &msgs, &format!("bench-pub-{name}-{round}"));
+            let broker_pid = broker
+                .pid()
+                .map_or_else(|| "self".into(), |p| p.to_string());
+            let broker_before = meterstand_testkit::bench::cpu_seconds(&broker_pid);
             drains.push(drain(&rt, broker.port, &drain_id, msgs.len()));
-            let (took, grew) = ingest(&rt, broker.port, &ingest_id, msgs.len(), readings);
+            eprintln!(
+                "{name} round {round}: broker CPU while draining {:.0} ms per million readings",
+                (meterstand_testkit::bench::cpu_seconds(&broker_pid) - broker_before) * 1e9
+                    / readings as f64
+            );
+            let Round {
+                took,
+                grew,
+                cpu,
+                broker_cpu,
+            } = ingest(&rt, &broker, &ingest_id, msgs.len(), readings);
             growth = growth.max(grew);
+            // Per million readings stored.
+            cpus.push(cpu * 1e9 / readings as f64);
+            broker_cpus.push(broker_cpu * 1e9 / readings as f64);
             ingests.push(took);
             // Drain and ingest of one round run back to back, under the same conditions:
             // their ratio drifts far less than either rate.
@@ -369,6 +432,16 @@ fn main() {
         println!("mqtt_drain_messages_per_sec_{name} {drain_rate:.0} messages/s");
         // Ingest's own peak: broker client, pipeline and a fresh store (the largest round).
         println!("ingest_rss_growth_mib_{name} {growth:.0} MiB");
+        // CPU per million readings stored (medians): ingest's process and the broker's. On a
+        // shared 2-core machine these drift less than rates, so they show what a change cost.
+        println!(
+            "ingest_cpu_ms_per_million_readings_{name} {:.0} ms",
+            median(&mut cpus)
+        );
+        println!(
+            "broker_cpu_ms_per_million_readings_{name} {:.0} ms",
+            median(&mut broker_cpus)
+        );
         match kind {
             Kind::Single => {
                 println!("ingest_readings_per_sec_{name} {reading_rate:.0} readings/s");

@@ -59,6 +59,11 @@ pub struct Mosquitto {
 }
 
 impl Mosquitto {
+    /// The broker's process id (None once it is stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// In a temporary directory of its own.
     pub fn start() -> Mosquitto {
         let tmp = tempfile::tempdir().expect("tempdir");
