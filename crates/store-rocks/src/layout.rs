@@ -184,6 +184,18 @@ pub fn encode_block(entries: &[(u32, u64)]) -> Vec<u8> {
 
 /// Decodes a block; `None` if it is corrupt (never panics on any bytes).
 pub fn decode_block(bytes: &[u8]) -> Option<Entries> {
+    let mut entries = Vec::new();
+    decode_block_into(bytes, &mut entries).then_some(entries)
+}
+
+/// Decodes a block into `entries` (cleared first), reusing its allocation; `false` if the
+/// block is corrupt, leaving `entries` unspecified.
+pub fn decode_block_into(bytes: &[u8], entries: &mut Entries) -> bool {
+    entries.clear();
+    decode_entries(bytes, entries).is_some()
+}
+
+fn decode_entries(bytes: &[u8], entries: &mut Entries) -> Option<()> {
     let mut pos = 0;
     let mut header = get_varint(bytes, &mut pos)?;
     let dense = header == DENSE && pos < bytes.len();
@@ -196,7 +208,7 @@ pub fn decode_block(bytes: &[u8]) -> Option<Entries> {
     if count > bytes.len() as u64 || (dense && count < 2) {
         return None;
     }
-    let mut entries = Vec::with_capacity(count as usize);
+    entries.reserve(count as usize);
     let mut value = 0u64;
     for i in 0..count {
         if dense {
@@ -220,7 +232,7 @@ pub fn decode_block(bytes: &[u8]) -> Option<Entries> {
         };
         entries.push((slot, value));
     }
-    (pos == bytes.len()).then_some(entries)
+    (pos == bytes.len()).then_some(())
 }
 
 /// Number of readings in a block, read from its header alone.

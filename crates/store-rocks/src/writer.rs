@@ -47,25 +47,42 @@ pub(crate) enum Command {
 
 /// Readings gathered into one group commit at most, to bound its latency.
 const GROUP_COMMIT_READINGS: usize = 64 * 1024;
-/// Bytes a cached block of `tier` takes at most: key, map slot and vector header, plus 16
-/// bytes per (slot, value) entry of a full block (96 quarter-hours a day, 32 days in a day
-/// bucket, 13 month boundaries in a month bucket).
-fn full_block_bytes(tier: Tier) -> u64 {
-    let entries = match tier {
-        Tier::Interval => 100,
-        Tier::Day => 32,
-        Tier::Month => 13,
-    };
-    (layout::KEY_LEN as u64) + 48 + entries * 16
+/// What a cached block costs beside its encoded bytes: its key, the boxed slice's pointer
+/// and length, and the hash table's control byte and spare capacity (rounded up).
+const CACHED_BLOCK_OVERHEAD: u64 = layout::KEY_LEN as u64 + 16 + 10;
+
+/// Blocks as last written, encoded, for one tier: a stream of readings into the same open
+/// blocks (the current day of every connection) needs no read before each write. Encoded
+/// rather than decoded, a day of quarter-hours takes about 150 bytes instead of 1.6 KB, so
+/// the same share holds ten times the blocks; decoding one to merge into it costs far less
+/// than the read it saves. Sized in bytes; cleared whole when full.
+#[derive(Default)]
+struct BlockCache {
+    blocks: FxHashMap<BlockKey, Box<[u8]>>,
+    /// Encoded bytes plus `CACHED_BLOCK_OVERHEAD` per block.
+    bytes: u64,
 }
 
-/// Blocks the writer keeps per tier, so that the three caches together stay within the
-/// writer's share of `store.memory` even when every block is full; a tier's cache is
-/// cleared whole when full.
-fn cache_entries(budget: u64, tier: Tier) -> usize {
-    usize::try_from((budget - meters_bytes(budget)) / 3 / full_block_bytes(tier))
-        .unwrap_or(usize::MAX)
-        .max(1024)
+impl BlockCache {
+    fn insert(&mut self, key: BlockKey, block: Box<[u8]>) {
+        self.bytes += block.len() as u64;
+        match self.blocks.insert(key, block) {
+            Some(old) => self.bytes -= old.len() as u64,
+            None => self.bytes += CACHED_BLOCK_OVERHEAD,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.blocks.clear();
+        self.blocks.shrink_to(0);
+        self.bytes = 0;
+    }
+}
+
+/// Each tier's cache gets a third of the writer's share left after the table of recorded
+/// meters.
+fn cache_bytes(budget: u64) -> u64 {
+    (budget - meters_bytes(budget)) / 3
 }
 
 /// The writer's share left to the table of recorded meters: an eighth.
@@ -120,11 +137,11 @@ type BlockKey = [u8; layout::KEY_LEN];
 
 pub(crate) struct Writer {
     shared: Arc<Shared>,
-    /// Decoded blocks per tier, as last written, so that a stream of readings into the same
-    /// open blocks (the current day of every connection) needs no read before each write.
-    /// Only this thread mutates blocks, so the cache stays exact; whatever deletes or trims
-    /// blocks, or fails half-way, clears it.
-    blocks: [FxHashMap<BlockKey, layout::Entries>; 3],
+    /// Blocks per tier as last written. Only this thread mutates blocks, so the cache stays
+    /// exact; whatever deletes or trims blocks, or fails half-way, clears it.
+    blocks: [BlockCache; 3],
+    /// A block being merged, decoded (reused from block to block).
+    entries: layout::Entries,
     /// (connection, meter) pairs known to be recorded, to spare a write per message.
     meters_seen: SeenMeters,
     /// Groups written and waiting for a WAL sync (None when syncing inline or not at all).
@@ -192,6 +209,7 @@ impl Writer {
             meters_seen: SeenMeters::new(shared_meters_bytes(&shared)),
             shared,
             blocks: Default::default(),
+            entries: Vec::new(),
             syncer: None,
         }
     }
@@ -420,16 +438,9 @@ impl Writer {
         let cache = &mut self.blocks[tier as usize];
         let mut missing: Vec<BlockKey> = Vec::new();
         for r in &runs {
-            if missing.last() != Some(&r.key) && !cache.contains_key(&r.key) {
+            if missing.last() != Some(&r.key) && !cache.blocks.contains_key(&r.key) {
                 missing.push(r.key);
             }
-        }
-        let limit = cache_entries(shared.config.writer_cache_bytes(), tier);
-        if cache.len() + missing.len() > limit {
-            cache.clear();
-            missing.clear();
-            missing.extend(runs.iter().map(|r| r.key));
-            missing.dedup();
         }
         shared.faults.check(FaultPoint::BlockRead(tier))?;
         let fetched = shared
@@ -438,20 +449,19 @@ impl Writer {
         let mut corrupt: Vec<BlockKey> = Vec::new();
         for (key, old) in missing.iter().zip(fetched) {
             match old.map_err(engine("reading blocks"))? {
-                Some(bytes) => match layout::decode_block(&bytes)
-                    .filter(|_| !shared.faults.fires(FaultPoint::BlockDecode(tier)))
-                {
-                    Some(entries) => {
-                        cache.insert(*key, entries);
+                Some(bytes) => {
+                    if layout::decode_block(&bytes).is_some()
+                        && !shared.faults.fires(FaultPoint::BlockDecode(tier))
+                    {
+                        cache.insert(*key, Box::from(&bytes[..]));
+                    } else {
+                        // A stored block that cannot be decoded would fail this batch on
+                        // every retry: its readings go to quarantine instead, the block
+                        // stays as it is for repair, and the rest of the batch flows.
+                        corrupt.push(*key);
                     }
-                    // A stored block that cannot be decoded would fail this batch on every
-                    // retry: its readings go to quarantine instead, the block stays as it is
-                    // for repair, and the rest of the batch flows.
-                    None => corrupt.push(*key),
-                },
-                None => {
-                    cache.insert(*key, Vec::new());
                 }
+                None => cache.insert(*key, Box::default()),
             }
         }
         let quarantine = shared.cf(CF_QUARANTINE)?;
@@ -476,7 +486,15 @@ impl Writer {
                 }
                 continue;
             }
-            let entries = cache.entry(key).or_default();
+            let entries = &mut self.entries;
+            entries.clear();
+            if let Some(block) = cache.blocks.get(&key).filter(|b| !b.is_empty()) {
+                // Checked when it was read, or encoded here. Were it not to decode, the
+                // group fails (and the cache is cleared) rather than merge into half a block.
+                if !layout::decode_block_into(block, entries) {
+                    return Err(StoreError::Corrupt("the writer's block cache"));
+                }
+            }
             let mut changed = false;
             for t in run {
                 let outcome = &mut outcomes[t.idx as usize];
@@ -517,8 +535,14 @@ impl Writer {
                 }
             }
             if changed {
-                batch.put_cf(cf, key, layout::encode_block(entries));
+                let block = layout::encode_block(entries);
+                batch.put_cf(cf, key, &block);
+                cache.insert(key, block.into_boxed_slice());
             }
+        }
+        // Over its share after this group: cleared whole (the next group reads what it needs).
+        if cache.bytes > cache_bytes(shared.config.writer_cache_bytes()) {
+            cache.clear();
         }
         Ok(())
     }
@@ -577,6 +601,33 @@ mod tests {
         hash[..4].copy_from_slice(&i.to_le_bytes());
         hash[4..8].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_le_bytes());
         Pseudonym { version: 1, hash }
+    }
+
+    #[test]
+    fn the_block_cache_counts_the_bytes_it_holds() {
+        let mut cache = BlockCache::default();
+        let key = |i: u32| layout::block_key(p(i), Register::ImportT1, 7);
+        let day: layout::Entries = (0..96)
+            .map(|q| (q, 1_000_000 + u64::from(q) * 97))
+            .collect();
+        let block = layout::encode_block(&day);
+        cache.insert(key(1), block.clone().into_boxed_slice());
+        cache.insert(key(2), Box::default());
+        assert_eq!(cache.bytes, block.len() as u64 + 2 * CACHED_BLOCK_OVERHEAD);
+        // Replacing a block counts the new bytes instead of the old.
+        cache.insert(key(2), block.clone().into_boxed_slice());
+        assert_eq!(
+            cache.bytes,
+            2 * (block.len() as u64 + CACHED_BLOCK_OVERHEAD)
+        );
+        // A day of quarter-hours costs a tenth of its decoded form (16 bytes an entry).
+        assert!(
+            block.len() as u64 + CACHED_BLOCK_OVERHEAD < 96 * 16 / 4,
+            "{}",
+            block.len()
+        );
+        cache.clear();
+        assert_eq!((cache.bytes, cache.blocks.len()), (0, 0));
     }
 
     #[test]
