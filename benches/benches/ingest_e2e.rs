@@ -238,32 +238,88 @@ fn drain(rt: &tokio::runtime::Runtime, port: u16, client_id: &str, n: usize) -> 
     })
 }
 
-/// What one ingest round took: wall time, RSS growth (MiB), and the CPU seconds used by
-/// this process (ingest: the publisher and drain client are idle then) and by the broker.
+/// What one ingest round took: wall time, the ingest process's peak RSS (MiB), and the CPU
+/// seconds used by that process and by the broker.
 struct Round {
     took: Duration,
-    grew: f64,
+    peak: f64,
     cpu: f64,
     broker_cpu: f64,
 }
 
-fn ingest(
-    rt: &tokio::runtime::Runtime,
+/// Set in the environment of a child process of this bench that runs one ingest round
+/// (`port client_id messages readings broker_pid`) and prints its `Round` on stdout: ingest
+/// in a process of its own, so that its peak RSS is its own (in the bench's process, the
+/// queued messages and the drain client's freed buffers made RSS growth read anywhere
+/// from 50 to 160 MiB for the same round).
+const CHILD: &str = "METERSTAND_BENCH_INGEST_ROUND";
+
+/// Runs one ingest round in a child process.
+fn ingest_in_child(
     broker: &meterstand_testkit::Mosquitto,
     client_id: &str,
     msgs: usize,
     readings: u64,
 ) -> Round {
-    let port = broker.port;
-    let broker_pid = broker
-        .pid()
-        .map_or_else(|| "self".into(), |p| p.to_string());
+    let broker_pid = broker.pid().unwrap_or(0);
+    let out = std::process::Command::new(std::env::current_exe().expect("this bench's path"))
+        .env(
+            CHILD,
+            format!("{} {client_id} {msgs} {readings} {broker_pid}", broker.port),
+        )
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("ingest round in a child process");
+    assert!(out.status.success(), "ingest round failed: {}", out.status);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<f64> = text
+        .split_whitespace()
+        .map(|v| v.parse().expect("a number"))
+        .collect();
+    assert_eq!(f.len(), 4, "child printed {text:?}");
+    Round {
+        took: Duration::from_secs_f64(f[0]),
+        peak: f[1],
+        cpu: f[2],
+        broker_cpu: f[3],
+    }
+}
+
+/// The child's side of `ingest_in_child`.
+fn ingest_round_child(spec: &str) {
+    let f: Vec<&str> = spec.split_whitespace().collect();
+    let [port, client_id, msgs, readings, broker_pid] = f[..] else {
+        panic!("{CHILD}: expected port client_id messages readings broker_pid");
+    };
+    let rt = meterstand_benches::runtime();
+    let round = ingest(
+        &rt,
+        port.parse().expect("port"),
+        broker_pid,
+        client_id,
+        msgs.parse().expect("messages"),
+        readings.parse().expect("readings"),
+    );
+    drop(rt);
+    println!(
+        "{} {} {} {}",
+        round.took.as_secs_f64(),
+        round.peak,
+        round.cpu,
+        round.broker_cpu
+    );
+}
+
+fn ingest(
+    rt: &tokio::runtime::Runtime,
+    port: u16,
+    broker_pid: &str,
+    client_id: &str,
+    msgs: usize,
+    readings: u64,
+) -> Round {
     let cpu = || meterstand_testkit::bench::cpu_seconds("self");
-    let broker_cpu = || meterstand_testkit::bench::cpu_seconds(&broker_pid);
-    // Ingest's own memory: what the process grows by while it runs (the bench's queued
-    // messages and the drain client are resident before).
-    let before = meterstand_testkit::bench::rss_mib();
-    meterstand_testkit::bench::reset_peak_rss();
+    let broker_cpu = || meterstand_testkit::bench::cpu_seconds(broker_pid);
     let dir = tempfile::tempdir().expect("tempdir");
     let config = meterstand_benches::store_config(dir.path());
     let mut ic = meterstand_benches::ingest_config(port, client_id, &config);
@@ -340,7 +396,7 @@ fn ingest(
     drop(store);
     Round {
         took: rate,
-        grew: meterstand_testkit::bench::peak_rss_mib() - before,
+        peak: meterstand_testkit::bench::peak_rss_mib(),
         cpu: cpu_used,
         broker_cpu: broker_used,
     }
@@ -364,6 +420,9 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    if let Ok(spec) = std::env::var(CHILD) {
+        return ingest_round_child(&spec);
+    }
     let rt = meterstand_benches::runtime();
     let tmp = tempfile::tempdir().expect("tempdir");
     let broker = meterstand_benches::broker(&tmp.path().join("mosquitto"));
@@ -382,7 +441,7 @@ fn main() {
         // would keep collecting copies and slow the broker down.
         let (mut drains, mut ingests, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let (mut cpus, mut broker_cpus) = (Vec::new(), Vec::new());
-        let mut growth: f64 = 0.0;
+        let mut peak: f64 = 0.0;
         let drain_id = format!("bench-drain-{name}");
         let ingest_id = format!("bench-ingest-{name}");
         meterstand_benches::prepare_session(&rt, broker.port, &drain_id, kind.filter());
@@ -402,11 +461,11 @@ fn main() {
             );
             let Round {
                 took,
-                grew,
+                peak: round_peak,
                 cpu,
                 broker_cpu,
-            } = ingest(&rt, &broker, &ingest_id, msgs.len(), readings);
-            growth = growth.max(grew);
+            } = ingest_in_child(&broker, &ingest_id, msgs.len(), readings);
+            peak = peak.max(round_peak);
             // Per million readings stored.
             cpus.push(cpu * 1e9 / readings as f64);
             broker_cpus.push(broker_cpu * 1e9 / readings as f64);
@@ -415,7 +474,7 @@ fn main() {
             // their ratio drifts far less than either rate.
             ratios.push(per_sec(msgs.len() as u64, took) / drains[round]);
             eprintln!(
-                "{name} round {round}: drain {:.0} messages/s, ingest {:.0} messages/s ({:.0} readings/s)",
+                "{name} round {round}: drain {:.0} messages/s, ingest {:.0} messages/s ({:.0} readings/s), peak RSS {round_peak:.0} MiB",
                 drains[round],
                 per_sec(msgs.len() as u64, took),
                 per_sec(readings, took)
@@ -430,8 +489,9 @@ fn main() {
             (per_sec(msgs.len() as u64, took), per_sec(readings, took));
         let ratio = median(&mut ratios);
         println!("mqtt_drain_messages_per_sec_{name} {drain_rate:.0} messages/s");
-        // Ingest's own peak: broker client, pipeline and a fresh store (the largest round).
-        println!("ingest_rss_growth_mib_{name} {growth:.0} MiB");
+        // The ingest process's peak (runtime, broker client, pipeline and a fresh store),
+        // over the rounds.
+        println!("ingest_peak_rss_mib_{name} {peak:.0} MiB");
         // CPU per million readings stored (medians): ingest's process and the broker's. On a
         // shared 2-core machine these drift less than rates, so they show what a change cost.
         println!(
@@ -460,9 +520,4 @@ fn main() {
             }
         }
     }
-    // Beside speed: the whole process (publisher data, broker client, ingest, store).
-    println!(
-        "ingest_peak_rss_mib {:.0} MiB",
-        meterstand_testkit::bench::peak_rss_mib()
-    );
 }
