@@ -47,9 +47,12 @@ pub(crate) enum Command {
 
 /// Readings gathered into one group commit at most, to bound its latency.
 const GROUP_COMMIT_READINGS: usize = 64 * 1024;
-/// What a cached block costs beside its encoded bytes: its key, the boxed slice's pointer
-/// and length, and the hash table's control byte and spare capacity (rounded up).
-const CACHED_BLOCK_OVERHEAD: u64 = layout::KEY_LEN as u64 + 16 + 10;
+/// What a cached block costs beside its encoded bytes, counted high: its slot in the hash
+/// table (key, the boxed slice's pointer and length, a control byte), twice over for the
+/// spare capacity a table has after it grows, and malloc's header and rounding for the
+/// block's own allocation. Counted low, a million connections' small blocks (an hour each)
+/// took twice what the share allows.
+const CACHED_BLOCK_OVERHEAD: u64 = 2 * (layout::KEY_LEN as u64 + 16 + 1) + 32;
 
 /// Blocks as last written, encoded, for one tier: a stream of readings into the same open
 /// blocks (the current day of every connection) needs no read before each write. Encoded
@@ -142,6 +145,8 @@ pub(crate) struct Writer {
     blocks: [BlockCache; 3],
     /// A block being merged, decoded (reused from block to block).
     entries: layout::Entries,
+    /// Each tier's touches of the group being applied (reused from group to group).
+    touched: [Touched; 3],
     /// (connection, meter) pairs known to be recorded, to spare a write per message.
     meters_seen: SeenMeters,
     /// Groups written and waiting for a WAL sync (None when syncing inline or not at all).
@@ -192,6 +197,11 @@ impl Touched {
     fn is_empty(&self) -> bool {
         self.touches.is_empty()
     }
+
+    fn clear(&mut self) {
+        self.touches.clear();
+        self.runs.clear();
+    }
 }
 
 struct Pending {
@@ -210,6 +220,7 @@ impl Writer {
             shared,
             blocks: Default::default(),
             entries: Vec::new(),
+            touched: Default::default(),
             syncer: None,
         }
     }
@@ -335,13 +346,19 @@ impl Writer {
         let mut outcomes = vec![WriteOutcome::default(); group.len()];
         let mut batch = WriteBatch::default();
         self.rekey_connections(group, &mut batch)?;
-        let mut touched = self.gate(group, &mut outcomes, &mut batch)?;
+        // The touch buffers of the last group, emptied: their allocations serve this one (a
+        // group of 4,000 days holds about 9 MB of touches; allocating that anew for every
+        // group left malloc's arenas fragmented).
+        let mut touched = std::mem::take(&mut self.touched);
+        self.gate(group, &mut touched, &mut outcomes, &mut batch)?;
         for tier in Tier::ALL {
-            let touches = std::mem::take(&mut touched[tier as usize]);
+            let touches = &mut touched[tier as usize];
             if !touches.is_empty() {
                 self.merge_tier(tier, touches, &mut outcomes, &mut batch)?;
             }
+            touches.clear();
         }
+        self.touched = touched;
         // Not synced here: the sync thread syncs the WAL for every group written so far.
         let mut unsynced = WriteOptions::default();
         unsynced.set_sync(false);
@@ -360,9 +377,10 @@ impl Writer {
     fn gate(
         &mut self,
         group: &[Pending],
+        touched: &mut [Touched; 3],
         outcomes: &mut [WriteOutcome],
         batch: &mut WriteBatch,
-    ) -> Result<[Touched; 3], StoreError> {
+    ) -> Result<(), StoreError> {
         let shared = self.shared.clone();
         let meters_cf = shared.cf(CF_METERS)?;
         let horizons = Tier::ALL.map(|t| shared.horizons.get(t));
@@ -370,7 +388,6 @@ impl Writer {
         // tier entry; the freeze raises it).
         let frozen_until = Tier::ALL
             .map(|t| shared.frozen_until[t as usize].load(std::sync::atomic::Ordering::Relaxed));
-        let mut touched: [Touched; 3] = Default::default();
         let connections = shared.connections.read();
         let tombstones = shared.tombstones.read();
         for (idx, pending) in group.iter().enumerate() {
@@ -416,7 +433,7 @@ impl Writer {
                 }
             }
         }
-        Ok(touched)
+        Ok(())
     }
 
     /// Merges one tier's touches into their blocks (read once, then cached) and queues the
@@ -424,11 +441,11 @@ impl Writer {
     fn merge_tier(
         &mut self,
         tier: Tier,
-        touched: Touched,
+        touched: &mut Touched,
         outcomes: &mut [WriteOutcome],
         batch: &mut WriteBatch,
     ) -> Result<(), StoreError> {
-        let Touched { touches, mut runs } = touched;
+        let Touched { touches, runs } = touched;
         // Key order: the memtable inserts each key next to the previous one (its skip list
         // reuses the last insert position), and equal keys meet. The sort is stable, so
         // within one key the first arrival is merged first and wins a conflict.
@@ -437,7 +454,7 @@ impl Writer {
         let cf = shared.tier_cf(tier)?;
         let cache = &mut self.blocks[tier as usize];
         let mut missing: Vec<BlockKey> = Vec::new();
-        for r in &runs {
+        for r in runs.iter() {
             if missing.last() != Some(&r.key) && !cache.blocks.contains_key(&r.key) {
                 missing.push(r.key);
             }
