@@ -161,6 +161,9 @@ impl Unit {
 
 /// Parses a decimal with at most 3 decimals into thousandths (kWh → Wh, m³ → dm³).
 pub fn parse_milli(text: &str) -> Result<u64, ValueError> {
+    if let Some(milli) = plain_milli(text.as_bytes()) {
+        return Ok(milli);
+    }
     let text = text.trim();
     if let Some(rest) = text.strip_prefix('-') {
         return match parse_milli(rest) {
@@ -208,6 +211,38 @@ pub fn parse_milli(text: &str) -> Result<u64, ValueError> {
         .take(3)
         .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
     Ok(whole * 1000 + milli)
+}
+
+/// The form publishers send, in one loop: up to nine digits, then optionally a point and
+/// one to three decimals, within `Register::MAX_PUBLISHED`. `None` for anything else (signs,
+/// spaces, leading zeros past nine digits, more decimals), which `parse_milli` then reads
+/// the long way; where this gives a value, the long way gives the same.
+fn plain_milli(text: &[u8]) -> Option<u64> {
+    let digit = |b: u8| {
+        let d = b.wrapping_sub(b'0');
+        (d < 10).then_some(u64::from(d))
+    };
+    let (int, frac) = match text.iter().position(|&b| b == b'.') {
+        Some(dot) => (&text[..dot], Some(&text[dot + 1..])),
+        None => (text, None),
+    };
+    if int.is_empty() || int.len() > 9 {
+        return None;
+    }
+    let mut whole = 0u64;
+    for &b in int {
+        whole = whole * 10 + digit(b)?;
+    }
+    let mut milli = 0u64;
+    if let Some(frac) = frac {
+        if frac.is_empty() || frac.len() > 3 {
+            return None;
+        }
+        for (i, &b) in frac.iter().enumerate() {
+            milli += digit(b)? * [100, 10, 1][i];
+        }
+    }
+    (whole <= Register::MAX_PUBLISHED).then_some(whole * 1000 + milli)
 }
 
 /// Decimals without their trailing zeros.
