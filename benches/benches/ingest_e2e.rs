@@ -341,6 +341,13 @@ fn ingest(
     {
         ic.max_unacked = n;
     }
+    // METERSTAND_BENCH_MAX_UNACKED_KIB: ingest's byte budget, instead of its share of the store's.
+    if let Some(kib) = std::env::var("METERSTAND_BENCH_MAX_UNACKED_KIB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        ic.max_unacked_bytes = kib << 10;
+    }
     let status = Arc::new(IngestStatus::default());
     let stop = CancellationToken::new();
     // The clock runs from the start of the session (connect and subscribe take a few ms on
