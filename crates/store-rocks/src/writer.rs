@@ -75,6 +75,12 @@ impl BlockCache {
         }
     }
 
+    fn remove(&mut self, key: &BlockKey) {
+        if let Some(old) = self.blocks.remove(key) {
+            self.bytes -= old.len() as u64 + CACHED_BLOCK_OVERHEAD;
+        }
+    }
+
     fn clear(&mut self) {
         self.blocks.clear();
         self.blocks.shrink_to(0);
@@ -554,7 +560,17 @@ impl Writer {
             if changed {
                 let block = layout::encode_block(entries);
                 batch.put_cf(cf, key, &block);
-                cache.insert(key, block.into_boxed_slice());
+                if tier == Tier::Interval
+                    && entries.len() == layout::bucket_quarters(Tier::Interval) as usize
+                {
+                    // A full day of quarter-hours takes no new reading: only a redelivered
+                    // duplicate or a correction comes back to it, and reads it. Kept, whole
+                    // days sent at once (a backfill) would fill the cache with blocks that
+                    // are never touched again and push out the days still filling.
+                    cache.remove(&key);
+                } else {
+                    cache.insert(key, block.into_boxed_slice());
+                }
             }
         }
         // Over its share after this group: cleared whole (the next group reads what it needs).
@@ -643,6 +659,10 @@ mod tests {
             "{}",
             block.len()
         );
+        cache.remove(&key(1));
+        assert_eq!(cache.bytes, block.len() as u64 + CACHED_BLOCK_OVERHEAD);
+        cache.remove(&key(1));
+        assert_eq!(cache.bytes, block.len() as u64 + CACHED_BLOCK_OVERHEAD);
         cache.clear();
         assert_eq!((cache.bytes, cache.blocks.len()), (0, 0));
     }

@@ -496,3 +496,43 @@ fn the_sweep_removes_every_expired_block_of_every_series_and_nothing_live() {
     }
     assert_eq!(store.sweep_retention().expect("sweep").interval, 0);
 }
+
+/// A full day of quarter-hours is not kept in the writer's cache (no new reading can join
+/// it): a redelivery of that day is still counted as duplicates, a correction still
+/// replaces its value, and both are read from the store, not assumed.
+#[test]
+fn a_full_day_out_of_the_writers_cache_still_meets_duplicates_and_corrections() {
+    let mut rocks = Rocks::new();
+    let clock = ManualClock::new(ts("2026-12-02T00:00:00Z"));
+    let p = pseudo(21);
+    let store = rocks.open(&clock);
+    put(&store, p, connection(ConsentLevel::Interval, "1234"));
+    // One UTC day: a full interval block for each of the two registers.
+    let day = quarter_hours(ts("2026-11-30T00:00:00Z"), 96, 1000, 50);
+    let first = block_on(store.write(vec![item(p, day.clone())])).expect("write");
+    assert_eq!(first.stored.interval, 192);
+    let again = block_on(store.write(vec![item(p, day.clone())])).expect("redelivery");
+    assert_eq!(again.stored.total(), 0, "{again:?}");
+    assert_eq!(again.duplicates, first.stored.total(), "{again:?}");
+    assert_eq!(again.conflicts, 0);
+    let noon = ts("2026-11-30T12:00:00Z");
+    let fixed = block_on(store.write(vec![correction(
+        p,
+        vec![tiered(Register::ImportT1, noon, 7_777)],
+    )]))
+    .expect("correction");
+    assert_eq!(fixed.corrected, 1, "{fixed:?}");
+    let stored = store
+        .readings(p, Tier::Interval, noon, ts("2026-11-30T12:15:00Z"))
+        .expect("read");
+    let values: Vec<u64> = stored
+        .iter()
+        .filter(|r| r.register == Register::ImportT1)
+        .map(|r| r.value)
+        .collect();
+    assert_eq!(values, [7_777]);
+    // And a conflicting value (not a correction) is a conflict, not a new reading.
+    let clash = block_on(store.write(vec![item(p, vec![tiered(Register::ImportT2, noon, 1)])]))
+        .expect("conflict");
+    assert_eq!((clash.conflicts, clash.stored.total()), (1, 0), "{clash:?}");
+}
