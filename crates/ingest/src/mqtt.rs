@@ -177,7 +177,7 @@ impl Session {
         // Everything received was written and acknowledged (or is left for redelivery):
         // leave, giving the poll loop a moment to send the acks and the DISCONNECT.
         stop.cancel();
-        let panicked = poller
+        let failed = poller
             .finish(if disconnect {
                 Duration::from_secs(5)
             } else {
@@ -187,13 +187,13 @@ impl Session {
         status.connected.store(false, Ordering::SeqCst);
         metrics::CONNECTED.set(0);
         result?;
-        if panicked {
-            return Err(IngestError::TaskFailed {
+        match failed {
+            Some(reason) => Err(IngestError::TaskFailed {
                 task: "mqtt event loop",
-                reason: "panicked".into(),
-            });
+                reason,
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -203,8 +203,8 @@ impl Session {
 /// peaked 28 MiB higher. A thread of its own also means reading the socket never waits
 /// behind other tasks.
 struct Poller {
-    /// Whether the loop panicked, once it has ended.
-    done: tokio::sync::oneshot::Receiver<bool>,
+    /// How the loop ended: `None` on its own or cancelled, else why it failed.
+    done: tokio::sync::oneshot::Receiver<Option<String>>,
     /// Ends the loop where it stands (after the wait for a clean end).
     kill: CancellationToken,
 }
@@ -216,16 +216,22 @@ impl Poller {
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let kill = CancellationToken::new();
         let killed = kill.clone();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| IngestError::TaskFailed {
-                task: "mqtt event loop",
-                reason: format!("cannot start its runtime: {e}"),
-            })?;
+        // The runtime is built on the thread: dropped on an async worker (were the thread
+        // not to start), a runtime panics instead of letting us report the error.
         std::thread::Builder::new()
             .name("meterstand-mqtt".into())
             .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        // Dropping `poll` closes the received queue: the pipeline ends.
+                        let _ = done_tx.send(Some(format!("cannot start its runtime: {e}")));
+                        return;
+                    }
+                };
                 let run = std::panic::AssertUnwindSafe(|| {
                     runtime.block_on(async {
                         tokio::select! {
@@ -235,7 +241,10 @@ impl Poller {
                         }
                     })
                 });
-                let _ = done_tx.send(std::panic::catch_unwind(run).is_err());
+                let failed = std::panic::catch_unwind(run)
+                    .is_err()
+                    .then(|| "panicked".to_owned());
+                let _ = done_tx.send(failed);
             })
             .map_err(|e| IngestError::TaskFailed {
                 task: "mqtt event loop",
@@ -244,17 +253,19 @@ impl Poller {
         Ok(Poller { done, kill })
     }
 
-    /// Waits up to `grace` for the loop to end on its own, then ends it; whether it panicked.
-    async fn finish(mut self, grace: Duration) -> bool {
-        if let Ok(Ok(panicked)) = tokio::time::timeout(grace, &mut self.done).await {
-            return panicked;
+    /// Waits up to `grace` for the loop to end on its own, then ends it; why it failed, if
+    /// it did.
+    async fn finish(mut self, grace: Duration) -> Option<String> {
+        if let Ok(Ok(failed)) = tokio::time::timeout(grace, &mut self.done).await {
+            return failed;
         }
         self.kill.cancel();
         // A loop that cannot be stopped (it is not at an await) is left to the process's end.
-        matches!(
-            tokio::time::timeout(Duration::from_secs(1), self.done).await,
-            Ok(Ok(true))
-        )
+        tokio::time::timeout(Duration::from_secs(1), self.done)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
     }
 }
 
