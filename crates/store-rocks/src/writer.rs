@@ -351,16 +351,32 @@ impl Writer {
         self.shared.refresh_horizons();
         let mut outcomes = vec![WriteOutcome::default(); group.len()];
         let mut batch = WriteBatch::default();
-        self.rekey_connections(group, &mut batch)?;
+        let moved = self.rekey_connections(group, &mut batch)?;
+        let applied = self.apply_rekeyed(group, &mut outcomes, batch);
+        if applied.is_err() {
+            // The moves were made in memory for the gate; the batch that carried them to
+            // disk was not written. Undone, the next attempt moves them again.
+            self.undo_rekey(&moved);
+        }
+        applied.map(|()| outcomes)
+    }
+
+    /// `apply` after re-keying: gate, merge and write the group.
+    fn apply_rekeyed(
+        &mut self,
+        group: &[Pending],
+        outcomes: &mut [WriteOutcome],
+        mut batch: WriteBatch,
+    ) -> Result<(), StoreError> {
         // The touch buffers of the last group, emptied: their allocations serve this one (a
         // group of 4,000 days holds about 9 MB of touches; allocating that anew for every
         // group left malloc's arenas fragmented).
         let mut touched = std::mem::take(&mut self.touched);
-        self.gate(group, &mut touched, &mut outcomes, &mut batch)?;
+        self.gate(group, &mut touched, outcomes, &mut batch)?;
         for tier in Tier::ALL {
             let touches = &mut touched[tier as usize];
             if !touches.is_empty() {
-                self.merge_tier(tier, touches, &mut outcomes, &mut batch)?;
+                self.merge_tier(tier, touches, outcomes, &mut batch)?;
             }
             touches.clear();
         }
@@ -375,7 +391,7 @@ impl Writer {
                 .write_opt(batch, &unsynced)
                 .map_err(engine("writing a group"))?;
         }
-        Ok(outcomes)
+        Ok(())
     }
 
     /// The consent and retention gate: which tier entries of the group may be stored, as
@@ -583,15 +599,17 @@ impl Writer {
     /// Re-keying after a key rotation: a connection whose record lies only under an older
     /// pseudonym gets it moved to the current one the first time it is seen again, in the
     /// same batch as its readings.
+    /// Returns the moves made in memory, (old, new), in order.
     fn rekey_connections(
         &mut self,
         group: &[Pending],
         batch: &mut WriteBatch,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<(Pseudonym, Pseudonym)>, StoreError> {
+        let mut moved = Vec::new();
         // With one key version (the usual case) no item names an older pseudonym.
         let items = || group.iter().flat_map(|p| &p.items);
         if items().all(|i| i.previous.is_empty()) {
-            return Ok(());
+            return Ok(moved);
         }
         let shared = &self.shared;
         let cf = shared.cf(CF_CONNECTIONS)?;
@@ -612,10 +630,24 @@ impl Writer {
                 batch.delete_cf(cf, old.to_bytes());
                 batch.put_cf(cf, item.connection.to_bytes(), encode_connection(&c));
                 connections.insert(item.connection, c);
+                moved.push((old, item.connection));
                 metrics::REKEYED.inc();
             }
         }
-        Ok(())
+        Ok(moved)
+    }
+
+    /// Puts connection records moved in memory by `rekey_connections` back where they were.
+    fn undo_rekey(&self, moved: &[(Pseudonym, Pseudonym)]) {
+        if moved.is_empty() {
+            return;
+        }
+        let mut connections = self.shared.connections.write();
+        for (old, new) in moved.iter().rev() {
+            if let Some(c) = connections.remove(new) {
+                connections.insert(*old, c);
+            }
+        }
     }
 
     fn clear_cache(&mut self) {

@@ -250,6 +250,42 @@ fn a_moved_connection_record_is_durable() {
     assert!(store.connection(old).expect("read").is_none());
 }
 
+/// A group that fails after moving a connection record to the current key in memory (the
+/// batch that carries the move to disk is not written) puts it back: memory and disk agree,
+/// and the retry moves it for real.
+#[test]
+fn a_failed_group_undoes_its_moved_connection_records() {
+    let mut rocks = Rocks::new();
+    let clock = ManualClock::new(ts("2026-12-02T00:00:00Z"));
+    let old = pseudo(32);
+    let new = Pseudonym {
+        version: 2,
+        hash: [33; 16],
+    };
+    {
+        let store = rocks.open(&clock);
+        put(&store, old, connection(ConsentLevel::Interval, "1234"));
+        let mut it = item(new, quarter_hours(ts("2026-11-30T22:00:00Z"), 4, 1000, 50));
+        it.previous = vec![old];
+        store.inject_fault(FaultPoint::GroupWrite, 1);
+        assert!(block_on(store.write(vec![it.clone()])).is_err());
+        assert!(
+            store.connection(old).expect("read").is_some(),
+            "back under the old key"
+        );
+        assert!(store.connection(new).expect("read").is_none());
+        let retry = block_on(store.write(vec![it])).expect("retry");
+        assert_eq!(retry.stored.interval, 8);
+        assert!(store.connection(new).expect("read").is_some());
+        assert!(store.connection(old).expect("read").is_none());
+        store.close().expect("close");
+    }
+    // On disk as in memory: the record moved once, by the retry.
+    let store = rocks.open(&clock);
+    assert!(store.connection(new).expect("read").is_some());
+    assert!(store.connection(old).expect("read").is_none());
+}
+
 /// The registry of connections lives in memory (the gate reads it for every reading): it is
 /// charged to `store.memory`, so the block cache shrinks as the fleet grows, at registration
 /// and again when a reopened store loads it.
