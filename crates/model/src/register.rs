@@ -161,55 +161,51 @@ impl Unit {
 
 /// Parses a decimal with at most 3 decimals into thousandths (kWh → Wh, m³ → dm³).
 pub fn parse_milli(text: &str) -> Result<u64, ValueError> {
-    if let Some(milli) = plain_milli(text.as_bytes()) {
-        return Ok(milli);
-    }
+    plain_milli(text.as_bytes()).map_or_else(|| milli_by_parts(text), Ok)
+}
+
+/// Any other form, the plain way: trimmed, a sign, leading and trailing zeros, and the
+/// reason a value is refused.
+fn milli_by_parts(text: &str) -> Result<u64, ValueError> {
     let text = text.trim();
     if let Some(rest) = text.strip_prefix('-') {
-        return match parse_milli(rest) {
+        return match milli_by_parts(rest) {
             Ok(0) => Ok(0),
             Ok(_) | Err(ValueError::Absurd { .. }) => Err(ValueError::Negative),
             Err(e) => Err(e),
         };
     }
-    // One pass over the digits (a batch holds hundreds of thousands of these): the whole
-    // part without its leading zeros, then up to three significant decimals.
+    let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ValueError::NotANumber);
+    }
+    if !frac.bytes().all(|b| b.is_ascii_digit()) || (text.contains('.') && frac.is_empty()) {
+        return Err(ValueError::NotANumber);
+    }
+    let frac = frac.trim_end_matches('0');
+    if frac.len() > 3 {
+        return Err(ValueError::TooPrecise);
+    }
+    let int = int.trim_start_matches('0');
     let absurd = ValueError::Absurd {
         max: Register::MAX_PUBLISHED,
         unit: "",
     };
-    let bytes = text.as_bytes();
-    let (int, frac) = match bytes.iter().position(|&b| b == b'.') {
-        Some(dot) if dot + 1 < bytes.len() => (&bytes[..dot], &bytes[dot + 1..]),
-        // "5." has no decimals after its point.
-        Some(_) => return Err(ValueError::NotANumber),
-        None => (bytes, &[][..]),
-    };
-    if int.is_empty() || !int.iter().all(u8::is_ascii_digit) {
-        return Err(ValueError::NotANumber);
-    }
-    if !frac.iter().all(u8::is_ascii_digit) {
-        return Err(ValueError::NotANumber);
-    }
-    let frac = without_trailing_zeros(frac);
-    if frac.len() > 3 {
-        return Err(ValueError::TooPrecise);
-    }
-    let significant = int.iter().position(|&b| b != b'0').unwrap_or(int.len());
-    let int = &int[significant..];
     if int.len() > 9 {
         return Err(absurd);
     }
-    // At most nine digits: no overflow.
-    let whole = int.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+    let whole: u64 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| ValueError::NotANumber)?
+    };
     if whole > Register::MAX_PUBLISHED {
         return Err(absurd);
     }
-    let milli = frac
-        .iter()
-        .chain(std::iter::repeat(&b'0'))
-        .take(3)
-        .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+    let mut milli = 0u64;
+    for (i, d) in frac.bytes().enumerate() {
+        milli += u64::from(d - b'0') * 10u64.pow(2 - i as u32);
+    }
     Ok(whole * 1000 + milli)
 }
 
@@ -245,12 +241,6 @@ fn plain_milli(text: &[u8]) -> Option<u64> {
     (whole <= Register::MAX_PUBLISHED).then_some(whole * 1000 + milli)
 }
 
-/// Decimals without their trailing zeros.
-fn without_trailing_zeros(frac: &[u8]) -> &[u8] {
-    let end = frac.iter().rposition(|&b| b != b'0').map_or(0, |i| i + 1);
-    &frac[..end]
-}
-
 /// Formats thousandths as a decimal with exactly 3 decimals (Wh → "12.345" kWh).
 pub fn format_milli(value: u64) -> String {
     format!("{}.{:03}", value / 1000, value % 1000)
@@ -261,55 +251,23 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The first, plainer `parse_milli` (split, trim, `str::parse`): the one-pass version
-    /// must agree with it on every input.
-    fn parse_milli_by_parts(text: &str) -> Result<u64, ValueError> {
-        let text = text.trim();
-        if let Some(rest) = text.strip_prefix('-') {
-            return match parse_milli_by_parts(rest) {
-                Ok(0) => Ok(0),
-                Ok(_) | Err(ValueError::Absurd { .. }) => Err(ValueError::Negative),
-                Err(e) => Err(e),
-            };
-        }
-        let (int, frac) = text.split_once('.').unwrap_or((text, ""));
-        if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(ValueError::NotANumber);
-        }
-        if !frac.bytes().all(|b| b.is_ascii_digit()) || (text.contains('.') && frac.is_empty()) {
-            return Err(ValueError::NotANumber);
-        }
-        let frac = frac.trim_end_matches('0');
-        if frac.len() > 3 {
-            return Err(ValueError::TooPrecise);
-        }
-        let int = int.trim_start_matches('0');
-        let absurd = ValueError::Absurd {
-            max: Register::MAX_PUBLISHED,
-            unit: "",
-        };
-        if int.len() > 9 {
-            return Err(absurd);
-        }
-        let whole: u64 = if int.is_empty() {
-            0
-        } else {
-            int.parse().map_err(|_| ValueError::NotANumber)?
-        };
-        if whole > Register::MAX_PUBLISHED {
-            return Err(absurd);
-        }
-        let mut milli = 0u64;
-        for (i, d) in frac.bytes().enumerate() {
-            milli += u64::from(d - b'0') * 10u64.pow(2 - i as u32);
-        }
-        Ok(whole * 1000 + milli)
-    }
-
     proptest! {
         #[test]
-        fn parse_milli_agrees_with_the_plain_version(text in "[ ]?-?[0-9]{0,12}[.]?[0-9]{0,6}[.0-9a-e+ ]{0,2}") {
-            prop_assert_eq!(parse_milli(&text), parse_milli_by_parts(&text), "{:?}", text);
+        fn parse_milli_agrees_with_the_plain_version(
+            text in "[ ]?-?[0-9]{0,12}[.]?[0-9]{0,6}[.0-9a-e+ ]{0,2}",
+            plain in "[0-9]{1,10}([.][0-9]{0,4})?",
+        ) {
+            // Where the one-loop form gives a value, the plain way gives the same; up to nine
+            // digits without decimals it gives one unless the plain way refuses the value.
+            for text in [&text, &plain] {
+                match plain_milli(text.as_bytes()) {
+                    Some(fast) => prop_assert_eq!(Ok(fast), milli_by_parts(text), "{:?}", text),
+                    None if text.len() <= 9 && text.bytes().all(|b| b.is_ascii_digit()) => {
+                        prop_assert!(milli_by_parts(text).is_err(), "{:?}", text)
+                    }
+                    None => {}
+                }
+            }
         }
     }
 

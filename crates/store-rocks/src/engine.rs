@@ -79,7 +79,8 @@ pub struct StoreConfig {
     pub journal: Option<PathBuf>,
     /// One memory budget in bytes (`store.memory`): five eighths for RocksDB's block cache,
     /// which memtables are charged to as well (a write-buffer manager holds them to a quarter
-    /// of the budget), a quarter for the writer's decoded blocks, and an eighth for the
+    /// of the budget), a quarter for the writer's cache of blocks as last written and its table
+    /// of recorded meters, and an eighth for the
     /// messages ingest holds until they are acknowledged (`ingest_bytes`).
     pub memory: u64,
 }
@@ -106,7 +107,7 @@ impl StoreConfig {
         ingest_share(self.memory)
     }
 
-    /// The writer's decoded-block cache share.
+    /// The writer's share: its cache of blocks as last written and its table of recorded meters.
     pub fn writer_cache_bytes(&self) -> u64 {
         self.memory / 4
     }

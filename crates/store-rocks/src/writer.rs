@@ -489,7 +489,8 @@ impl Writer {
         for (key, old) in missing.iter().zip(fetched) {
             match old.map_err(engine("reading blocks"))? {
                 Some(bytes) => {
-                    if layout::decode_block(&bytes).is_some()
+                    // Decoded into the writer's scratch: only whether it decodes matters here.
+                    if layout::decode_block_into(&bytes, &mut self.entries)
                         && !shared.faults.fires(FaultPoint::BlockDecode(tier))
                     {
                         cache.insert(*key, Box::from(&bytes[..]));

@@ -102,11 +102,6 @@ pub fn peak_rss_mib() -> f64 {
     status_mib("VmHWM:")
 }
 
-/// Resident memory of this process now (VmRSS), in MiB; 0 where /proc is missing.
-pub fn rss_mib() -> f64 {
-    status_mib("VmRSS:")
-}
-
 /// Resets the process's peak RSS to its current RSS (Linux `clear_refs`), so that a phase
 /// can report its own peak.
 pub fn reset_peak_rss() {
