@@ -48,7 +48,8 @@ pub fn canonical(text: &str) -> Option<WirePayload<'_>> {
 
 /// The first quote, backslash or control character in `bytes`, eight bytes at a time while
 /// eight remain: in `found` a byte's high bit is set where that byte is one of them; bits
-/// above the first find may be false ones (a borrow), never below, so the lowest is right.
+/// above the first find may be false ones (a borrow), never below, so the lowest is right;
+/// a byte of 0x80 or more is never flagged (`& !w`).
 fn stop(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([1; 8]);
     const HIGHS: u64 = ONES << 7;
@@ -138,8 +139,10 @@ impl<'a> Cursor<'a> {
         if self.eat(b'}') {
             return Some(());
         }
-        for n in 0.. {
+        let mut n = 0;
+        loop {
             let key = self.key(usual.get(n).copied())?;
+            n += 1;
             self.eat(b':').then_some(())?;
             field(self, key)?;
             if self.eat(b'}') {
@@ -147,16 +150,16 @@ impl<'a> Cursor<'a> {
             }
             self.eat(b',').then_some(())?;
         }
-        None
     }
 
     fn readings(&mut self) -> Option<Vec<WireReading<'a>>> {
         self.eat(b'[').then_some(())?;
-        // About 80 bytes a reading: one allocation for a day of quarter-hours.
-        let mut readings = Vec::with_capacity((self.text.len() - self.at) / 64);
         if self.eat(b']') {
-            return Some(readings);
+            return Some(Vec::new());
         }
+        // A reading takes about 80 bytes: one per 64 bytes left over-estimates, so that a
+        // day of quarter-hours is one allocation (at most 1,024 for a 64 KiB payload).
+        let mut readings = Vec::with_capacity((self.text.len() - self.at) / 64);
         loop {
             readings.push(self.reading()?);
             if self.eat(b']') {
