@@ -27,7 +27,7 @@ pub(crate) fn decode(text: &str) -> Result<WirePayload<'_>, Reject> {
 pub fn canonical(text: &str) -> Option<WirePayload<'_>> {
     let mut c = Cursor { text, at: 0 };
     let (mut meter, mut readings) = (None, None);
-    c.object(&["meter", "readings"], |c, key| match key {
+    c.object(|c, key| match key {
         "meter" if meter.is_none() => {
             meter = Some(c.string()?);
             Some(())
@@ -109,40 +109,15 @@ impl<'a> Cursor<'a> {
         self.text.get(start..start + len)
     }
 
-    /// A key: `usual` compared whole with its quotes (the field publishers put at this
-    /// place), or any string.
-    fn key(&mut self, usual: Option<&'static str>) -> Option<&'a str> {
-        self.whitespace();
-        if let Some(usual) = usual {
-            let rest = self.text.as_bytes().get(self.at..)?;
-            let n = usual.len();
-            if rest.len() > n + 1
-                && rest[0] == b'"'
-                && rest[n + 1] == b'"'
-                && &rest[1..=n] == usual.as_bytes()
-            {
-                self.at += n + 2;
-                return Some(usual);
-            }
-        }
-        self.string()
-    }
-
     /// `{ "key": value, ... }`, each value read by `field` (which gives up on a key it does
-    /// not know or has seen); `usual` is the order publishers write the keys in.
-    fn object(
-        &mut self,
-        usual: &[&'static str],
-        mut field: impl FnMut(&mut Self, &'a str) -> Option<()>,
-    ) -> Option<()> {
+    /// not know or has seen).
+    fn object(&mut self, mut field: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
         self.eat(b'{').then_some(())?;
         if self.eat(b'}') {
             return Some(());
         }
-        let mut n = 0;
         loop {
-            let key = self.key(usual.get(n).copied())?;
-            n += 1;
+            let key = self.string()?;
             self.eat(b':').then_some(())?;
             field(self, key)?;
             if self.eat(b'}') {
@@ -178,7 +153,7 @@ impl<'a> Cursor<'a> {
         }
         self.at = start;
         let (mut obis, mut time, mut value, mut unit) = (None, None, None, None);
-        self.object(&["obis", "time", "value", "unit"], |c, key| {
+        self.object(|c, key| {
             let slot = match key {
                 "obis" => &mut obis,
                 "time" => &mut time,
