@@ -67,10 +67,12 @@ fn freeze_a_day_of_quarter_hours(p: &Pseudonymiser, cal: &Calendar) {
         .date_start(day.tomorrow().expect("date"))
         .expect("local midnight");
     let config = meterstand_store::freeze::FreezeConfig {
-        lookback: std::time::Duration::from_secs(86_400),
+        budget: std::time::Duration::from_secs(3600),
         ..Default::default()
     };
-    // Just after the day's settle delay: the day (and no month) is due.
+    // Just after the day's settle delay: the day (and no month) is due, and so is the day
+    // before it, which the first midnight reading marks (it ends that day) and which has
+    // nothing to publish: the freeze computes it, finds nobody and leaves it unfrozen.
     let now = day_end
         .checked_add(jiff::SignedDuration::try_from(config.settle).expect("settle"))
         .and_then(|t| t.checked_add(jiff::SignedDuration::from_secs(60)))
@@ -79,8 +81,8 @@ fn freeze_a_day_of_quarter_hours(p: &Pseudonymiser, cal: &Calendar) {
     let report = meterstand_store::freeze::run(&store, cal, &config, now).expect("freeze");
     let took = started.elapsed();
     assert_eq!(
-        report.units, 3,
-        "one day for each register kind: {report:?}"
+        report.units, 6,
+        "the day and the one before it, for each register kind: {report:?}"
     );
     println!(
         "statistics_freeze_ms_per_day {:.1} ms",
@@ -109,7 +111,7 @@ fn main() {
         store.as_ref(),
         &cal,
         &meterstand_store::freeze::FreezeConfig {
-            lookback: std::time::Duration::from_secs(40 * 86_400),
+            budget: std::time::Duration::from_secs(3600),
             ..Default::default()
         },
         "2026-11-03T00:00:00Z".parse().expect("now"),

@@ -1,15 +1,18 @@
 //! `meterstand backup --name NAME` asks the running service for a consistent checkpoint in
 //! a child of `[backup] dir`; `meterstand restore --from DIR` puts one in place of
-//! `store.path` (service stopped), replays the erasures and consent changes journalled
-//! since the backup was taken, and proves it opens.
+//! `store.path` (service stopped): it refuses when the subject journal does not reach back
+//! to the backup, keeps every statistics period the replaced store had frozen, replays the
+//! erasures, consent changes and objections journalled since the backup was taken, and
+//! proves it opens.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use meterstand_store::SystemClock;
-use meterstand_store_rocks::RocksStore;
+use meterstand_store::journal::SubjectJournal;
+use meterstand_store::{ReadingStore, SystemClock};
+use meterstand_store_rocks::{RocksStore, StoreConfig};
 
 use crate::client::{Client, ServerArgs};
 use crate::config::Config;
@@ -39,6 +42,11 @@ pub struct RestoreArgs {
     /// delete it yourself as soon as you can.
     #[arg(long, requires = "force")]
     pub keep_previous: bool,
+    /// Restore although the subject journal does not reach back to the backup (pruned,
+    /// missing or reset): erasures, consent changes and objections made after the backup
+    /// may then be undone, and must be carried out again by hand.
+    #[arg(long)]
+    pub accept_journal_gap: bool,
 }
 
 pub async fn backup(args: BackupArgs, default_server: &str) -> anyhow::Result<()> {
@@ -87,45 +95,110 @@ pub fn restore(args: RestoreArgs, config: &Config) -> anyhow::Result<()> {
             args.from.display()
         );
     }
-    let mut aside = None;
     let occupied = target.exists()
         && std::fs::read_dir(&target)
             .map(|mut d| d.next().is_some())
             .unwrap_or(true);
-    if occupied {
-        if !args.force {
-            bail!(
-                "store.path {} is not empty; stop the service and pass --force to move it aside",
-                target.display()
-            );
-        }
-        let moved = PathBuf::from(format!(
-            "{}.before-restore-{}",
-            target.display(),
-            jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")
-        ));
-        // RocksDB's lock is advisory to rename: make sure no service holds the store.
-        let probe = RocksStore::open(crate::service::store_config(config)?, Arc::new(SystemClock))
-            .with_context(|| {
+    if occupied && !args.force {
+        bail!(
+            "store.path {} is not empty; stop the service and pass --force to move it aside",
+            target.display()
+        );
+    }
+    let store_config = crate::service::store_config(config)?;
+    // The store being replaced: its watermark, and the statistics it froze (a restore never
+    // changes a frozen period). Opening it also proves no service holds it (RocksDB's lock
+    // is advisory to rename).
+    let previous = if occupied {
+        let live = RocksStore::open(store_config.clone(), Arc::new(SystemClock)).with_context(
+            || {
                 format!(
                     "the store at {} is in use or damaged; stop the service first",
                     target.display()
                 )
-            })?;
-        probe.close()?;
-        std::fs::rename(&target, &moved)
-            .with_context(|| format!("moving {} aside", target.display()))?;
-        if args.keep_previous {
-            println!(
-                "kept the old store as {} (outside retention and erasure: delete it soon)",
-                moved.display()
+            },
+        )?;
+        let applied = live.journal_watermark()?;
+        Some((live, applied))
+    } else {
+        println!(
+            "note: no store at {} to carry frozen statistics over from: periods frozen after the backup was taken will be computed again from the restored readings",
+            target.display()
+        );
+        None
+    };
+    // The backup, copied beside the target and opened without the journal: its watermark.
+    let staging = sibling(&target, "restoring");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("removing the unfinished restore {}", staging.display()))?;
+    }
+    let files = copy_dir(&args.from, &staging)?;
+    let staged = RocksStore::open(
+        StoreConfig {
+            path: staging.clone(),
+            journal: None,
+            ..store_config.clone()
+        },
+        Arc::new(SystemClock),
+    )
+    .with_context(|| format!("the backup {} does not open", args.from.display()))?;
+    let from = staged.journal_watermark()?;
+    let applied = previous.as_ref().map_or(0, |(_, applied)| *applied);
+    let journal = SubjectJournal::read(&config.store.journal)?;
+    if let Some(gap) = journal.gap(from, applied) {
+        if !args.accept_journal_gap {
+            drop(staged);
+            let _ = std::fs::remove_dir_all(&staging);
+            bail!(
+                "refusing to restore: {gap}. The backup had applied the subject journal up to #{from}; \
+                 without the entries after it, erasures, consent changes and objections made since the backup \
+                 would be undone (erased readings would come back). Restore the journal ({}) from where you keep \
+                 its copy, or pass --accept-journal-gap and carry them out again by hand",
+                config.store.journal.display()
             );
         }
-        aside = Some(moved);
+        println!(
+            "warning: {gap}; restoring anyway (--accept-journal-gap): erasures, consent changes and objections made after the backup (journal entries after #{from}) may be undone: carry them out again"
+        );
     }
-    let files = copy_dir(&args.from, &target)?;
-    // Opening replays the journal: erasures and consent changes made after the backup.
-    let store = RocksStore::open(crate::service::store_config(config)?, Arc::new(SystemClock))
+    let carried = match &previous {
+        Some((live, _)) => carry_statistics(live, &staged)?,
+        None => 0,
+    };
+    staged.close()?;
+    let aside = match previous {
+        Some((live, _)) => {
+            live.close()?;
+            let moved = sibling(
+                &target,
+                &format!(
+                    "before-restore-{}",
+                    jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")
+                ),
+            );
+            std::fs::rename(&target, &moved)
+                .with_context(|| format!("moving {} aside", target.display()))?;
+            if args.keep_previous {
+                println!(
+                    "kept the old store as {} (outside retention and erasure: delete it soon)",
+                    moved.display()
+                );
+            }
+            Some(moved)
+        }
+        None => {
+            if target.exists() {
+                std::fs::remove_dir(&target)
+                    .with_context(|| format!("replacing the empty {}", target.display()))?;
+            }
+            None
+        }
+    };
+    std::fs::rename(&staging, &target)
+        .with_context(|| format!("moving the restored store to {}", target.display()))?;
+    // Opening replays the journal: erasures, consent changes and objections after the backup.
+    let store = RocksStore::open(store_config, Arc::new(SystemClock))
         .with_context(|| format!("the restored store at {} does not open", target.display()))?;
     for line in store.replayed() {
         println!("re-applied {line}");
@@ -138,7 +211,7 @@ pub fn restore(args: RestoreArgs, config: &Config) -> anyhow::Result<()> {
         println!("deleted the previous store");
     }
     println!(
-        "restored {files} files from {} to {}; it opens cleanly (bytes per tier: interval {}, day {}, month {})",
+        "restored {files} files from {} to {}; {carried} frozen statistics periods kept from the store it replaced; it opens cleanly (bytes per tier: interval {}, day {}, month {})",
         args.from.display(),
         target.display(),
         sizes.interval,
@@ -146,4 +219,40 @@ pub fn restore(args: RestoreArgs, config: &Config) -> anyhow::Result<()> {
         sizes.month
     );
     Ok(())
+}
+
+/// `PATH.suffix` beside `path`.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}.{suffix}", path.display()))
+}
+
+/// Copies every frozen period of `from` that `to` does not have: the statistics published
+/// before the restore are published after it, unchanged (anonymous, they outlive readings,
+/// erasure and restores). A year at a time, so memory follows a year of periods.
+fn carry_statistics(from: &RocksStore, to: &RocksStore) -> anyhow::Result<u64> {
+    const YEAR: i64 = 366 * 86_400;
+    let mut carried = 0;
+    for tier in meterstand_model::Tier::ALL {
+        for kind in meterstand_store::freeze::KINDS {
+            let all = from.statistics(tier, kind, jiff::Timestamp::MIN, jiff::Timestamp::MAX)?;
+            let (Some(first), Some(last)) = (all.first(), all.last()) else {
+                continue;
+            };
+            let (first, last) = (first.key.period_start.as_second(), last.key.period_start.as_second());
+            drop(all);
+            let mut start = first;
+            while start <= last {
+                let end = start.saturating_add(YEAR);
+                let periods = from.statistics(
+                    tier,
+                    kind,
+                    jiff::Timestamp::from_second(start)?,
+                    jiff::Timestamp::from_second(end.min(last + 1))?,
+                )?;
+                carried += to.freeze(&periods, None)?;
+                start = end;
+            }
+        }
+    }
+    Ok(carried)
 }

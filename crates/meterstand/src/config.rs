@@ -150,6 +150,9 @@ impl<'de> Deserialize<'de> for ByteSize {
 pub struct BackupSection {
     /// Backups are children of this directory (created 0700), named by the request.
     pub dir: PathBuf,
+    /// Backups kept: after each new one the oldest beyond this many are removed, and the
+    /// subject journal is pruned of what none of the kept ones needs.
+    pub keep: usize,
 }
 
 /// Block compression of the stored tiers.
@@ -248,6 +251,10 @@ pub struct StatisticsSection {
     /// How long a closed period waits for late readings before it is frozen.
     #[serde(with = "humantime_serde_compat")]
     pub settle: Duration,
+    /// How long a period waits after its last write before it is frozen, so that history
+    /// still being loaded is not frozen half-way.
+    #[serde(with = "humantime_serde_compat")]
+    pub quiet: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -490,6 +497,7 @@ impl Config {
             header_timeout: self.api.header_timeout,
             body_timeout: self.api.body_timeout,
             backup_dir: self.backup.dir.clone(),
+            backup_keep: self.backup.keep,
             ..meterstand_api::ApiConfig::default()
         }
     }

@@ -94,20 +94,15 @@ impl Profile {
 }
 
 /// What the supplier's CRM registers for a connection. Keyed by pseudonym only.
+///
+/// An objection to analytical use is not part of it: that is the subject's right, recorded
+/// by the privacy officer and kept with the subject's other privacy state, so that no CRM
+/// update can withdraw it (`docs/design.md`, "One privacy state per subject").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Connection {
     pub consent: ConsentLevel,
     pub postcode4: Option<Postcode4>,
     pub profile: Option<Profile>,
-    /// `false` when the customer objected to analytical use (GDPR Art. 21): the connection
-    /// keeps its billing tiers but leaves every analytical output (aggregates, series,
-    /// statistics). Records written before this field existed read as `true`.
-    #[serde(default = "analytics_default")]
-    pub analytics: bool,
-}
-
-fn analytics_default() -> bool {
-    true
 }
 
 #[cfg(test)]
@@ -123,13 +118,5 @@ mod tests {
         assert!("E1A".parse::<Profile>().is_ok());
         assert!("".parse::<Profile>().is_err());
         assert!("E1A;drop".parse::<Profile>().is_err());
-    }
-
-    #[test]
-    fn analytics_defaults_to_true_for_old_records() {
-        let c: Connection =
-            serde_json::from_str(r#"{"consent":"daily","postcode4":"1234","profile":null}"#)
-                .expect("old record");
-        assert!(c.analytics);
     }
 }

@@ -56,7 +56,6 @@ fn store_writes(p: &Pseudonymiser, sync: bool) -> f64 {
             consent: ConsentLevel::Interval,
             postcode4: None,
             profile: None,
-            analytics: true,
         };
         store.put_connection(&[*ps], c).expect("put");
     }
@@ -150,7 +149,6 @@ fn bytes_per_reading(p: &Pseudonymiser) -> Sizes {
             consent: ConsentLevel::Interval,
             postcode4: None,
             profile: None,
-            analytics: true,
         };
         store.put_connection(&[ps], c).expect("put");
         // One item per day per connection: 96 quarter-hours of every register.

@@ -1,8 +1,9 @@
 //! Opening the database: column families and their options, the retention horizons the
 //! compaction filters read, and the state every other module shares ([`Shared`]). The
-//! bottom of the crate: it depends on nothing else here but the key layout.
+//! bottom of the crate: it depends on nothing else here but the key layout (and the types
+//! of the in-memory registry it holds, `subjects` and `units`, which it does not call).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
@@ -10,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use jiff::Timestamp;
 use meterstand_model::{Calendar, Connection, ConsentLevel, Postcode4, Profile, Tier, TierSet};
 use meterstand_pseudonym::Pseudonym;
-use meterstand_store::{Clock, RetentionPolicy, StoreError};
+use meterstand_store::{Clock, RetentionPolicy, StoreError, SubjectState};
 use parking_lot::RwLock;
 use rocksdb::{
     BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DB, Options, WriteOptions,
@@ -21,8 +22,9 @@ use crate::{layout, metrics};
 
 pub(crate) const CF_CONNECTIONS: &str = "connections";
 pub(crate) const CF_METERS: &str = "meters";
-/// Erased connections, keyed by a one-way hash of the pseudonym (so that no file keeps the
-/// erased pseudonym's bytes), gated like consent `off` until registered again.
+/// Subjects' privacy state (objection, erasure, seal), keyed by a one-way hash of each
+/// pseudonym so that no file keeps an erased pseudonym's bytes (`subjects.rs`). Named for
+/// what it held first, erasure tombstones.
 pub(crate) const CF_TOMBSTONES: &str = "tombstones";
 /// Bookkeeping of the store itself (no connection data).
 pub(crate) const CF_META: &str = "meta";
@@ -141,14 +143,6 @@ impl Horizons {
     }
 }
 
-/// The tombstone key of a pseudonym: a one-way hash, never the pseudonym itself.
-pub(crate) fn tombstone_key(p: Pseudonym) -> [u8; 16] {
-    let hash = blake3::derive_key("meterstand 2026 erasure tombstone", &p.to_bytes());
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&hash[..16]);
-    out
-}
-
 /// What the writer, the readers and the facade share.
 pub(crate) struct Shared {
     pub(crate) db: DB,
@@ -157,16 +151,15 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     /// Connection records, loaded at open; changed only by the writer thread.
     pub(crate) connections: RwLock<HashMap<Pseudonym, Connection>>,
-    /// Tombstone keys of erased connections.
-    pub(crate) tombstones: RwLock<HashSet<[u8; 16]>>,
+    /// Subjects' privacy state by the one-way hash of each pseudonym (`subjects.rs`);
+    /// changed only by the writer thread.
+    pub(crate) subjects: RwLock<HashMap<[u8; 16], SubjectState>>,
     pub(crate) horizons: Arc<Horizons>,
     pub(crate) writer_alive: AtomicBool,
     pub(crate) faults: crate::fault::Faults,
-    /// Per tier, the latest end (UTC seconds) of a frozen statistics period: a reading
-    /// stored before it is late. Loaded at open, raised by each freeze.
-    pub(crate) frozen_until: [AtomicI64; 3],
-    /// One freeze at a time, so that "not frozen yet, write" cannot race.
-    pub(crate) freeze_lock: parking_lot::Mutex<()>,
+    /// Frozen and pending units of statistics (`units.rs`): the writer marks and checks
+    /// them, the freeze settles them, each under this one lock.
+    pub(crate) units: parking_lot::Mutex<crate::units::Units>,
     /// RocksDB's block cache, shrunk by what the registry of connections takes.
     cache: parking_lot::Mutex<rocksdb::Cache>,
     /// The block cache's capacity now, and the registry bytes it was charged for.
@@ -179,10 +172,10 @@ pub(crate) struct Shared {
 const MIN_BLOCK_CACHE_SHARE: usize = 4;
 
 /// Bytes the registry of connections takes: hash-table slots (entry and control byte) of
-/// the connection records and the tombstones.
-fn registry_bytes(connection_slots: usize, tombstone_slots: usize) -> usize {
+/// the connection records and the subjects' states.
+fn registry_bytes(connection_slots: usize, subject_slots: usize) -> usize {
     connection_slots * (std::mem::size_of::<(Pseudonym, Connection)>() + 1)
-        + tombstone_slots * (std::mem::size_of::<[u8; 16]>() + 1)
+        + subject_slots * (std::mem::size_of::<([u8; 16], SubjectState)>() + 1)
 }
 
 impl Shared {
@@ -191,8 +184,8 @@ impl Shared {
     /// what the registry takes, so that the store stays within its budget as the fleet
     /// grows (down to a quarter of the RocksDB share). Called with the registry's capacities
     /// after every change; the cache is resized only when they changed.
-    pub(crate) fn charge_registry(&self, connection_slots: usize, tombstone_slots: usize) {
-        let bytes = registry_bytes(connection_slots, tombstone_slots);
+    pub(crate) fn charge_registry(&self, connection_slots: usize, subject_slots: usize) {
+        let bytes = registry_bytes(connection_slots, subject_slots);
         if self.registry_charged.swap(bytes, Ordering::AcqRel) == bytes {
             return;
         }
@@ -219,13 +212,13 @@ impl Shared {
     pub(crate) fn allowed_tiers(
         &self,
         connections: &HashMap<Pseudonym, Connection>,
-        tombstones: &HashSet<[u8; 16]>,
+        subjects: &HashMap<[u8; 16], SubjectState>,
         p: Pseudonym,
     ) -> TierSet {
         if let Some(c) = connections.get(&p) {
             return c.consent.allowed_tiers();
         }
-        if !tombstones.is_empty() && tombstones.contains(&tombstone_key(p)) {
+        if crate::subjects::state_in(subjects, p).erased {
             return ConsentLevel::Off.allowed_tiers();
         }
         self.config.default_consent.allowed_tiers()
@@ -273,7 +266,12 @@ pub(crate) fn open_shared(
     db_opts.create_if_missing(true);
     db_opts.create_missing_column_families(true);
     db_opts.set_max_background_jobs(2);
-    db_opts.set_keep_log_file_num(4);
+    // RocksDB's info LOG names key ranges in hex (a manual compaction after an erasure
+    // logs the erased pseudonym's range): it logs warnings and errors only, keeps no
+    // rotated copies, and the LOG files of earlier versions go before it opens.
+    db_opts.set_log_level(rocksdb::LogLevel::Warn);
+    db_opts.set_keep_log_file_num(1);
+    remove_info_logs(&config.path)?;
     db_opts.set_bytes_per_sync(1 << 20);
     // One writer thread: no concurrent memtable inserts, so RocksDB inserts each key with
     // the previous insert's position as hint, which our key-sorted batches make cheap.
@@ -345,19 +343,34 @@ pub(crate) fn open_shared(
         config,
         clock,
         connections: RwLock::new(HashMap::new()),
-        tombstones: RwLock::new(HashSet::new()),
+        subjects: RwLock::new(HashMap::new()),
         horizons,
         writer_alive: AtomicBool::new(true),
         faults: Default::default(),
-        frozen_until: Default::default(),
-        freeze_lock: parking_lot::Mutex::new(()),
+        units: Default::default(),
         block_cache_capacity: AtomicUsize::new(config_rocksdb_bytes),
         cache: parking_lot::Mutex::new(cache),
         registry_charged: AtomicUsize::new(0),
     };
-    load_connections(&shared)?;
-    crate::stats::load_watermarks(&shared)?;
+    load_registry(&shared)?;
     Ok(shared)
+}
+
+/// Deletes RocksDB's info logs (`LOG`, `LOG.old.*`) of earlier runs: diagnostics only, and
+/// those written before the log level was raised name key ranges.
+fn remove_info_logs(dir: &std::path::Path) -> Result<(), StoreError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name == "LOG" || name.starts_with("LOG.old") {
+            std::fs::remove_file(entry.path())
+                .map_err(|e| StoreError::engine("removing an old RocksDB info log", e))?;
+        }
+    }
+    Ok(())
 }
 
 /// A new MANIFEST once the current one exceeds this: small, so erasures roll it quickly.
@@ -413,19 +426,18 @@ pub(crate) fn encode_connection(c: &Connection) -> Vec<u8> {
     let profile = c.profile.as_ref().map(|p| p.as_str()).unwrap_or("");
     v.push(u8::try_from(profile.len()).unwrap_or(0));
     v.extend_from_slice(profile.as_bytes());
-    v.push(u8::from(c.analytics));
     v
 }
 
-fn decode_connection(v: &[u8]) -> Option<Connection> {
+/// A stored record, and whether it carries an objection: earlier versions kept it in the
+/// record (a trailing 0 byte), and it moves to the subject's state at load.
+fn decode_connection(v: &[u8]) -> Option<(Connection, bool)> {
     let consent = ConsentLevel::from_code(*v.first()?)?;
     let postcode = u16::from_be_bytes([*v.get(1)?, *v.get(2)?]);
     let len = usize::from(*v.get(3)?);
     let profile = std::str::from_utf8(v.get(4..4 + len)?).ok()?;
-    // Records written before objections existed have no flag: analytics allowed.
-    let analytics = v.get(4 + len).is_none_or(|b| *b != 0);
-    Some(Connection {
-        analytics,
+    let objected = v.get(4 + len).is_some_and(|b| *b == 0);
+    let connection = Connection {
         consent,
         postcode4: if postcode == 0 {
             None
@@ -437,36 +449,58 @@ fn decode_connection(v: &[u8]) -> Option<Connection> {
         } else {
             profile.parse::<Profile>().ok()
         },
-    })
+    };
+    Some((connection, objected))
 }
 
-fn load_connections(shared: &Shared) -> Result<(), StoreError> {
+/// Loads the connection records and the subjects' states into memory. An objection kept
+/// in a record by an earlier version moves to the subject's state (written back once).
+fn load_registry(shared: &Shared) -> Result<(), StoreError> {
+    let now = shared.clock.now();
+    let mut states = HashMap::new();
+    for item in shared
+        .db
+        .iterator_cf(shared.cf(CF_TOMBSTONES)?, rocksdb::IteratorMode::Start)
+    {
+        let (k, v) = item.map_err(engine("loading subjects"))?;
+        let key: [u8; 16] = k
+            .as_ref()
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("subjects"))?;
+        states.insert(
+            key,
+            crate::subjects::decode(&v, now).ok_or(StoreError::Corrupt("subjects"))?,
+        );
+    }
     let mut map = HashMap::new();
+    let mut migrated = rocksdb::WriteBatch::default();
     for item in shared
         .db
         .iterator_cf(shared.cf(CF_CONNECTIONS)?, rocksdb::IteratorMode::Start)
     {
         let (k, v) = item.map_err(engine("loading connections"))?;
         let p = Pseudonym::from_bytes(&k).ok_or(StoreError::Corrupt("connections"))?;
-        map.insert(
-            p,
-            decode_connection(&v).ok_or(StoreError::Corrupt("connections"))?,
-        );
+        let (connection, objected) =
+            decode_connection(&v).ok_or(StoreError::Corrupt("connections"))?;
+        if objected {
+            let state = SubjectState {
+                objected: true,
+                ..crate::subjects::state_in(&states, p)
+            };
+            crate::subjects::put(shared, &mut migrated, &[p], state)?;
+            crate::subjects::remember(&mut states, &[p], state);
+            migrated.put_cf(shared.cf(CF_CONNECTIONS)?, &k, encode_connection(&connection));
+        }
+        map.insert(p, connection);
     }
-    let mut tombstones = HashSet::new();
-    for item in shared
-        .db
-        .iterator_cf(shared.cf(CF_TOMBSTONES)?, rocksdb::IteratorMode::Start)
-    {
-        let (k, _) = item.map_err(engine("loading tombstones"))?;
-        let key: [u8; 16] = k
-            .as_ref()
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("tombstones"))?;
-        tombstones.insert(key);
+    if !migrated.is_empty() {
+        shared
+            .db
+            .write_opt(migrated, &shared.write_opts())
+            .map_err(engine("moving objections to the subjects' state"))?;
     }
-    shared.charge_registry(map.capacity(), tombstones.capacity());
+    shared.charge_registry(map.capacity(), states.capacity());
     *shared.connections.write() = map;
-    *shared.tombstones.write() = tombstones;
+    *shared.subjects.write() = states;
     Ok(())
 }

@@ -1,8 +1,10 @@
 //! The RocksDB engine behind `meterstand-store`'s traits. Modules depend only on the ones
 //! listed before them: `layout` (keys and blocks) → `engine` (open, options, shared state)
-//! → `read` (scans, series, tier members, export) → `stats` (frozen statistics) → `maintenance` (connection changes,
-//! erasure, purge, sweep) → `sync` (WAL sync thread) → `writer` (the one thread that
-//! mutates) → this facade. Layout and reasons: `DESIGN.md` beside this crate.
+//! → `subjects` (subjects' privacy state) → `units` (frozen and pending units of
+//! statistics) → `read` (scans, tier members, export) → `stats` (frozen statistics) →
+//! `maintenance` (connection changes, objections, erasure, purge, sweep) → `sync` (WAL sync
+//! thread) → `writer` (the one thread that mutates) → this facade. `fault` and `metrics`
+//! are leaves any of them use. Layout and reasons: `DESIGN.md` beside this crate.
 
 mod engine;
 mod fault;
@@ -11,7 +13,9 @@ mod maintenance;
 pub mod metrics;
 mod read;
 mod stats;
+mod subjects;
 mod sync;
+mod units;
 mod writer;
 
 pub use engine::{Compression, StoreConfig, ingest_share};
@@ -25,10 +29,12 @@ use std::sync::atomic::Ordering;
 use jiff::Timestamp;
 use meterstand_model::{Connection, Reading, RegisterKind, Tier};
 use meterstand_pseudonym::Pseudonym;
-use meterstand_store::journal::{self, JournalOp, SubjectJournal};
+use meterstand_store::backups::{self, BackupRecord};
+use meterstand_store::journal::{self, JournalOp, SubjectJournal, SubjectOps};
 use meterstand_store::{
-    BackupInfo, Clock, ErasureReceipt, FrozenPeriod, IngestItem, Member, PeriodKey, ReadingStore,
-    ReadingWriter, SeriesRow, StoreError, SubjectExport, TierCounts, WriteOutcome,
+    BackupInfo, Clock, ErasureReceipt, FrozenPeriod, IngestItem, Member, PendingPeriod,
+    PeriodKey, ReadingStore, ReadingWriter, StoreError, SubjectExport, SubjectState, TierCounts,
+    WriteOutcome,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -72,6 +78,7 @@ impl RocksStore {
             .map(SubjectJournal::open)
             .transpose()?;
         let shared = Arc::new(engine::open_shared(config, clock)?);
+        units::load(&shared, stats::frozen_units(&shared)?)?;
         shared.faults.arm_from_env();
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let writer_shared = shared.clone();
@@ -89,17 +96,26 @@ impl RocksStore {
             commands: tx,
             writer: Some(writer),
         };
-        // Replayed without the journal attached, so that redoing an entry does not journal
-        // it again.
-        if let Some(j) = store.journal.take() {
-            let replayed = journal::replay(&store, j.path());
-            store.journal = Some(j);
-            store.replayed = replayed?;
+        // Replayed through the unjournalled operations, so that redoing an entry does not
+        // journal it again.
+        if let Some(j) = &store.journal {
+            store.replayed = journal::replay(&Unjournalled(&store), j.path())?;
             for line in &store.replayed {
                 tracing::warn!(entry = %line, "re-applied a journalled subject operation");
             }
         }
         Ok(store)
+    }
+
+    /// Carries a subject operation out through the journal when there is one.
+    fn journalled(&self, op: JournalOp) -> Result<ErasureReceipt, StoreError> {
+        match &self.journal {
+            // Journalled first: a crash half-way is redone at the next open.
+            Some(journal) => journal.run(&Unjournalled(self), op, |op| {
+                op.apply(&Unjournalled(self))
+            }),
+            None => op.apply(&Unjournalled(self)),
+        }
     }
 
     /// RocksDB's block cache capacity now: its share of `store.memory` less what the
@@ -131,6 +147,15 @@ impl RocksStore {
     fn erase_now(&self, pseudonyms: &[Pseudonym]) -> Result<ErasureReceipt, StoreError> {
         let pseudonyms = pseudonyms.to_vec();
         self.call_blocking(|reply| Command::Erase { pseudonyms, reply })
+    }
+
+    fn set_objection_now(&self, all: &[Pseudonym], objected: bool) -> Result<(), StoreError> {
+        let all = all.to_vec();
+        self.call_blocking(|reply| Command::SetObjection {
+            all,
+            objected,
+            reply,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -264,27 +289,28 @@ impl ReadingStore for RocksStore {
         connection: Connection,
     ) -> Result<ErasureReceipt, StoreError> {
         match &self.journal {
-            // Journalled first: a crash half-way is redone at the next open.
-            Some(journal) => {
-                let seq = journal.append(JournalOp::connection(all, &connection))?;
-                let receipt = self.put_connection_now(all, connection)?;
-                self.set_journal_watermark(seq)?;
-                Ok(receipt)
-            }
+            // The journal keeps the consent only: postcode and profile are the CRM's, and
+            // a replay needs only what the level removes.
+            Some(journal) => journal.run(
+                &Unjournalled(self),
+                JournalOp::consent(all, connection.consent),
+                |_| self.put_connection_now(all, connection),
+            ),
             None => self.put_connection_now(all, connection),
         }
     }
 
     fn erase(&self, pseudonyms: &[Pseudonym]) -> Result<ErasureReceipt, StoreError> {
-        match &self.journal {
-            Some(journal) => {
-                let seq = journal.append(JournalOp::erase(pseudonyms))?;
-                let receipt = self.erase_now(pseudonyms)?;
-                self.set_journal_watermark(seq)?;
-                Ok(receipt)
-            }
-            None => self.erase_now(pseudonyms),
-        }
+        self.journalled(JournalOp::erase(pseudonyms))
+    }
+
+    fn set_objection(&self, all: &[Pseudonym], objected: bool) -> Result<(), StoreError> {
+        self.journalled(JournalOp::objection(all, objected))
+            .map(|_| ())
+    }
+
+    fn subject_state(&self, all: &[Pseudonym]) -> Result<SubjectState, StoreError> {
+        Ok(subjects::state_of(&self.shared, all))
     }
 
     fn knows(&self, p: Pseudonym) -> Result<bool, StoreError> {
@@ -307,17 +333,6 @@ impl ReadingStore for RocksStore {
         read::readings(&self.shared, p, tier, from, to)
     }
 
-    fn series(
-        &self,
-        p: Pseudonym,
-        kind: RegisterKind,
-        tier: Tier,
-        from: Timestamp,
-        to: Timestamp,
-    ) -> Result<Vec<SeriesRow>, StoreError> {
-        read::series(&self.shared, p, kind, tier, from, to)
-    }
-
     fn members(
         &self,
         tier: Tier,
@@ -328,12 +343,16 @@ impl ReadingStore for RocksStore {
         read::members(&self.shared, tier, kind, bounds, f)
     }
 
-    fn pseudonyms(&self) -> Result<Vec<Pseudonym>, StoreError> {
-        read::pseudonyms(&self.shared)
+    fn pending_periods(&self) -> Result<Vec<PendingPeriod>, StoreError> {
+        Ok(self.shared.units.lock().list())
     }
 
-    fn freeze(&self, periods: &[FrozenPeriod]) -> Result<u64, StoreError> {
-        stats::freeze(&self.shared, periods)
+    fn freeze(
+        &self,
+        periods: &[FrozenPeriod],
+        settled: Option<&PendingPeriod>,
+    ) -> Result<u64, StoreError> {
+        stats::freeze(&self.shared, periods, settled)
     }
 
     fn is_frozen(&self, key: PeriodKey) -> Result<bool, StoreError> {
@@ -354,13 +373,17 @@ impl ReadingStore for RocksStore {
         self.call_blocking(|reply| Command::Sweep { reply })
     }
 
-    fn backup(&self, dir: &Path) -> Result<BackupInfo, StoreError> {
+    fn backup(&self, dir: &Path, keep: usize) -> Result<BackupInfo, StoreError> {
         if dir.exists() {
             return Err(StoreError::InvalidQuery(
                 "the backup directory must not exist yet".into(),
             ));
         }
+        // No subject operation between the checkpoint and reading its watermark.
+        let hold = self.journal.as_ref().map(SubjectJournal::hold);
         self.checkpoint(dir)?;
+        let journal_seq = self.journal_watermark()?;
+        drop(hold);
         // Owner only, whatever the umask: a backup holds everything the store holds.
         use std::os::unix::fs::PermissionsExt;
         let owner_only = |path: &Path, mode: u32| {
@@ -368,7 +391,15 @@ impl ReadingStore for RocksStore {
                 .map_err(|e| StoreError::engine("restricting the backup's permissions", e))
         };
         owner_only(dir, 0o700)?;
-        let mut info = BackupInfo::default();
+        BackupRecord {
+            taken: self.shared.clock.now().to_string(),
+            journal_seq,
+        }
+        .write(dir)?;
+        let mut info = BackupInfo {
+            journal_seq,
+            ..BackupInfo::default()
+        };
         let entries =
             std::fs::read_dir(dir).map_err(|e| StoreError::engine("listing the backup", e))?;
         for entry in entries.flatten() {
@@ -381,6 +412,13 @@ impl ReadingStore for RocksStore {
             }
         }
         metrics::BACKUPS.inc();
+        if let Some(root) = dir.parent() {
+            let rotation = backups::rotate(root, keep)?;
+            info.removed = rotation.removed.len() as u64;
+            if let Some(seq) = rotation.prune_through {
+                self.prune_journal(seq)?;
+            }
+        }
         Ok(info)
     }
 
@@ -411,5 +449,45 @@ impl ReadingStore for RocksStore {
             .db
             .put_cf_opt(meta, JOURNAL_WATERMARK, seq.to_be_bytes(), &opts)
             .map_err(engine("writing the journal watermark"))
+    }
+
+    fn prune_journal(&self, seq: u64) -> Result<(), StoreError> {
+        match &self.journal {
+            Some(journal) => journal.prune(seq),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The store's subject operations without the journal: what a journal entry carries out.
+struct Unjournalled<'a>(&'a RocksStore);
+
+impl SubjectOps for Unjournalled<'_> {
+    fn connection(&self, p: Pseudonym) -> Result<Option<Connection>, StoreError> {
+        self.0.connection(p)
+    }
+
+    fn put_connection(
+        &self,
+        all: &[Pseudonym],
+        connection: Connection,
+    ) -> Result<ErasureReceipt, StoreError> {
+        self.0.put_connection_now(all, connection)
+    }
+
+    fn erase(&self, pseudonyms: &[Pseudonym]) -> Result<ErasureReceipt, StoreError> {
+        self.0.erase_now(pseudonyms)
+    }
+
+    fn set_objection(&self, all: &[Pseudonym], objected: bool) -> Result<(), StoreError> {
+        self.0.set_objection_now(all, objected)
+    }
+
+    fn journal_watermark(&self) -> Result<u64, StoreError> {
+        self.0.journal_watermark()
+    }
+
+    fn set_journal_watermark(&self, seq: u64) -> Result<(), StoreError> {
+        self.0.set_journal_watermark(seq)
     }
 }

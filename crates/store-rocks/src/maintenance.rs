@@ -8,13 +8,15 @@ use meterstand_store::{ErasureReceipt, Kept, StoreError, TierCounts};
 use rocksdb::{BottommostLevelCompaction, CompactOptions, WriteBatch};
 
 use crate::engine::{
-    CF_CONNECTIONS, CF_CORRECTIONS, CF_META, CF_METERS, CF_QUARANTINE, CF_TOMBSTONES,
-    CONNECTION_CFS, OTHER_CFS, Shared, encode_connection, engine, tier_cf_name, tombstone_key,
+    CF_CONNECTIONS, CF_CORRECTIONS, CF_META, CF_METERS, CF_QUARANTINE, CONNECTION_CFS,
+    OTHER_CFS, Shared, encode_connection, engine, tier_cf_name,
 };
-use crate::{layout, metrics};
+use crate::{layout, metrics, subjects};
 
 /// Registers or updates a connection under `all[0]`, removing under every pseudonym in
-/// `all` (older key versions included) the tiers the new consent does not allow.
+/// `all` (older key versions included) the tiers the new consent does not allow. The
+/// subject's state is kept under all of them: an objection stays, an erased subject is
+/// registered again with its held history sealed, consent `off` seals what is held.
 pub(crate) fn put_connection(
     shared: &Shared,
     all: &[Pseudonym],
@@ -29,9 +31,10 @@ pub(crate) fn put_connection(
     let mut batch = WriteBatch::default();
     let receipt = remove_tiers(shared, all, remove, &mut batch)?;
     let connections_cf = shared.cf(CF_CONNECTIONS)?;
-    let tombstones_cf = shared.cf(CF_TOMBSTONES)?;
+    let state = subjects::state_of(shared, all)
+        .after_registration(connection.consent, shared.clock.now());
+    subjects::put(shared, &mut batch, all, state)?;
     for p in all {
-        batch.delete_cf(tombstones_cf, tombstone_key(*p));
         if *p != current {
             batch.delete_cf(connections_cf, p.to_bytes());
         }
@@ -47,13 +50,13 @@ pub(crate) fn put_connection(
         .map_err(engine("writing a connection"))?;
     {
         let mut connections = shared.connections.write();
-        let mut tombstones = shared.tombstones.write();
+        let mut states = shared.subjects.write();
         for p in all {
             connections.remove(p);
-            tombstones.remove(&tombstone_key(*p));
         }
+        subjects::remember(&mut states, all, state);
         connections.insert(current, connection);
-        shared.charge_registry(connections.capacity(), tombstones.capacity());
+        shared.charge_registry(connections.capacity(), states.capacity());
     }
     if receipt.deleted.total() > 0 {
         purge(shared, all)?;
@@ -120,8 +123,9 @@ fn remove_tiers(
     Ok(receipt)
 }
 
-/// Erases everything of `pseudonyms` but the held tiers, leaves a tombstone that gates
-/// them like consent `off`, and makes the deletion physical.
+/// Erases everything of `pseudonyms` but the held tiers, records the erasure in the
+/// subject's state (gated like consent `off`, what the hold keeps sealed, an objection
+/// kept), and makes the deletion physical.
 pub(crate) fn erase(
     shared: &Shared,
     pseudonyms: &[Pseudonym],
@@ -130,14 +134,14 @@ pub(crate) fn erase(
     let mut receipt = remove_tiers(shared, pseudonyms, TierSet::ALL, &mut batch)?;
     let connections_cf = shared.cf(CF_CONNECTIONS)?;
     let meters_cf = shared.cf(CF_METERS)?;
-    let tombstones_cf = shared.cf(CF_TOMBSTONES)?;
     let quarantine_cf = shared.cf(CF_QUARANTINE)?;
+    let state = subjects::state_of(shared, pseudonyms).after_erasure(shared.clock.now());
+    subjects::put(shared, &mut batch, pseudonyms, state)?;
     for p in pseudonyms {
         if shared.connections.read().contains_key(p) {
             receipt.connection = 1;
         }
         batch.delete_cf(connections_cf, p.to_bytes());
-        batch.put_cf(tombstones_cf, tombstone_key(*p), []);
         let (start, end) = layout::pseudonym_range(*p);
         let mut it = shared.db.raw_iterator_cf(meters_cf);
         it.seek(&start);
@@ -155,17 +159,37 @@ pub(crate) fn erase(
         .map_err(engine("writing an erasure"))?;
     {
         let mut connections = shared.connections.write();
-        let mut tombstones = shared.tombstones.write();
+        let mut states = shared.subjects.write();
         for p in pseudonyms {
             connections.remove(p);
-            tombstones.insert(tombstone_key(*p));
         }
-        shared.charge_registry(connections.capacity(), tombstones.capacity());
+        subjects::remember(&mut states, pseudonyms, state);
+        shared.charge_registry(connections.capacity(), states.capacity());
     }
     purge(shared, pseudonyms)?;
     record_erased(&receipt);
     metrics::ERASURES.inc();
     Ok(receipt)
+}
+
+/// Records or withdraws the subject's objection under every one of `all`.
+pub(crate) fn set_objection(
+    shared: &Shared,
+    all: &[Pseudonym],
+    objected: bool,
+) -> Result<(), StoreError> {
+    let state = subjects::state_of(shared, all).after_objection(objected, shared.clock.now());
+    let mut batch = WriteBatch::default();
+    subjects::put(shared, &mut batch, all, state)?;
+    shared
+        .db
+        .write_opt(batch, &shared.write_opts())
+        .map_err(engine("writing an objection"))?;
+    let connections = shared.connections.read();
+    let mut states = shared.subjects.write();
+    subjects::remember(&mut states, all, state);
+    shared.charge_registry(connections.capacity(), states.capacity());
+    Ok(())
 }
 
 /// Makes deletions physical: flush every memtable of every column family (so that no WAL

@@ -4,8 +4,8 @@
 use std::sync::LazyLock;
 
 use meterstand_model::Tier;
-use meterstand_telemetry::metric::{counter, counter_vec, gauge_vec, histogram};
-use prometheus::{Histogram, IntCounter, IntCounterVec, IntGaugeVec};
+use meterstand_telemetry::metric::{counter, counter_vec, gauge, gauge_vec, histogram};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 
 pub static STORED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
@@ -92,6 +92,25 @@ pub static LATE_READINGS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+pub static PENDING_PERIODS: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "meterstand_statistics_pending_periods",
+        "Days and months written into and not frozen yet (waiting for settle or quiet, or in a backlog).",
+    )
+});
+pub static OLDEST_PENDING_SECONDS: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "meterstand_statistics_oldest_pending_age_seconds",
+        "Seconds since the end of the oldest period waiting to be frozen (history loaded late makes it large).",
+    )
+});
+pub static OVERDUE_SECONDS: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "meterstand_statistics_overdue_seconds",
+        "Seconds the most overdue period has been due (settled and quiet) without being frozen.",
+    )
+});
+
 pub static BACKUPS: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
         "meterstand_store_backups_total",
@@ -156,6 +175,9 @@ pub fn init() {
         &LATE_READINGS,
     ] {
         LazyLock::force(c);
+    }
+    for g in [&PENDING_PERIODS, &OLDEST_PENDING_SECONDS, &OVERDUE_SECONDS] {
+        LazyLock::force(g);
     }
     LazyLock::force(&WRITE_SECONDS);
     LazyLock::force(&GROUP_READINGS);

@@ -1,15 +1,15 @@
-//! Reads: one register's readings in a range, consumption per period, the members of a
-//! tier (for the statistics freeze), exports. They run on the caller's (blocking) thread against the live database; the
+//! Reads: one register's readings in a range, the members of a tier with their values on
+//! period bounds (for the statistics freeze), exports. They run on the caller's (blocking) thread against the live database; the
 //! period arithmetic is the interface crate's, shared with every backend.
 
 use jiff::Timestamp;
 use meterstand_model::{QUARTER_SECONDS, Reading, Register, RegisterKind, Tier};
 use meterstand_pseudonym::Pseudonym;
-use meterstand_store::periods::{self, BoundaryValues};
-use meterstand_store::{Member, SeriesRow, StoreError, SubjectExport};
+use meterstand_store::periods::BoundaryValues;
+use meterstand_store::{Member, StoreError, SubjectExport};
 use rocksdb::{DB, DBRawIteratorWithThreadMode};
 
-use crate::engine::{CF_METERS, Shared, engine, tombstone_key};
+use crate::engine::{CF_METERS, Shared, engine};
 use crate::layout;
 
 type RawIter<'a> = DBRawIteratorWithThreadMode<'a, DB>;
@@ -119,26 +119,6 @@ pub(crate) fn readings(
     Ok(out)
 }
 
-pub(crate) fn series(
-    shared: &Shared,
-    p: Pseudonym,
-    kind: RegisterKind,
-    tier: Tier,
-    from: Timestamp,
-    to: Timestamp,
-) -> Result<Vec<SeriesRow>, StoreError> {
-    let bounds = periods::boundaries(&shared.calendar, tier, kind.registers()[0], from, to)?;
-    let mut it = shared.db.raw_iterator_cf(shared.tier_cf(tier)?);
-    let values = load_boundaries(&mut it, shared.read_horizon(tier), p, kind, tier, &bounds)?;
-    Ok(values
-        .contributions(bounds.len().saturating_sub(1))
-        .map(|(k, consumption)| SeriesRow {
-            period_start: bounds[k],
-            consumption,
-        })
-        .collect())
-}
-
 /// Walks every pseudonym of `tier` once, loading its values on `bounds`; see
 /// [`meterstand_store::ReadingStore::members`].
 pub(crate) fn members(
@@ -167,43 +147,17 @@ pub(crate) fn members(
         {
             continue;
         }
-        // The record under a short read lock (never a copy of the whole table).
+        // The record and state under short read locks (never a copy of the whole table).
         let connection = shared.connections.read().get(&p).cloned();
-        if connection.is_none() && erased(shared, p) {
-            continue;
-        }
+        let state = crate::subjects::state_in(&shared.subjects.read(), p);
         f(Member {
             pseudonym: p,
             connection: connection.as_ref(),
+            state,
             values: &values,
         });
     }
     walker.status().map_err(engine("walking a tier"))
-}
-
-/// An erased connection that was not registered again (its held tiers stay, for billing).
-fn erased(shared: &Shared, p: Pseudonym) -> bool {
-    let tombstones = shared.tombstones.read();
-    !tombstones.is_empty() && tombstones.contains(&tombstone_key(p))
-}
-
-/// Every pseudonym with a connection record or readings, erased ones left out.
-pub(crate) fn pseudonyms(shared: &Shared) -> Result<Vec<Pseudonym>, StoreError> {
-    let mut all: std::collections::BTreeSet<Pseudonym> =
-        shared.connections.read().keys().copied().collect();
-    for tier in Tier::ALL {
-        let mut walker = shared.db.raw_iterator_cf(shared.tier_cf(tier)?);
-        walker.seek_to_first();
-        while let Some(k) = walker.key() {
-            let p = Pseudonym::from_bytes(k).ok_or(StoreError::Corrupt(tier.as_str()))?;
-            all.insert(p);
-            walker.seek(layout::after_pseudonym(p));
-        }
-        walker.status().map_err(engine("walking a tier"))?;
-    }
-    let connections = shared.connections.read();
-    all.retain(|p| connections.contains_key(p) || !erased(shared, *p));
-    Ok(all.into_iter().collect())
 }
 
 pub(crate) fn knows(shared: &Shared, p: Pseudonym) -> Result<bool, StoreError> {
@@ -226,7 +180,10 @@ pub(crate) fn export(
     shared: &Shared,
     pseudonyms: &[Pseudonym],
 ) -> Result<SubjectExport, StoreError> {
-    let mut export = SubjectExport::default();
+    let mut export = SubjectExport {
+        state: crate::subjects::state_of(shared, pseudonyms),
+        ..SubjectExport::default()
+    };
     let meters_cf = shared.cf(CF_METERS)?;
     for p in pseudonyms {
         if export.connection.is_none() {

@@ -1,4 +1,5 @@
-//! Frozen statistics in their own column family, `statistics`. Depends on `engine` only.
+//! Frozen statistics in their own column family, `statistics`. Depends on `engine` and
+//! `units`.
 //!
 //! ```text
 //! key   = tier (1 byte: 0 interval, 1 day, 2 month)
@@ -12,15 +13,15 @@
 //! without the marker does not exist. No key or value holds an identifier: rows count at
 //! least k connections. Retention: `retention.statistics`, by the sweep.
 
-use std::sync::atomic::Ordering;
-
 use jiff::Timestamp;
 use meterstand_model::{RegisterKind, Tier};
-use meterstand_store::{FrozenPeriod, PeriodKey, StoreError};
+use meterstand_store::{FrozenPeriod, PendingPeriod, PeriodKey, StoreError};
 use rocksdb::WriteBatch;
 
 use crate::engine::{CF_STATISTICS, Shared, engine};
 use crate::metrics;
+use crate::units::{UnitKey, pending_key, unit_of};
+use std::collections::HashSet;
 
 const MARKER: u16 = 0xffff;
 const KEY_LEN: usize = 12;
@@ -57,44 +58,27 @@ fn parse(k: &[u8]) -> Option<(i64, u16)> {
     Some((t as i64, u16::from_be_bytes([k[10], k[11]])))
 }
 
-fn end_of(shared: &Shared, key: PeriodKey) -> i64 {
-    shared
-        .calendar
-        .next_boundary(key.tier, key.kind.registers()[0], key.period_start)
-        .as_second()
-}
-
-fn raise(shared: &Shared, tier: Tier, end: i64) {
-    shared.frozen_until[tier as usize].fetch_max(end, Ordering::SeqCst);
-}
-
-/// The latest frozen period per tier, read at open, so that late readings are counted
-/// after a restart too.
-pub(crate) fn load_watermarks(shared: &Shared) -> Result<(), StoreError> {
+/// The frozen units (days and months), read from the periods' markers at open.
+pub(crate) fn frozen_units(shared: &Shared) -> Result<HashSet<UnitKey>, StoreError> {
     let cf = shared.cf(CF_STATISTICS)?;
-    for tier in meterstand_model::Tier::ALL {
+    let mut out = HashSet::new();
+    for tier in [Tier::Day, Tier::Month] {
         for kind in kinds() {
             let mut it = shared.db.raw_iterator_cf(cf);
-            it.seek_for_prev(key(tier, kind, i64::MAX, MARKER));
-            if let Some(k) = it.key()
-                && k.starts_with(&prefix(tier, kind))
-                && let Some((start, _)) = parse(k)
-                && let Ok(start) = Timestamp::from_second(start)
-            {
-                let end = end_of(
-                    shared,
-                    PeriodKey {
-                        tier,
-                        kind,
-                        period_start: start,
-                    },
-                );
-                raise(shared, tier, end);
+            it.seek(prefix(tier, kind));
+            while let Some(k) = it.key() {
+                if !k.starts_with(&prefix(tier, kind)) {
+                    break;
+                }
+                if let Some((start, MARKER)) = parse(k) {
+                    out.insert((tier, kind, start));
+                }
+                it.next();
             }
             it.status().map_err(engine("reading statistics"))?;
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 pub(crate) fn is_frozen(shared: &Shared, k: PeriodKey) -> Result<bool, StoreError> {
@@ -106,12 +90,34 @@ pub(crate) fn is_frozen(shared: &Shared, k: PeriodKey) -> Result<bool, StoreErro
         .is_some())
 }
 
-pub(crate) fn freeze(shared: &Shared, periods: &[FrozenPeriod]) -> Result<u64, StoreError> {
-    let _one = shared.freeze_lock.lock();
+/// Stores the periods not frozen yet (rows and marker in one batch, never rewritten). With
+/// `settled`, only if that pending unit was not written into since it was listed; its
+/// marker goes in the same batch. Under the units' lock, so that the writer's late check
+/// and marks and this write happen in one order.
+pub(crate) fn freeze(
+    shared: &Shared,
+    periods: &[FrozenPeriod],
+    settled: Option<&PendingPeriod>,
+) -> Result<u64, StoreError> {
+    let mut units = shared.units.lock();
     let cf = shared.cf(CF_STATISTICS)?;
     let mut batch = WriteBatch::default();
+    let mut settled_unit = None;
+    if let Some(p) = settled {
+        let Some(unit) = unit_of(p.key) else {
+            return Err(StoreError::InvalidQuery(
+                "only days and months are frozen as units".into(),
+            ));
+        };
+        if units.pending.get(&unit) != Some(&p.last_write.as_second()) {
+            // Written into since it was listed: computed again once quiet.
+            return Ok(0);
+        }
+        batch.delete_cf(cf, pending_key(unit));
+        settled_unit = Some(unit);
+    }
     let mut frozen = 0u64;
-    let mut ends = Vec::new();
+    let mut newly = Vec::new();
     for period in periods {
         let k = period.key;
         if is_frozen(shared, k)? {
@@ -133,19 +139,26 @@ pub(crate) fn freeze(shared: &Shared, periods: &[FrozenPeriod]) -> Result<u64, S
             );
         }
         batch.put_cf(cf, key(k.tier, k.kind, secs, MARKER), count.to_be_bytes());
+        if let Some(unit) = unit_of(k) {
+            batch.delete_cf(cf, pending_key(unit));
+            newly.push(unit);
+        }
         frozen += 1;
-        ends.push((k.tier, end_of(shared, k)));
     }
-    if frozen > 0 {
+    if !batch.is_empty() {
         shared
             .db
             .write_opt(batch, &shared.write_opts())
             .map_err(engine("writing statistics"))?;
-        for (tier, end) in ends {
-            raise(shared, tier, end);
-        }
-        metrics::FROZEN_PERIODS.inc_by(frozen);
     }
+    if let Some(unit) = settled_unit {
+        units.pending.remove(&unit);
+    }
+    for unit in newly {
+        units.pending.remove(&unit);
+        units.frozen.insert(unit);
+    }
+    metrics::FROZEN_PERIODS.inc_by(frozen);
     Ok(frozen)
 }
 

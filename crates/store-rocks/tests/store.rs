@@ -10,7 +10,8 @@ use meterstand_store::conformance::{
     Backend, block_on, connection, correction, item, pseudo, put, quarter_hours, tiered, ts,
 };
 use meterstand_store::{ManualClock, ReadingStore, ReadingWriter};
-use meterstand_store_rocks::{Compression, FaultPoint, RocksStore, StoreConfig};
+use meterstand_store_rocks::{Compression, FaultPoint, RocksStore, StoreConfig, layout};
+use meterstand_testkit::{Trace, files_containing_any_form};
 
 /// A store in its own temporary directory, uncompressed so tests can search its files.
 struct Rocks {
@@ -53,6 +54,38 @@ fn files_containing(dir: &std::path::Path, needle: &[u8], only_sst: bool) -> Vec
         }
     }
     hits
+}
+
+/// Every trace of the erased pseudonym `p` in the data directory: every file below it (SST,
+/// WAL, MANIFEST, OPTIONS, RocksDB's info `LOG` and `LOG.old.*`), searched for the bytes raw,
+/// as lowercase hex and as uppercase hex (how the info LOG prints keys). The needles: the
+/// pseudonym's bytes (`Pseudonym::to_bytes`), its hash alone (the hex of `v1-<hex>`), and the
+/// key prefixes built from it (every register's block keys, every tier's correction records).
+fn erased_traces(dir: &std::path::Path, p: Pseudonym) -> Vec<(String, Trace)> {
+    let mut needles: Vec<(String, Vec<u8>)> = vec![
+        ("pseudonym".into(), p.to_bytes().to_vec()),
+        ("pseudonym hash".into(), p.hash.to_vec()),
+    ];
+    for register in Register::ALL {
+        needles.push((
+            format!("{register:?} block key prefix"),
+            layout::register_prefix(p, register).to_vec(),
+        ));
+    }
+    for tier in Tier::ALL {
+        needles.push((
+            format!("{tier:?} correction key prefix"),
+            layout::correction_tier_range(p, tier).0,
+        ));
+    }
+    needles
+        .into_iter()
+        .flat_map(|(what, needle)| {
+            files_containing_any_form(dir, &needle)
+                .into_iter()
+                .map(move |trace| (what.clone(), trace))
+        })
+        .collect()
 }
 
 #[test]
@@ -145,8 +178,8 @@ fn erased_bytes_are_gone_from_sst_files_and_the_held_tier_stays() {
 }
 
 /// The default hold keeps month readings; another connection's month reading keeps the
-/// month memtable busy. After erasure no file at all — SST, WAL, MANIFEST — holds the
-/// erased pseudonym's bytes.
+/// month memtable busy. After erasure no file at all — SST, WAL, MANIFEST, the info LOG and
+/// its old copies — holds the erased pseudonym's bytes, raw or as hex in either case.
 #[test]
 fn erasure_under_the_default_hold_leaves_no_pseudonym_bytes_in_any_file() {
     let mut rocks = Rocks::new();
@@ -185,10 +218,10 @@ fn erasure_under_the_default_hold_leaves_no_pseudonym_bytes_in_any_file() {
     let needle = victim.to_bytes();
     assert!(!files_containing(rocks.dir.path(), &needle, false).is_empty());
     store.erase(&[victim]).expect("erase");
-    let hits = files_containing(rocks.dir.path(), &needle, false);
+    let traces = erased_traces(rocks.dir.path(), victim);
     assert!(
-        hits.is_empty(),
-        "files still holding the erased pseudonym: {hits:?}"
+        traces.is_empty(),
+        "files still holding the erased pseudonym (raw or hex): {traces:#?}"
     );
     assert!(
         !files_containing(rocks.dir.path(), &other.to_bytes(), false).is_empty(),
@@ -220,10 +253,10 @@ fn full_erasure_without_holds_leaves_no_pseudonym_bytes_in_any_file() {
     let receipt = store.erase(&[victim]).expect("erase");
     assert_eq!(receipt.deleted.month, 2);
     assert!(receipt.kept.is_empty());
-    let hits = files_containing(rocks.dir.path(), &victim.to_bytes(), false);
+    let traces = erased_traces(rocks.dir.path(), victim);
     assert!(
-        hits.is_empty(),
-        "files still holding the pseudonym: {hits:?}"
+        traces.is_empty(),
+        "files still holding the pseudonym (raw or hex): {traces:#?}"
     );
 }
 
@@ -391,7 +424,7 @@ fn a_restored_backup_gets_later_erasures_and_consent_changes_replayed() {
         }
         let readings = quarter_hours(ts("2026-11-30T22:00:00Z"), 8, 1000, 50);
         block_on(store.write(vec![item(x, readings.clone()), item(y, readings)])).expect("write");
-        store.backup(&backup).expect("backup");
+        store.backup(&backup, 7).expect("backup");
         store.erase(&[x]).expect("erase x");
         store
             .put_connection(&[y], connection(ConsentLevel::Standard, "1234"))
@@ -437,11 +470,19 @@ fn an_interrupted_erasure_is_redone_at_open() {
         .expect("write");
         store.close().expect("close");
     }
-    // What a crash between the journal append and the erasure leaves behind.
-    meterstand_store::journal::SubjectJournal::open(&journal)
-        .expect("journal")
-        .append(meterstand_store::journal::JournalOp::erase(&[x]))
-        .expect("append");
+    // What a crash between the journal append and the erasure leaves behind: the entry
+    // after the last one (a consent change, #1), synced, not carried out.
+    use std::io::Write;
+    let entry = meterstand_store::journal::JournalEntry {
+        seq: 2,
+        time: "2026-12-02T00:00:00Z".into(),
+        op: meterstand_store::journal::JournalOp::erase(&[x]),
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&journal)
+        .expect("journal");
+    writeln!(file, "{}", serde_json::to_string(&entry).expect("json")).expect("append");
     let store = open_journalled(&data, &journal, &clock);
     assert_eq!(store.replayed().len(), 1);
     assert!(store.export(&[x]).expect("export").interval.is_empty());

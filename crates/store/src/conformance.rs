@@ -85,7 +85,6 @@ pub fn connection(consent: ConsentLevel, postcode: &str) -> Connection {
         consent,
         postcode4: Some(postcode.parse().expect("postcode")),
         profile: Some("E1A".parse().expect("profile")),
-        analytics: true,
     }
 }
 
@@ -277,7 +276,9 @@ pub fn erasure_leaves_a_tombstone_that_gates_like_off(mut b: impl Backend) {
     let month = vec![tiered(Register::ImportT1, ts("2026-11-30T23:00:00Z"), 5)];
     let out = block_on(store.write(vec![item(p, month.clone())])).expect("write");
     assert_eq!(out.stored.total(), 0, "nothing stored after erasure");
-    assert!(store.export(&[p]).expect("export").is_empty());
+    let export = store.export(&[p]).expect("export");
+    assert!(export.connection.is_none() && export.tier(Tier::Month).is_empty());
+    assert!(export.state.erased, "the export says it was erased");
     put(&store, p, connection(ConsentLevel::Standard, "1234"));
     let out = block_on(store.write(vec![item(p, month)])).expect("write");
     assert_eq!(
@@ -411,33 +412,6 @@ pub fn series_and_members_come_from_boundary_differences(mut b: impl Backend) {
     }
     block_on(store.write(items)).expect("write");
 
-    let series = store
-        .series(
-            pseudo(101),
-            RegisterKind::Import,
-            Tier::Day,
-            days[0],
-            days[3],
-        )
-        .expect("series");
-    assert_eq!(series.len(), 3);
-    assert_eq!(series[0].period_start, days[0]);
-    assert_eq!(series[0].consumption, 1001 + 500);
-    let gappy = store
-        .series(
-            pseudo(100),
-            RegisterKind::Import,
-            Tier::Day,
-            days[0],
-            days[3],
-        )
-        .expect("series");
-    assert_eq!(
-        gappy.len(),
-        1,
-        "only the first day has both boundary readings"
-    );
-
     // Per period: (connections, consumption) of the members in postcode 1234, and the
     // members of 5678.
     let cells = |postcode: &str| -> Vec<(u64, u64)> {
@@ -466,9 +440,10 @@ pub fn series_and_members_come_from_boundary_differences(mut b: impl Backend) {
     assert_eq!(cells("5678")[0].0, 2);
 }
 
-/// A connection whose customer objected to analytics (`analytics: false`) keeps its
-/// readings (billing, subject export) and is a member with its record, which says so.
-pub fn objecting_connections_are_members_marked_as_objecting(mut b: impl Backend) {
+/// An objection, recorded by the privacy officer, keeps the subject's readings (billing,
+/// subject export) and shuts it out of analysis; no CRM update, erasure or re-registration
+/// withdraws it; only the privacy officer does, and what was kept meanwhile stays sealed.
+pub fn an_objection_holds_until_the_privacy_officer_withdraws_it<B: Backend>(mut b: B) {
     let clock = ManualClock::new(ts("2026-12-02T00:00:00Z"));
     let store = b.open(&clock);
     let days: Vec<Timestamp> = (23..=25)
@@ -477,9 +452,7 @@ pub fn objecting_connections_are_members_marked_as_objecting(mut b: impl Backend
     let mut items = Vec::new();
     for n in 0..3u8 {
         let p = pseudo(200 + n);
-        let mut c = connection(ConsentLevel::Daily, "1234");
-        c.analytics = n != 0;
-        put(&store, p, c);
+        put(&store, p, connection(ConsentLevel::Daily, "1234"));
         let mut readings = Vec::new();
         for (i, t) in days.iter().enumerate() {
             let i = i as u64;
@@ -489,32 +462,113 @@ pub fn objecting_connections_are_members_marked_as_objecting(mut b: impl Backend
         items.push(item(p, readings));
     }
     block_on(store.write(items)).expect("write");
-    let mut open = 0;
-    let mut members = 0;
-    store
-        .members(Tier::Day, RegisterKind::Import, &days, &mut |m| {
-            members += 1;
-            if open_to_analysis(m.connection) {
-                open += 1;
-            }
-        })
-        .expect("members");
-    assert_eq!(
-        (members, open),
-        (3, 2),
-        "the objecting connection is marked"
-    );
+    store.set_objection(&[pseudo(200)], true).expect("object");
+    let open = |store: &B::Store| {
+        let mut open = Vec::new();
+        store
+            .members(Tier::Day, RegisterKind::Import, &days, &mut |m| {
+                if open_to_analysis(&m, Tier::Day, days[0]) {
+                    open.push(m.pseudonym);
+                }
+            })
+            .expect("members");
+        open
+    };
+    assert_eq!(open(&store), vec![pseudo(201), pseudo(202)]);
+    // The CRM's routine update, a consent change, an erasure and a re-registration.
+    put(&store, pseudo(200), connection(ConsentLevel::Daily, "1234"));
+    put(&store, pseudo(200), connection(ConsentLevel::Interval, "5678"));
+    assert!(!open(&store).contains(&pseudo(200)), "a CRM update withdrew it");
     let export = store.export(&[pseudo(200)]).expect("export");
-    assert_eq!(
-        export.tier(Tier::Day).len(),
-        6,
-        "its readings are still held"
+    assert_eq!(export.tier(Tier::Day).len(), 6, "its readings are still held");
+    assert!(export.state.objected, "the export shows the objection");
+    store.erase(&[pseudo(201)]).expect("erase");
+    store.set_objection(&[pseudo(201)], true).expect("object");
+    put(&store, pseudo(201), connection(ConsentLevel::Daily, "1234"));
+    assert!(store.subject_state(&[pseudo(201)]).expect("state").objected);
+    assert_eq!(open(&store), vec![pseudo(202)]);
+    // Withdrawn by the privacy officer: what was kept while it held stays out.
+    clock.set(ts("2026-12-03T00:00:00Z"));
+    store.set_objection(&[pseudo(200)], false).expect("withdraw");
+    let state = store.subject_state(&[pseudo(200)]).expect("state");
+    assert!(!state.objected);
+    assert_eq!(state.sealed_before, Some(ts("2026-12-03T00:00:00Z")));
+    assert_eq!(open(&store), vec![pseudo(202)], "sealed before the withdrawal");
+}
+
+/// One state across key versions: an objection, an erasure or consent `off` recorded under
+/// the versions known then holds for data under every version, also a version that comes
+/// after it (carried over when the connection is seen under it). Data under an older
+/// version, whose record moved on, is open to no analysis ("no record" is not "open").
+pub fn one_state_holds_across_three_key_versions<B: Backend>(mut b: B) {
+    let clock = ManualClock::new(ts("2026-12-02T00:00:00Z"));
+    let store = b.open(&clock);
+    let v = |version: u16| Pseudonym {
+        version,
+        ..pseudo(230)
+    };
+    let month = (ts("2026-09-30T22:00:00Z"), ts("2026-10-31T23:00:00Z"));
+    let monthly = |t: Timestamp, value: u64| {
+        vec![
+            tiered(Register::ImportT1, t, value),
+            tiered(Register::ImportT2, t, value),
+        ]
+    };
+    let november = ts("2026-11-30T23:00:00Z");
+    let counted = |store: &B::Store| {
+        let mut n = 0;
+        store
+            .members(Tier::Month, RegisterKind::Import, &[month.0, month.1], &mut |m| {
+                if open_to_analysis(&m, Tier::Month, month.0) && m.values.consumption(0).is_some()
+                {
+                    n += 1;
+                }
+            })
+            .expect("members");
+        n
+    };
+    // v1: registered, October's readings; then the key rotates.
+    put(&store, v(1), connection(ConsentLevel::Standard, "1234"));
+    let mut october = monthly(month.0, 1000);
+    october.extend(monthly(month.1, 1500));
+    block_on(store.write(vec![item(v(1), october)])).expect("write");
+    assert_eq!(counted(&store), 1, "open under its record");
+    // v2: seen again (the record moves on).
+    let mut seen = item(v(2), monthly(november, 2000));
+    seen.previous = vec![v(1)];
+    block_on(store.write(vec![seen])).expect("write");
+    assert!(store.connection(v(1)).expect("record").is_none(), "moved to v2");
+    assert_eq!(counted(&store), 0, "v1's October has no record of its own: not open");
+    put(&store, v(2), connection(ConsentLevel::Off, "1234"));
+    store.set_objection(&[v(2), v(1)], true).expect("object");
+    // v3 after another rotation: the objection and the seal follow the subject.
+    let mut later = item(v(3), monthly(november, 3000));
+    later.previous = vec![v(2), v(1)];
+    let out = block_on(store.write(vec![later])).expect("write");
+    assert_eq!(out.stored.total(), 0, "consent off under v2 gates v3: {out:?}");
+    let state = store.subject_state(&[v(3)]).expect("state");
+    assert!(state.objected && state.sealed_before.is_some(), "{state:?}");
+    // The CRM raises consent again under all three: the objection still holds, and the
+    // held months stay sealed.
+    let all3 = [v(3), v(2), v(1)];
+    store
+        .put_connection(&all3, connection(ConsentLevel::Standard, "1234"))
+        .expect("put");
+    assert_eq!(counted(&store), 0);
+    store.set_objection(&all3, false).expect("withdraw");
+    assert_eq!(counted(&store), 0, "held under a seal, whatever comes later");
+    // An erasure under all three versions reaches a fourth that comes after it.
+    store.erase(&all3).expect("erase");
+    let mut fourth = item(
+        Pseudonym {
+            version: 4,
+            ..pseudo(230)
+        },
+        monthly(november, 3000),
     );
-    assert_eq!(
-        export.connection.map(|c| c.analytics),
-        Some(false),
-        "the objection is part of the record"
-    );
+    fourth.previous = vec![v(3), v(2), v(1)];
+    let out = block_on(store.write(vec![fourth])).expect("write");
+    assert_eq!(out.stored.total(), 0, "the erasure gates the new version: {out:?}");
 }
 
 /// Declares one `#[test]` per conformance function for a backend fixture expression.
@@ -532,7 +586,8 @@ macro_rules! conformance_tests {
             lowering_consent_removes_tiers_no_longer_allowed,
             lowering_consent_reaches_older_key_versions,
             series_and_members_come_from_boundary_differences,
-            objecting_connections_are_members_marked_as_objecting,
+            an_objection_holds_until_the_privacy_officer_withdraws_it,
+            one_state_holds_across_three_key_versions,
             statistics_are_frozen_once_and_read_back,
             statistics_outlive_erasure_and_have_their_own_retention,
             readings_for_frozen_periods_are_counted_as_late,

@@ -1,23 +1,28 @@
 //! Which periods are due for freezing, and their computation, over any [`ReadingStore`].
 //!
+//! - Every write marks the units it touches (a day with its quarter-hours, or a month; a
+//!   marker names a period, never a subject) with the time of the write
+//!   ([`ReadingStore::pending_periods`]). A marked unit is frozen once `settle` has passed
+//!   since it ended **and** `quiet` since its last write, whatever its age: history loaded
+//!   late, or years of it loaded on the first day, is published like yesterday. A restart
+//!   finds the markers where it left them. No look-back window.
 //! - A **day** is frozen together with its fine periods (quarter-hours; hours for gas) by
-//!   [`meterstand_statistics::freeze_nested`], once `settle` has passed after the day's end.
-//! - A **month** is frozen on its own, `settle` after its end, over the connections **without
-//!   any day reading in that month** (in practice: consent `standard`). Those connections are
-//!   in no day or quarter-hour figure of the month, so month figures and finer figures count
-//!   disjoint connections and no difference of them isolates anyone (the safe option of
-//!   `crates/statistics/DESIGN.md` §7). A connection whose day readings were deleted after
-//!   its days were frozen (consent lowered within the month) can then count in both; see
-//!   that section for why this is left as a documented limitation.
-//! - Only periods whose freeze time (`end + settle`) lies within `lookback` before now are
-//!   considered, so that a restart after a short outage catches up, and the work per run
-//!   stays bounded. A period without any contribution is not frozen (nothing to publish; it
-//!   is looked at again while it is inside the window).
-//! - Objecting connections (`analytics = false`) and erased ones are left out: a statistic
-//!   computed after the objection or erasure does not count them.
+//!   [`meterstand_statistics::freeze_nested`].
+//! - A **month** is frozen on its own over the connections **without any day reading in
+//!   that month** (in practice: consent `standard`). Those connections are in no day or
+//!   quarter-hour figure of the month, so month figures and finer figures count disjoint
+//!   connections and no difference of them isolates anyone (the safe option of
+//!   `crates/statistics/DESIGN.md` §7).
+//! - Only members with a known and open state count ([`open_to_analysis`]): registered
+//!   under that pseudonym, consent allowing the tier, no objection, not erased, the period
+//!   after any seal.
+//! - A unit nobody counts in is not frozen (nothing to publish); its marker goes, and a
+//!   later write marks it again.
+//! - One unit at a time, and at most `budget` of work per call: a backlog of years is
+//!   frozen in slices that leave the store to ingest and the API in between.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use meterstand_model::{Calendar, RegisterKind, Tier};
@@ -25,7 +30,7 @@ use meterstand_pseudonym::Pseudonym;
 use meterstand_statistics::{Contribution, MemberId, NestedContribution, freeze_nested, partition};
 
 use crate::periods::boundaries;
-use crate::{FrozenPeriod, PeriodKey, ReadingStore, StoreError, open_to_analysis};
+use crate::{FrozenPeriod, PendingPeriod, PeriodKey, ReadingStore, StoreError, open_to_analysis};
 
 /// The register kinds statistics are computed for.
 pub const KINDS: [RegisterKind; 3] = [
@@ -38,29 +43,43 @@ pub const KINDS: [RegisterKind; 3] = [
 pub struct FreezeConfig {
     /// How long a closed period waits for late readings (`statistics.settle`).
     pub settle: Duration,
-    /// How far back due periods are looked for (a restart catches up this far).
-    pub lookback: Duration,
+    /// How long a period waits after its last write (`statistics.quiet`), so that a period
+    /// still being loaded is not frozen half-way.
+    pub quiet: Duration,
     /// `privacy.min_group_size`.
     pub k: u32,
+    /// How long one call may compute before it returns, leaving the rest pending (it
+    /// computes one unit at least).
+    pub budget: Duration,
 }
 
 impl Default for FreezeConfig {
     fn default() -> Self {
         FreezeConfig {
             settle: Duration::from_secs(48 * 3600),
-            lookback: Duration::from_secs(7 * 86_400),
+            quiet: Duration::from_secs(600),
             k: 10,
+            budget: Duration::from_secs(2),
         }
     }
 }
 
-/// What one run froze.
+/// What one run froze and what it left.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FreezeReport {
     /// Periods newly frozen (a day with its 96 quarter-hours counts 97).
     pub periods: u64,
     /// Days and months computed (units of work).
     pub units: u64,
+    /// Units still waiting: not settled or not quiet yet, or beyond this call's budget.
+    pub pending: u64,
+    /// Units due now that this call's budget left for the next one.
+    pub due_left: u64,
+    /// How long the oldest waiting unit has been over (since its end), in seconds.
+    pub oldest_pending_seconds: u64,
+    /// How long the most overdue waiting unit has been due (settled and quiet), in seconds:
+    /// 0 unless the freeze falls behind.
+    pub overdue_seconds: u64,
 }
 
 fn secs(d: Duration) -> i64 {
@@ -76,77 +95,60 @@ fn member_id(p: Pseudonym) -> MemberId {
     MemberId(id)
 }
 
-/// The periods of `tier` whose freeze time `end + settle` lies in `(now - lookback, now]`.
-fn due(
-    calendar: &Calendar,
-    tier: Tier,
-    kind: RegisterKind,
-    cfg: &FreezeConfig,
-    now: Timestamp,
-) -> Vec<(Timestamp, Timestamp)> {
-    let register = kind.registers()[0];
-    let latest_end = now.as_second().saturating_sub(secs(cfg.settle));
-    let earliest_end = latest_end.saturating_sub(secs(cfg.lookback));
-    let (Ok(from), Ok(to)) = (
-        Timestamp::from_second(earliest_end),
-        Timestamp::from_second(latest_end),
-    ) else {
-        return Vec::new();
-    };
-    // Periods that end in (from, to]: they start at or after the period before `from`.
-    let first = calendar.period_start(tier, register, from);
-    let mut out = Vec::new();
-    let mut start = first;
-    loop {
-        let end = calendar.next_boundary(tier, register, start);
-        if end > to || end == Timestamp::MAX {
-            break;
-        }
-        if end > from {
-            out.push((start, end));
-        }
-        start = end;
-    }
-    out
+fn end_of(calendar: &Calendar, key: PeriodKey) -> Timestamp {
+    calendar.next_boundary(key.tier, key.kind.registers()[0], key.period_start)
 }
 
-/// Freezes every due period not frozen yet. Idempotent; safe to call at any time.
+/// When a pending unit may be frozen (UTC seconds): `settle` after its end and `quiet`
+/// after its last write.
+fn due_at(calendar: &Calendar, cfg: &FreezeConfig, p: &PendingPeriod) -> i64 {
+    let settled = end_of(calendar, p.key).as_second().saturating_add(secs(cfg.settle));
+    let quiet = p.last_write.as_second().saturating_add(secs(cfg.quiet));
+    settled.max(quiet)
+}
+
+/// Freezes every due unit not frozen yet, oldest first, within `cfg.budget`. Idempotent;
+/// safe to call at any time.
 pub fn run(
     store: &dyn ReadingStore,
     calendar: &Calendar,
     cfg: &FreezeConfig,
     now: Timestamp,
 ) -> Result<FreezeReport, StoreError> {
+    let started = Instant::now();
     let mut report = FreezeReport::default();
-    for kind in KINDS {
-        // Days (with their quarter-hours) before months: a month counts only connections
-        // without day figures in it.
-        for tier in [Tier::Day, Tier::Month] {
-            for (start, end) in due(calendar, tier, kind, cfg, now) {
-                let key = PeriodKey {
-                    tier,
-                    kind,
-                    period_start: start,
-                };
-                if store.is_frozen(key)? {
-                    continue;
-                }
-                let periods = if tier == Tier::Day {
-                    compute_day(store, calendar, kind, start, end, cfg.k)?
-                } else {
-                    compute_month(store, calendar, kind, start, end, cfg.k)?.map(|p| vec![p])
-                };
-                if let Some(periods) = periods {
-                    report.periods += store.freeze(&periods)?;
-                    report.units += 1;
-                }
-            }
+    let mut pending = store.pending_periods()?;
+    // Days (with their quarter-hours) before months, each in time order.
+    pending.sort_by_key(|p| (p.key.tier != Tier::Day, p.key.period_start, p.key.kind));
+    for p in pending {
+        let due_for = now.as_second() - due_at(calendar, cfg, &p);
+        let due = due_for >= 0;
+        // At least one unit per call, however small the budget.
+        if !due || (report.units > 0 && started.elapsed() >= cfg.budget) {
+            report.pending += 1;
+            report.due_left += u64::from(due);
+            let over = now.as_second() - end_of(calendar, p.key).as_second();
+            report.oldest_pending_seconds = report
+                .oldest_pending_seconds
+                .max(u64::try_from(over).unwrap_or(0));
+            report.overdue_seconds = report
+                .overdue_seconds
+                .max(u64::try_from(due_for).unwrap_or(0));
+            continue;
         }
+        let (start, end) = (p.key.period_start, end_of(calendar, p.key));
+        let periods = match p.key.tier {
+            Tier::Day => compute_day(store, calendar, p.key.kind, start, end, cfg.k)?,
+            _ => compute_month(store, calendar, p.key.kind, start, end, cfg.k)?
+                .map(|period| vec![period]),
+        };
+        report.periods += store.freeze(periods.as_deref().unwrap_or_default(), Some(&p))?;
+        report.units += 1;
     }
     Ok(report)
 }
 
-/// A day and its fine periods, computed together; `None` when nobody contributes.
+/// A day and its fine periods, computed together; `None` when nobody counts.
 pub fn compute_day(
     store: &dyn ReadingStore,
     calendar: &Calendar,
@@ -162,8 +164,10 @@ pub fn compute_day(
     fn entry<'m>(
         members: &'m mut BTreeMap<Pseudonym, NestedContribution>,
         m: &crate::Member<'_>,
+        tier: Tier,
+        start: Timestamp,
     ) -> Option<&'m mut NestedContribution> {
-        if !open_to_analysis(m.connection) {
+        if !open_to_analysis(m, tier, start) {
             return None;
         }
         Some(
@@ -179,12 +183,12 @@ pub fn compute_day(
         )
     }
     store.members(Tier::Day, kind, &[start, end], &mut |m| {
-        if let Some(c) = entry(&mut members, &m) {
+        if let Some(c) = entry(&mut members, &m, Tier::Day, start) {
             c.coarse = m.values.consumption(0);
         }
     })?;
     store.members(Tier::Interval, kind, &fine_bounds, &mut |m| {
-        if let Some(c) = entry(&mut members, &m) {
+        if let Some(c) = entry(&mut members, &m, Tier::Interval, start) {
             c.fine = (0..fine_periods).map(|i| m.values.consumption(i)).collect();
         }
     })?;
@@ -219,7 +223,7 @@ pub fn compute_day(
     Ok(Some(out))
 }
 
-/// A month over the connections without day readings in it; `None` when nobody contributes.
+/// A month over the connections without day readings in it; `None` when nobody counts.
 pub fn compute_month(
     store: &dyn ReadingStore,
     calendar: &Calendar,
@@ -236,7 +240,7 @@ pub fn compute_month(
     })?;
     let mut contributions = Vec::new();
     store.members(Tier::Month, kind, &[start, end], &mut |m| {
-        if with_days.contains(&m.pseudonym) || !open_to_analysis(m.connection) {
+        if with_days.contains(&m.pseudonym) || !open_to_analysis(&m, Tier::Month, start) {
             return;
         }
         if let Some(consumption) = m.values.consumption(0) {
@@ -279,10 +283,13 @@ mod tests {
         }
     }
 
-    /// Four interval-consent connections with a full local day of quarter-hours on
-    /// 2026-11-24 (UTC 23:00 the day before to 23:00).
-    fn fleet(store: &MemStore) {
-        let start = ts("2026-11-23T23:00:00Z");
+    fn now(clock: &ManualClock) -> Timestamp {
+        crate::Clock::now(clock)
+    }
+
+    /// Four interval-consent connections with a full local day of quarter-hours starting
+    /// at `start` (UTC 23:00 the day before, in winter).
+    fn fleet_on(store: &MemStore, start: Timestamp) {
         let mut items = Vec::new();
         for n in 0..4u8 {
             let p = pseudo(10 + n);
@@ -292,25 +299,32 @@ mod tests {
         block_on(store.write(items)).expect("write");
     }
 
+    fn fleet(store: &MemStore) {
+        fleet_on(store, ts("2026-11-23T23:00:00Z"));
+    }
+
+    fn day_rows(store: &MemStore, start: &str) -> Vec<FrozenPeriod> {
+        let start = ts(start);
+        let end = Timestamp::from_second(start.as_second() + 86_400).expect("ts");
+        store
+            .statistics(Tier::Day, RegisterKind::Import, start, end)
+            .expect("read")
+    }
+
     #[test]
     fn a_day_is_frozen_with_its_quarter_hours_only_after_settle() {
-        let clock = ManualClock::new(ts("2026-11-26T22:59:00Z"));
+        let clock = ManualClock::new(ts("2026-11-24T23:30:00Z"));
         let store = MemStore::new(Arc::new(clock.clone()));
         fleet(&store);
         let cal = Calendar::amsterdam();
-        let r = run(&store, &cal, &cfg(), crate::Clock::now(&clock)).expect("run");
+        clock.set(ts("2026-11-26T22:59:00Z"));
+        let r = run(&store, &cal, &cfg(), now(&clock)).expect("run");
         assert_eq!(r.periods, 0, "48h after the day's end have not passed yet");
+        assert!(r.pending > 0, "{r:?}");
         clock.set(ts("2026-11-26T23:00:00Z"));
-        let r = run(&store, &cal, &cfg(), crate::Clock::now(&clock)).expect("run");
+        let r = run(&store, &cal, &cfg(), now(&clock)).expect("run");
         assert_eq!(r.periods, 97, "the day and its 96 quarter-hours: {r:?}");
-        let day = store
-            .statistics(
-                Tier::Day,
-                RegisterKind::Import,
-                ts("2026-11-23T23:00:00Z"),
-                ts("2026-11-24T23:00:00Z"),
-            )
-            .expect("read");
+        let day = day_rows(&store, "2026-11-23T23:00:00Z");
         assert_eq!(day.len(), 1);
         assert_eq!(day[0].rows[0].connections, 4);
         let quarters = store
@@ -325,43 +339,123 @@ mod tests {
         let sum: u64 = quarters.iter().map(|q| q.rows[0].consumption).sum();
         assert_eq!(sum, day[0].rows[0].consumption, "the granularities add up");
         // Again: nothing new.
-        assert_eq!(
-            run(&store, &cal, &cfg(), crate::Clock::now(&clock))
-                .expect("run")
-                .periods,
-            0
-        );
+        assert_eq!(run(&store, &cal, &cfg(), now(&clock)).expect("run").periods, 0);
+    }
+
+    #[test]
+    fn a_day_loaded_fifteen_days_late_is_published() {
+        // Loaded on 9 December, fifteen days after it ended: no look-back window hides it.
+        let clock = ManualClock::new(ts("2026-12-09T23:00:00Z"));
+        let store = MemStore::new(Arc::new(clock.clone()));
+        fleet(&store);
+        let cal = Calendar::amsterdam();
+        let r = run(&store, &cal, &cfg(), now(&clock)).expect("run");
+        assert_eq!(r.periods, 0, "just written: not quiet yet");
+        clock.set(ts("2026-12-09T23:10:00Z"));
+        let r = run(&store, &cal, &cfg(), now(&clock)).expect("run");
+        assert_eq!(r.periods, 97, "{r:?}");
+        assert_eq!(day_rows(&store, "2026-11-23T23:00:00Z")[0].rows[0].connections, 4);
+        assert_eq!(r.pending, 0, "nothing else waits: {r:?}");
+    }
+
+    #[test]
+    fn a_period_that_keeps_receiving_writes_waits_until_it_is_quiet() {
+        let clock = ManualClock::new(ts("2026-12-01T00:00:00Z"));
+        let store = MemStore::new(Arc::new(clock.clone()));
+        let cal = Calendar::amsterdam();
+        let start = ts("2026-11-23T23:00:00Z");
+        let later = |secs: i64| Timestamp::from_second(now(&clock).as_second() + secs).expect("ts");
+        // Every 9 minutes one more connection's day arrives: never 10 quiet minutes.
+        for n in 0..6u8 {
+            let p = pseudo(60 + n);
+            put(&store, p, connection(ConsentLevel::Interval, "1234"));
+            block_on(store.write(vec![item(p, quarter_hours(start, 97, 1000, 7))]))
+                .expect("write");
+            let r = run(&store, &cal, &cfg(), now(&clock)).expect("run");
+            assert_eq!(r.periods, 0, "still being written into ({n}): {r:?}");
+            clock.set(later(540));
+        }
+        clock.set(later(60));
+        let r = run(&store, &cal, &cfg(), now(&clock)).expect("run");
+        assert_eq!(r.periods, 97, "{r:?}");
+        assert_eq!(day_rows(&store, "2026-11-23T23:00:00Z")[0].rows[0].connections, 6);
+    }
+
+    #[test]
+    fn thirteen_months_of_backfill_are_published_once_each_within_budgets() {
+        // A supplier's first day: 13 months of quarter-hours for a small fleet. Each call
+        // may compute for a moment only; call after call the backlog drains, and every day
+        // is frozen exactly once (a "restart" between calls changes nothing: the markers
+        // are the store's).
+        let clock = ManualClock::new(ts("2026-12-01T00:00:00Z"));
+        let store = MemStore::new(Arc::new(clock.clone()));
+        let cal = Calendar::amsterdam();
+        // Local 5 November 2025 to 29 November 2026: inside the interval tier's 13 months.
+        let first = ts("2025-11-04T23:00:00Z");
+        let days = 390;
+        let mut items = Vec::new();
+        for n in 0..3u8 {
+            let p = pseudo(80 + n);
+            put(&store, p, connection(ConsentLevel::Interval, "1234"));
+            items.push(item(
+                p,
+                quarter_hours(first, days * 96 + 1, 5_000, 3 + u64::from(n)),
+            ));
+        }
+        block_on(store.write(items)).expect("write");
+        // Settled: 48 hours after the last day's end.
+        clock.set(ts("2026-12-02T01:00:00Z"));
+        let marked = store.pending_periods().expect("pending").len() as u64;
+        let sliced = FreezeConfig {
+            budget: Duration::from_millis(1),
+            ..cfg()
+        };
+        let mut units = 0;
+        let mut calls = 0;
+        let waiting = loop {
+            let r = run(&store, &cal, &sliced, now(&clock)).expect("run");
+            units += r.units;
+            calls += 1;
+            if r.due_left == 0 {
+                break r.pending;
+            }
+            assert!(calls < 10_000, "the backlog drains");
+        };
+        assert!(calls > 1, "a millisecond does not hold 13 months");
+        let periods = store
+            .statistics(Tier::Day, RegisterKind::Import, first, ts("2026-12-01T00:00:00Z"))
+            .expect("read");
+        // Every local day of it (daylight saving time twice: 92 and 100 quarter-hours).
+        assert_eq!(periods.len(), days as usize);
+        assert!(periods.iter().all(|p| p.rows[0].connections == 3));
+        // Each marked day and month computed once; what waits is not settled yet (30
+        // November and its month).
+        assert_eq!(units + waiting, marked);
+        assert_eq!(waiting, 2);
     }
 
     #[test]
     fn frozen_statistics_do_not_change_and_late_readings_are_counted() {
-        let clock = ManualClock::new(ts("2026-11-27T00:00:00Z"));
+        let clock = ManualClock::new(ts("2026-11-24T23:30:00Z"));
         let store = MemStore::new(Arc::new(clock.clone()));
         fleet(&store);
+        clock.set(ts("2026-11-27T00:00:00Z"));
         let cal = Calendar::amsterdam();
-        run(&store, &cal, &cfg(), crate::Clock::now(&clock)).expect("run");
-        let read = || {
-            store
-                .statistics(
-                    Tier::Day,
-                    RegisterKind::Import,
-                    ts("2026-11-20T00:00:00Z"),
-                    ts("2026-11-30T00:00:00Z"),
-                )
-                .expect("read")
-        };
+        run(&store, &cal, &cfg(), now(&clock)).expect("run");
+        let read = || day_rows(&store, "2026-11-23T23:00:00Z");
         let before = read();
+        assert_eq!(before.len(), 1);
         store.erase(&[pseudo(10)]).expect("erase");
-        let mut c = connection(ConsentLevel::Interval, "1234");
-        c.analytics = false;
-        put(&store, pseudo(11), c);
+        store.set_objection(&[pseudo(11)], true).expect("object");
+        put(&store, pseudo(30), connection(ConsentLevel::Interval, "1234"));
         let late = item(
-            pseudo(12),
-            vec![tiered(Register::ExportT1, ts("2026-11-24T12:00:00Z"), 5)],
+            pseudo(30),
+            vec![tiered(Register::ImportT1, ts("2026-11-24T12:00:00Z"), 5)],
         );
         let outcome = block_on(store.write(vec![late])).expect("write");
         assert_eq!(outcome.late, 1, "{outcome:?}");
-        run(&store, &cal, &cfg(), crate::Clock::now(&clock)).expect("run");
+        clock.set(ts("2026-11-28T00:00:00Z"));
+        run(&store, &cal, &cfg(), now(&clock)).expect("run");
         assert_eq!(read(), before);
     }
 
@@ -370,26 +464,29 @@ mod tests {
         let clock = ManualClock::new(ts("2026-11-27T00:00:00Z"));
         let store = MemStore::new(Arc::new(clock.clone()));
         fleet(&store);
-        let mut c = connection(ConsentLevel::Interval, "1234");
-        c.analytics = false;
-        put(&store, pseudo(11), c);
+        store.set_objection(&[pseudo(11)], true).expect("object");
         store.erase(&[pseudo(12)]).expect("erase");
-        run(
-            &store,
-            &Calendar::amsterdam(),
-            &cfg(),
-            crate::Clock::now(&clock),
-        )
-        .expect("run");
-        let day = store
-            .statistics(
-                Tier::Day,
-                RegisterKind::Import,
-                ts("2026-11-23T23:00:00Z"),
-                ts("2026-11-24T23:00:00Z"),
-            )
-            .expect("read");
-        assert!(day[0].rows.is_empty(), "2 left, below k = 3: {day:?}");
+        clock.set(ts("2026-11-27T01:00:00Z"));
+        run(&store, &Calendar::amsterdam(), &cfg(), now(&clock)).expect("run");
+        let day = day_rows(&store, "2026-11-23T23:00:00Z");
+        assert!(day[0].rows.is_empty(), "2 left, below k = 3: no rows: {day:?}");
+    }
+
+    #[test]
+    fn a_routine_crm_update_does_not_bring_an_objector_back() {
+        let clock = ManualClock::new(ts("2026-11-27T00:00:00Z"));
+        let store = MemStore::new(Arc::new(clock.clone()));
+        fleet(&store);
+        store.set_objection(&[pseudo(11)], true).expect("object");
+        // The CRM's next routine update of the same row, without any objection field.
+        put(&store, pseudo(11), connection(ConsentLevel::Interval, "1234"));
+        clock.set(ts("2026-11-27T01:00:00Z"));
+        run(&store, &Calendar::amsterdam(), &cfg(), now(&clock)).expect("run");
+        assert_eq!(
+            day_rows(&store, "2026-11-23T23:00:00Z")[0].rows[0].connections,
+            3,
+            "the objector is not counted"
+        );
     }
 
     #[test]
@@ -414,13 +511,8 @@ mod tests {
             items.push(item(p, readings));
         }
         block_on(store.write(items)).expect("write");
-        let r = run(
-            &store,
-            &Calendar::amsterdam(),
-            &cfg(),
-            crate::Clock::now(&clock),
-        )
-        .expect("run");
+        clock.set(ts("2026-12-03T23:30:00Z"));
+        let r = run(&store, &Calendar::amsterdam(), &cfg(), now(&clock)).expect("run");
         assert!(r.periods >= 1);
         let month = store
             .statistics(Tier::Month, RegisterKind::Import, a, b)
@@ -430,28 +522,53 @@ mod tests {
     }
 
     #[test]
-    fn a_restart_catches_up_within_the_lookback() {
-        let clock = ManualClock::new(ts("2026-12-01T00:00:00Z"));
+    fn held_month_readings_serve_billing_only() {
+        // Six standard-consent connections with October's two month readings; one goes to
+        // consent off (its month readings are held for billing), one is erased and
+        // registered again: neither counts in October, before or after.
+        let clock = ManualClock::new(ts("2026-11-05T00:00:00Z"));
+        let store = MemStore::new(Arc::new(clock.clone()));
+        let (a, b) = (ts("2026-09-30T22:00:00Z"), ts("2026-10-31T23:00:00Z"));
+        let mut items = Vec::new();
+        for n in 0..6u8 {
+            let p = pseudo(120 + n);
+            put(&store, p, connection(ConsentLevel::Standard, "1234"));
+            let readings = [(a, 1000), (b, 1500 + u64::from(n))]
+                .into_iter()
+                .flat_map(|(t, v)| {
+                    [
+                        tiered(Register::ImportT1, t, v),
+                        tiered(Register::ImportT2, t, v),
+                    ]
+                })
+                .collect();
+            items.push(item(p, readings));
+        }
+        block_on(store.write(items)).expect("write");
+        put(&store, pseudo(120), connection(ConsentLevel::Off, "1234"));
+        store.erase(&[pseudo(121)]).expect("erase");
+        put(&store, pseudo(121), connection(ConsentLevel::Standard, "1234"));
+        clock.set(ts("2026-11-05T01:00:00Z"));
+        run(&store, &Calendar::amsterdam(), &cfg(), now(&clock)).expect("run");
+        let month = store
+            .statistics(Tier::Month, RegisterKind::Import, a, b)
+            .expect("read");
+        assert_eq!(month[0].rows[0].connections, 4, "{month:?}");
+    }
+
+    #[test]
+    fn history_of_a_rotated_key_counts_only_under_its_record() {
+        // v1 readings whose record moved to v2: v1 has no record and counts nowhere.
+        let clock = ManualClock::new(ts("2026-11-27T00:00:00Z"));
         let store = MemStore::new(Arc::new(clock.clone()));
         fleet(&store);
-        let r = run(
-            &store,
-            &Calendar::amsterdam(),
-            &cfg(),
-            crate::Clock::now(&clock),
-        )
-        .expect("run");
-        assert_eq!(r.periods, 97);
-        let far = ManualClock::new(ts("2026-12-20T00:00:00Z"));
-        let store = MemStore::new(Arc::new(far.clone()));
-        fleet(&store);
-        let r = run(
-            &store,
-            &Calendar::amsterdam(),
-            &cfg(),
-            crate::Clock::now(&far),
-        )
-        .expect("run");
-        assert_eq!(r.periods, 0, "outside the window");
+        let old = pseudo(13);
+        let new = Pseudonym { version: 2, ..old };
+        let mut seen = item(new, vec![tiered(Register::ImportT1, ts("2026-11-26T12:00:00Z"), 1)]);
+        seen.previous = vec![old];
+        block_on(store.write(vec![seen])).expect("write");
+        clock.set(ts("2026-11-27T01:00:00Z"));
+        run(&store, &Calendar::amsterdam(), &cfg(), now(&clock)).expect("run");
+        assert_eq!(day_rows(&store, "2026-11-23T23:00:00Z")[0].rows[0].connections, 3);
     }
 }

@@ -4,6 +4,7 @@
 //! engine lives in `meterstand-store-rocks`, so the API and ingest compile without it.
 //! Why the split: `docs/design.md` §5.
 
+pub mod backups;
 mod clock;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -12,11 +13,13 @@ pub mod journal;
 mod mem;
 pub mod periods;
 mod statistics;
+mod subject;
 mod types;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use mem::MemStore;
-pub use statistics::{FrozenPeriod, Member, PeriodKey, open_to_analysis};
+pub use statistics::{FrozenPeriod, Member, PendingPeriod, PeriodKey};
+pub use subject::{SubjectState, open_to_analysis};
 pub use types::*;
 
 use std::future::Future;
@@ -33,7 +36,9 @@ pub trait ReadingStore: Send + Sync + 'static {
 
     /// Registers or updates a connection. `all` holds the connection's pseudonyms under
     /// every key version, current first: lowering consent removes the readings of the tiers
-    /// the new level no longer allows under each of them; the receipt says what went.
+    /// the new level no longer allows under each of them; the receipt says what went. The
+    /// subject's state ([`SubjectState`]) is kept: an objection stays, an erased subject is
+    /// registered again with its held history sealed, consent `off` seals what is held.
     fn put_connection(
         &self,
         all: &[Pseudonym],
@@ -41,8 +46,16 @@ pub trait ReadingStore: Send + Sync + 'static {
     ) -> Result<ErasureReceipt, StoreError>;
 
     /// Erases everything of these pseudonyms (one connection under each key version) except
-    /// tiers under a hold, compacts the range away and returns a receipt.
+    /// tiers under a hold, compacts the range away and returns a receipt. The subject's
+    /// state keeps its objection and seals what the hold keeps.
     fn erase(&self, pseudonyms: &[Pseudonym]) -> Result<ErasureReceipt, StoreError>;
+
+    /// Records (`true`) or withdraws (`false`) the subject's objection to analytical use
+    /// under each of `all` (every key version). Withdrawing seals what was kept meanwhile.
+    fn set_objection(&self, all: &[Pseudonym], objected: bool) -> Result<(), StoreError>;
+
+    /// The subject's state: the union of what is recorded under each of `all`.
+    fn subject_state(&self, all: &[Pseudonym]) -> Result<SubjectState, StoreError>;
 
     /// Whether anything is stored under this pseudonym: a connection record or a reading in
     /// any tier.
@@ -60,19 +73,10 @@ pub trait ReadingStore: Send + Sync + 'static {
         to: Timestamp,
     ) -> Result<Vec<meterstand_model::Reading>, StoreError>;
 
-    /// One connection's consumption per period of `tier` for periods starting in `[from, to)`.
-    fn series(
-        &self,
-        p: Pseudonym,
-        kind: RegisterKind,
-        tier: Tier,
-        from: Timestamp,
-        to: Timestamp,
-    ) -> Result<Vec<SeriesRow>, StoreError>;
-
     /// Calls `f` once for every connection with a reading of `tier` on one of `bounds`
-    /// (sorted period boundaries), with its values there per register of `kind`. Erased
-    /// connections are skipped. The freeze job computes statistics from this.
+    /// (sorted period boundaries), with its values there per register of `kind`, its record
+    /// and its state. The freeze job computes statistics from this, counting only the
+    /// members [`open_to_analysis`] lets through.
     fn members(
         &self,
         tier: Tier,
@@ -81,15 +85,26 @@ pub trait ReadingStore: Send + Sync + 'static {
         f: &mut dyn FnMut(Member<'_>),
     ) -> Result<(), StoreError>;
 
-    /// Every pseudonym the store holds anything for (a connection record or readings), for
-    /// the API's analyst-id look-up. Erased ones are not listed.
-    fn pseudonyms(&self) -> Result<Vec<Pseudonym>, StoreError>;
+    /// The periods that writes have touched and that are not frozen yet (days, with their
+    /// quarter-hours, and months), oldest first.
+    fn pending_periods(&self) -> Result<Vec<PendingPeriod>, StoreError>;
 
     /// Stores the statistics of periods that are not frozen yet, all or none, and returns
     /// how many were newly frozen. A frozen period is never overwritten: its entry here is
     /// ignored. Readings later stored for a frozen period are counted in
     /// [`WriteOutcome::late`].
-    fn freeze(&self, periods: &[FrozenPeriod]) -> Result<u64, StoreError>;
+    ///
+    /// With `settled`, the periods are that pending period's computation: they are stored,
+    /// and the period leaves the pending list, only if nothing was written into it since
+    /// it was listed (else nothing happens and 0 is returned: it is computed again once
+    /// quiet). `periods` may then be empty: nobody counts in it, nothing is published, and
+    /// it is not frozen (a later write lists it again). Without `settled` (a restore
+    /// carrying over what was frozen before it), the periods are stored as given.
+    fn freeze(
+        &self,
+        periods: &[FrozenPeriod],
+        settled: Option<&PendingPeriod>,
+    ) -> Result<u64, StoreError>;
 
     /// Whether this period is frozen.
     fn is_frozen(&self, key: PeriodKey) -> Result<bool, StoreError>;
@@ -107,8 +122,11 @@ pub trait ReadingStore: Send + Sync + 'static {
     fn sweep_retention(&self) -> Result<TierCounts, StoreError>;
 
     /// A consistent copy of the whole store in `dir` (which must not exist), taken while
-    /// writes go on: everything durable before the call is in it.
-    fn backup(&self, dir: &std::path::Path) -> Result<BackupInfo, StoreError>;
+    /// writes go on: everything durable before the call is in it, with a record of the
+    /// journal sequence number it had applied ([`backups::BackupRecord`]). Then the
+    /// siblings of `dir` are rotated: the newest `keep` backups stay, older ones are
+    /// removed, and the journal is pruned of what no kept backup needs.
+    fn backup(&self, dir: &std::path::Path, keep: usize) -> Result<BackupInfo, StoreError>;
 
     /// Whether the store is open and its writer alive.
     fn is_healthy(&self) -> bool;
@@ -119,6 +137,10 @@ pub trait ReadingStore: Send + Sync + 'static {
 
     /// Records (durably) that the journal entry `seq` has been applied.
     fn set_journal_watermark(&self, seq: u64) -> Result<(), StoreError>;
+
+    /// Drops the journal entries up to `seq` (inclusive): no kept backup needs them any
+    /// more. A store without a journal has nothing to prune.
+    fn prune_journal(&self, seq: u64) -> Result<(), StoreError>;
 }
 
 /// Ingest's side: the durable write, async because it waits for a group commit.

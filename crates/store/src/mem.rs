@@ -2,7 +2,7 @@
 //! the RocksDB engine, for unit tests of the API and ingest (no database to build or open).
 //! The conformance tests in [`crate::conformance`] hold both backends to the same behaviour.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::mpsc;
 
@@ -18,8 +18,8 @@ use meterstand_statistics::Row;
 use crate::periods::{self, BoundaryValues};
 use crate::{
     BackupInfo, Clock, Correction, ErasureReceipt, FrozenPeriod, IngestItem, Kept, Member,
-    PeriodKey, ReadingStore, ReadingWriter, RetentionPolicy, SeriesRow, StoreError, SubjectExport,
-    TierCounts, WriteOutcome,
+    PendingPeriod, PeriodKey, ReadingStore, ReadingWriter, RetentionPolicy, StoreError,
+    SubjectExport, SubjectState, TierCounts, WriteOutcome,
 };
 
 /// (tier, connection, register, time in seconds) → cumulative value.
@@ -28,16 +28,56 @@ type Key = (Tier, Pseudonym, Register, i64);
 #[derive(Debug, Default)]
 struct State {
     connections: HashMap<Pseudonym, Connection>,
-    /// Erased connections: gated like consent `off` until the CRM registers them again.
-    tombstones: HashSet<Pseudonym>,
+    /// Subjects' privacy state per pseudonym (objection, erasure, seal); an erased one is
+    /// gated like consent `off` until the CRM registers it again.
+    subjects: HashMap<Pseudonym, SubjectState>,
     readings: BTreeMap<Key, u64>,
     /// Readings a correction replaced → when (UTC seconds), for the subject export.
     corrected: BTreeMap<Key, i64>,
     meters: BTreeSet<(Pseudonym, Pseudonym)>,
     /// Frozen statistics: (tier, kind, period start) → rows.
     statistics: BTreeMap<(Tier, RegisterKind, i64), Vec<Row>>,
-    /// Per tier, the latest end of a frozen period: later readings before it are late.
-    frozen_until: [i64; 3],
+    /// Units (days, months) written into and not frozen yet → their last write (seconds).
+    pending: BTreeMap<(Tier, RegisterKind, i64), i64>,
+}
+
+impl State {
+    fn subject(&self, p: &Pseudonym) -> SubjectState {
+        self.subjects.get(p).copied().unwrap_or_default()
+    }
+
+    fn subject_of(&self, all: &[Pseudonym]) -> SubjectState {
+        SubjectState::union_all(all.iter().map(|p| self.subject(p)))
+    }
+
+    fn set_subject(&mut self, all: &[Pseudonym], state: SubjectState) {
+        for p in all {
+            if state.is_empty() {
+                self.subjects.remove(p);
+            } else {
+                self.subjects.insert(*p, state);
+            }
+        }
+    }
+
+    /// Whether a unit this tier entry feeds is frozen already.
+    fn is_late(&self, calendar: &Calendar, tier: Tier, register: Register, t: Timestamp) -> bool {
+        let mut late = false;
+        periods::units_touched(calendar, tier, register, t, t, &mut |unit, start| {
+            late |= self
+                .statistics
+                .contains_key(&(unit, register.kind(), start.as_second()));
+        });
+        late
+    }
+
+    /// Marks the units this tier entry feeds as written into at `now`.
+    fn mark(&mut self, calendar: &Calendar, tier: Tier, register: Register, t: Timestamp, now: i64) {
+        let pending = &mut self.pending;
+        periods::units_touched(calendar, tier, register, t, t, &mut |unit, start| {
+            pending.insert((unit, register.kind(), start.as_second()), now);
+        });
+    }
 }
 
 /// A test hook: the next statistics call says it entered, then waits for release.
@@ -109,14 +149,11 @@ impl MemStore {
     }
 
     fn allowed(&self, state: &State, p: Pseudonym) -> TierSet {
-        if state.tombstones.contains(&p) {
-            return ConsentLevel::Off.allowed_tiers();
+        match state.connections.get(&p) {
+            Some(c) => c.consent.allowed_tiers(),
+            None if state.subject(&p).erased => ConsentLevel::Off.allowed_tiers(),
+            None => self.default_consent.allowed_tiers(),
         }
-        state
-            .connections
-            .get(&p)
-            .map_or(self.default_consent, |c| c.consent)
-            .allowed_tiers()
     }
 
     fn write_now(&self, items: Vec<IngestItem>) -> Result<WriteOutcome, StoreError> {
@@ -153,22 +190,25 @@ impl MemStore {
                             tr.reading.time.as_second(),
                         );
                         stored_any = true;
+                        let (register, time) = (tr.reading.register, tr.reading.time);
                         match state.readings.get(&key) {
                             None => {
                                 state.readings.insert(key, tr.reading.value);
                                 out.stored.add(tier, 1);
-                                if key.3 < state.frozen_until[tier as usize] {
+                                if state.is_late(&self.calendar, tier, register, time) {
                                     out.late += 1;
                                 }
+                                state.mark(&self.calendar, tier, register, time, now);
                             }
                             Some(v) if *v == tr.reading.value => out.duplicates += 1,
                             Some(&old) if item.correction => {
                                 state.readings.insert(key, tr.reading.value);
                                 state.corrected.insert(key, now);
                                 out.corrected += 1;
-                                if key.3 < state.frozen_until[tier as usize] {
+                                if state.is_late(&self.calendar, tier, register, time) {
                                     out.late += 1;
                                 }
+                                state.mark(&self.calendar, tier, register, time, now);
                                 out.corrections.push(Correction {
                                     connection: item.connection,
                                     tier,
@@ -289,7 +329,17 @@ impl MemStore {
 
 /// A connection record found only under an older pseudonym moves to the current one.
 fn rekey(state: &mut State, item: &IngestItem) {
-    if item.previous.is_empty() || state.connections.contains_key(&item.connection) {
+    if item.previous.is_empty() {
+        return;
+    }
+    // The subject's state follows it to the new key version (an erasure or objection
+    // recorded before the rotation holds under the new pseudonym too).
+    let carried = state.subject_of(&item.previous);
+    if !carried.is_empty() {
+        let merged = state.subject(&item.connection).union(carried);
+        state.subjects.insert(item.connection, merged);
+    }
+    if state.connections.contains_key(&item.connection) {
         return;
     }
     if let Some(old) = item
@@ -325,11 +375,13 @@ impl ReadingStore for MemStore {
         let mut state = self.state.lock();
         let remove = TierSet::ALL.minus(connection.consent.allowed_tiers());
         let receipt = self.remove_tiers(&mut state, all, remove);
+        let subject = state
+            .subject_of(all)
+            .after_registration(connection.consent, self.clock.now());
+        state.set_subject(all, subject);
         for old in &all[1..] {
             state.connections.remove(old);
-            state.tombstones.remove(old);
         }
-        state.tombstones.remove(&current);
         state.connections.insert(current, connection);
         Ok(receipt)
     }
@@ -344,9 +396,25 @@ impl ReadingStore for MemStore {
             let before = state.meters.len();
             state.meters.retain(|(c, _)| c != p);
             receipt.meters += (before - state.meters.len()) as u64;
-            state.tombstones.insert(*p);
         }
+        let subject = state
+            .subject_of(pseudonyms)
+            .after_erasure(self.clock.now());
+        state.set_subject(pseudonyms, subject);
         Ok(receipt)
+    }
+
+    fn set_objection(&self, all: &[Pseudonym], objected: bool) -> Result<(), StoreError> {
+        let mut state = self.state.lock();
+        let subject = state
+            .subject_of(all)
+            .after_objection(objected, self.clock.now());
+        state.set_subject(all, subject);
+        Ok(())
+    }
+
+    fn subject_state(&self, all: &[Pseudonym]) -> Result<SubjectState, StoreError> {
+        Ok(self.state.lock().subject_of(all))
     }
 
     fn knows(&self, p: Pseudonym) -> Result<bool, StoreError> {
@@ -355,7 +423,10 @@ impl ReadingStore for MemStore {
     }
 
     fn export(&self, pseudonyms: &[Pseudonym]) -> Result<SubjectExport, StoreError> {
-        let mut export = SubjectExport::default();
+        let mut export = SubjectExport {
+            state: self.subject_state(pseudonyms)?,
+            ..SubjectExport::default()
+        };
         for p in pseudonyms {
             if export.connection.is_none() {
                 export.connection = self.connection(*p)?;
@@ -403,26 +474,6 @@ impl ReadingStore for MemStore {
         Ok(out)
     }
 
-    fn series(
-        &self,
-        p: Pseudonym,
-        kind: RegisterKind,
-        tier: Tier,
-        from: Timestamp,
-        to: Timestamp,
-    ) -> Result<Vec<SeriesRow>, StoreError> {
-        let bounds = periods::boundaries(&self.calendar, tier, kind.registers()[0], from, to)?;
-        let state = self.state.lock();
-        let values = self.boundary_values(&state, p, kind, tier, &bounds);
-        Ok(values
-            .contributions(bounds.len().saturating_sub(1))
-            .map(|(k, consumption)| SeriesRow {
-                period_start: bounds[k],
-                consumption,
-            })
-            .collect())
-    }
-
     fn members(
         &self,
         tier: Tier,
@@ -434,7 +485,7 @@ impl ReadingStore for MemStore {
         let members: BTreeSet<Pseudonym> = state
             .readings
             .keys()
-            .filter(|k| k.0 == tier && !state.tombstones.contains(&k.1))
+            .filter(|k| k.0 == tier)
             .map(|k| k.1)
             .collect();
         for p in members {
@@ -449,22 +500,47 @@ impl ReadingStore for MemStore {
             f(Member {
                 pseudonym: p,
                 connection: state.connections.get(&p),
+                state: state.subject(&p),
                 values: &values,
             });
         }
         Ok(())
     }
 
-    fn pseudonyms(&self) -> Result<Vec<Pseudonym>, StoreError> {
+    fn pending_periods(&self) -> Result<Vec<PendingPeriod>, StoreError> {
         let state = self.state.lock();
-        let mut all: BTreeSet<Pseudonym> = state.connections.keys().copied().collect();
-        all.extend(state.readings.keys().map(|k| k.1));
-        all.retain(|p| !state.tombstones.contains(p) || state.connections.contains_key(p));
-        Ok(all.into_iter().collect())
+        let mut out: Vec<PendingPeriod> = state
+            .pending
+            .iter()
+            .filter_map(|((tier, kind, start), last)| {
+                Some(PendingPeriod {
+                    key: PeriodKey {
+                        tier: *tier,
+                        kind: *kind,
+                        period_start: Timestamp::from_second(*start).ok()?,
+                    },
+                    last_write: Timestamp::from_second(*last).ok()?,
+                })
+            })
+            .collect();
+        out.sort_by_key(|p| (p.key.period_start, p.key.tier, p.key.kind));
+        Ok(out)
     }
 
-    fn freeze(&self, periods: &[FrozenPeriod]) -> Result<u64, StoreError> {
+    fn freeze(
+        &self,
+        periods: &[FrozenPeriod],
+        settled: Option<&PendingPeriod>,
+    ) -> Result<u64, StoreError> {
         let mut state = self.state.lock();
+        if let Some(p) = settled {
+            let unit = (p.key.tier, p.key.kind, p.key.period_start.as_second());
+            if state.pending.get(&unit) != Some(&p.last_write.as_second()) {
+                // Written into since it was listed: computed again once quiet.
+                return Ok(0);
+            }
+            state.pending.remove(&unit);
+        }
         let mut frozen = 0;
         for period in periods {
             let key = (
@@ -476,17 +552,8 @@ impl ReadingStore for MemStore {
                 continue;
             }
             state.statistics.insert(key, period.rows.clone());
+            state.pending.remove(&key);
             frozen += 1;
-            let end = self
-                .calendar
-                .next_boundary(
-                    period.key.tier,
-                    period.key.kind.registers()[0],
-                    period.key.period_start,
-                )
-                .as_second();
-            let until = &mut state.frozen_until[period.key.tier as usize];
-            *until = (*until).max(end);
         }
         Ok(frozen)
     }
@@ -557,7 +624,7 @@ impl ReadingStore for MemStore {
 
     /// A test double of a backup: the directory is created and holds one file that
     /// counts the readings the copy would hold.
-    fn backup(&self, dir: &std::path::Path) -> Result<BackupInfo, StoreError> {
+    fn backup(&self, dir: &std::path::Path, _keep: usize) -> Result<BackupInfo, StoreError> {
         if dir.exists() {
             return Err(StoreError::InvalidQuery(
                 "the backup directory must not exist yet".into(),
@@ -571,6 +638,7 @@ impl ReadingStore for MemStore {
         Ok(BackupInfo {
             files: 1,
             bytes: text.len() as u64,
+            ..BackupInfo::default()
         })
     }
 
@@ -585,6 +653,10 @@ impl ReadingStore for MemStore {
     fn set_journal_watermark(&self, seq: u64) -> Result<(), StoreError> {
         self.watermark
             .store(seq, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn prune_journal(&self, _seq: u64) -> Result<(), StoreError> {
         Ok(())
     }
 }

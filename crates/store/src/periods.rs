@@ -67,3 +67,115 @@ impl BoundaryValues {
         (0..periods).filter_map(|k| self.consumption(k).map(|c| (k, c)))
     }
 }
+
+/// The periods whose statistics are frozen as one unit, and which tier entries of `tier`
+/// from `first` to `last` (one register) feed: the days they bound (a day is frozen with
+/// its quarter-hours) for interval and day entries, and for day entries also the months of
+/// those days (a month counts only the connections without day readings in it); the months
+/// they bound for month entries. An entry on a boundary feeds the period before it too.
+/// `f` gets each unit's tier (`Day` or `Month`) and start, in time order per tier; for
+/// entries spread over a range it may get units between them that no entry bounds (a
+/// superset: such a unit is computed and found without new data).
+pub fn units_touched(
+    calendar: &Calendar,
+    tier: Tier,
+    register: Register,
+    first: Timestamp,
+    last: Timestamp,
+    f: &mut impl FnMut(Tier, Timestamp),
+) {
+    let unit = if tier == Tier::Month {
+        Tier::Month
+    } else {
+        Tier::Day
+    };
+    let mut start = calendar.period_start(unit, register, first);
+    if start == first
+        && let Ok(before) = Timestamp::from_second(first.as_second() - 1)
+    {
+        start = calendar.period_start(unit, register, before);
+    }
+    let last_start = calendar.period_start(unit, register, last);
+    let mut month = None;
+    loop {
+        f(unit, start);
+        if tier == Tier::Day {
+            let m = calendar.period_start(Tier::Month, register, start);
+            if month != Some(m) {
+                f(Tier::Month, m);
+                month = Some(m);
+            }
+        }
+        if start >= last_start {
+            break;
+        }
+        let next = calendar.next_boundary(unit, register, start);
+        if next <= start {
+            break;
+        }
+        start = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().expect("timestamp")
+    }
+
+    fn units(tier: Tier, first: &str, last: &str) -> Vec<(Tier, String)> {
+        let mut out = Vec::new();
+        units_touched(
+            &Calendar::amsterdam(),
+            tier,
+            Register::ImportT1,
+            ts(first),
+            ts(last),
+            &mut |t, s| out.push((t, s.to_string())),
+        );
+        out
+    }
+
+    #[test]
+    fn a_quarter_hour_feeds_its_local_day() {
+        assert_eq!(
+            units(Tier::Interval, "2026-11-24T12:00:00Z", "2026-11-24T12:00:00Z"),
+            vec![(Tier::Day, "2026-11-23T23:00:00Z".into())]
+        );
+        // On local midnight: the day it ends and the day it starts.
+        assert_eq!(
+            units(Tier::Interval, "2026-11-24T23:00:00Z", "2026-11-24T23:00:00Z"),
+            vec![
+                (Tier::Day, "2026-11-23T23:00:00Z".into()),
+                (Tier::Day, "2026-11-24T23:00:00Z".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_day_reading_feeds_both_days_and_their_months() {
+        assert_eq!(
+            units(Tier::Day, "2026-11-30T23:00:00Z", "2026-11-30T23:00:00Z"),
+            vec![
+                (Tier::Day, "2026-11-29T23:00:00Z".into()),
+                (Tier::Month, "2026-10-31T23:00:00Z".into()),
+                (Tier::Day, "2026-11-30T23:00:00Z".into()),
+                (Tier::Month, "2026-11-30T23:00:00Z".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_month_reading_feeds_the_months_it_bounds() {
+        assert_eq!(
+            units(Tier::Month, "2026-10-31T23:00:00Z", "2026-11-30T23:00:00Z"),
+            vec![
+                (Tier::Month, "2026-09-30T22:00:00Z".into()),
+                (Tier::Month, "2026-10-31T23:00:00Z".into()),
+                (Tier::Month, "2026-11-30T23:00:00Z".into()),
+            ]
+        );
+    }
+}

@@ -7,6 +7,7 @@ use meterstand_model::{Connection, RegisterKind, Tier};
 use meterstand_pseudonym::Pseudonym;
 use meterstand_statistics::Row;
 
+use crate::SubjectState;
 use crate::periods::BoundaryValues;
 
 /// One period of one granularity and register kind.
@@ -26,18 +27,22 @@ pub struct FrozenPeriod {
 }
 
 /// One connection of a tier, as the freeze job sees it: its values on the period bounds
-/// asked for (per register of the kind) and its connection record, if registered. Erased
-/// connections are never members; objecting ones are (with their record), and the caller
-/// leaves them out.
+/// asked for (per register of the kind), its connection record under this pseudonym, if
+/// any, and its privacy state. Every connection with readings there is a member; the
+/// caller asks [`crate::open_to_analysis`] which may count.
 #[derive(Debug)]
 pub struct Member<'a> {
     pub pseudonym: Pseudonym,
     pub connection: Option<&'a Connection>,
+    pub state: SubjectState,
     pub values: &'a BoundaryValues,
 }
 
-/// Whether a connection may count in analytical outputs: registered or not, it has not
-/// objected (`analytics = false`).
-pub fn open_to_analysis(connection: Option<&Connection>) -> bool {
-    connection.is_none_or(|c| c.analytics)
+/// A period (a day with its quarter-hours, or a month) that writes have touched and that is
+/// not frozen yet, with the time of its last write: it is frozen once `statistics.settle`
+/// has passed since it ended and `statistics.quiet` since that write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingPeriod {
+    pub key: PeriodKey,
+    pub last_write: Timestamp,
 }

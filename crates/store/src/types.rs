@@ -189,6 +189,8 @@ pub struct ErasureReceipt {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SubjectExport {
     pub connection: Option<Connection>,
+    /// The subject's privacy state (objection, erasure, seal) under any of its pseudonyms.
+    pub state: crate::SubjectState,
     /// Pseudonyms of the meters seen on this connection.
     pub meters: Vec<Pseudonym>,
     pub interval: Vec<Reading>,
@@ -225,6 +227,7 @@ impl SubjectExport {
 
     pub fn is_empty(&self) -> bool {
         self.connection.is_none()
+            && self.state.is_empty()
             && self.meters.is_empty()
             && Tier::ALL.iter().all(|t| self.tier(*t).is_empty())
     }
@@ -235,13 +238,10 @@ impl SubjectExport {
 pub struct BackupInfo {
     pub files: u64,
     pub bytes: u64,
-}
-
-/// One period of a connection's consumption (register units: Wh or dm³).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SeriesRow {
-    pub period_start: Timestamp,
-    pub consumption: u64,
+    /// The subject-journal sequence number the backup had applied.
+    pub journal_seq: u64,
+    /// Older backups removed by the rotation (`[backup] keep`).
+    pub removed: u64,
 }
 
 /// Why a store call failed. Engine errors keep their source (RocksDB's or the file

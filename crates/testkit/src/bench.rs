@@ -93,7 +93,6 @@ fn connection_of(m: &SimMeter, consent: ConsentLevel) -> Connection {
         consent,
         postcode4: Some(Postcode4::new(m.postcode4).expect("valid postcode")),
         profile: Some(m.profile.parse().expect("valid profile")),
-        analytics: true,
     }
 }
 

@@ -50,6 +50,7 @@ pub async fn backup(
     let _permit = st.permit()?;
     let started = std::time::Instant::now();
     let (target, parent) = (dir.clone(), st.config().backup_dir.clone());
+    let keep = st.config().backup_keep;
     let info = st
         .blocking(move |b| {
             use std::os::unix::fs::DirBuilderExt;
@@ -60,7 +61,7 @@ pub async fn backup(
                 .map_err(|e| {
                     meterstand_store::StoreError::engine("creating the backup directory", e)
                 })?;
-            b.backup(&target)
+            b.backup(&target, keep)
         })
         .await??;
     let millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);

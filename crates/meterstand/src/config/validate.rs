@@ -151,6 +151,20 @@ impl Config {
                 "1m to 30days",
             ));
         }
+        if self.statistics.quiet > Duration::from_secs(86_400) {
+            return Err(value_err(
+                "statistics.quiet",
+                &humantime::format_duration(self.statistics.quiet),
+                "0s to 1day",
+            ));
+        }
+        if !(1..=1000).contains(&self.backup.keep) {
+            return Err(value_err(
+                "backup.keep",
+                &self.backup.keep,
+                "1 to 1000 (backups kept; the journal reaches back to the oldest)",
+            ));
+        }
         if self.retention.sweep_interval < Duration::from_secs(1) {
             return Err(value_err(
                 "retention.sweep_interval",

@@ -96,26 +96,26 @@ pub fn corrections_are_gated_and_late_for_frozen_periods(mut b: impl Backend) {
         item(standard, vec![tiered(Register::ImportT1, t, 5)]),
     ]))
     .expect("write");
-    let frozen_period = frozen(Tier::Interval, "2026-11-23T23:00:00Z", 1);
+    let frozen_period = frozen(Tier::Day, "2026-11-23T23:00:00Z", 1);
     store
-        .freeze(std::slice::from_ref(&frozen_period))
+        .freeze(std::slice::from_ref(&frozen_period), None)
         .expect("freeze");
     let out = block_on(store.write(vec![
         correction(p, vec![tiered(Register::ImportT1, t, 7)]),
         correction(standard, vec![tiered(Register::ImportT1, t, 7)]),
     ]))
     .expect("write");
-    // p: interval and day replaced, the interval entry late. standard: interval and day
-    // dropped by consent (nothing of them is stored).
+    // p: interval and day replaced, both late (they bound the frozen day). standard:
+    // interval and day dropped by consent (nothing of them is stored).
     assert_eq!(out.corrected, 2, "{out:?}");
-    assert_eq!(out.late, 1, "{out:?}");
+    assert_eq!(out.late, 2, "{out:?}");
     assert_eq!(out.dropped_by_consent.interval, 1);
     assert_eq!(out.dropped_by_consent.day, 1);
     assert_eq!(all(&store, p, Tier::Interval)[0].value, 7);
     assert!(all(&store, standard, Tier::Interval).is_empty());
     let stats = store
         .statistics(
-            Tier::Interval,
+            Tier::Day,
             RegisterKind::Import,
             ts("2026-11-23T00:00:00Z"),
             ts("2026-11-25T00:00:00Z"),

@@ -1,0 +1,219 @@
+//! Units of freezing (a day with its quarter-hours, or a month, per register kind): which
+//! are frozen, and which writes have touched since (pending, with the time of the last
+//! write). Depends on `engine` only.
+//!
+//! The writer marks the units each changed block feeds (`meterstand_store::periods::
+//! units_touched`) and asks whether any of them is frozen (then the entries are late); the
+//! freeze settles a pending unit only if no write touched it since it was listed. Both hold
+//! the one lock of [`Units`] around their check and their write, so a reading is either in
+//! a unit's statistics or counted late, never neither.
+//!
+//! Pending markers live in the `statistics` column family beside the rows, under keys that
+//! no row key can take (rows start with the tier, 0..=2):
+//! ```text
+//! key   = 0x80 | tier, register kind, period start (i64, sign bit flipped, BE) = 10 bytes
+//! value = last write (UTC seconds, i64 BE)
+//! ```
+//! A marker names a period, never a subject.
+
+use std::collections::{HashMap, HashSet};
+
+use jiff::Timestamp;
+use meterstand_model::{Register, RegisterKind, Tier};
+use meterstand_store::{PendingPeriod, PeriodKey, StoreError, periods::units_touched};
+use rocksdb::WriteBatch;
+
+use crate::engine::{CF_META, CF_STATISTICS, Shared, engine};
+
+/// A unit: (tier `Day` or `Month`, register kind, period start in UTC seconds).
+pub(crate) type UnitKey = (Tier, RegisterKind, i64);
+
+const PENDING_TAG: u8 = 0x80;
+const PENDING_KEY_LEN: usize = 10;
+/// Set once every unit with stored readings has been marked (stores written before
+/// markers existed are marked once, at their first open).
+const MARKED_ALL: &[u8] = b"units-marked";
+
+/// Frozen and pending units, under one lock (see the module note).
+#[derive(Debug, Default)]
+pub(crate) struct Units {
+    pub(crate) frozen: HashSet<UnitKey>,
+    pub(crate) pending: HashMap<UnitKey, i64>,
+}
+
+pub(crate) fn unit_of(key: PeriodKey) -> Option<UnitKey> {
+    matches!(key.tier, Tier::Day | Tier::Month).then(|| {
+        (key.tier, key.kind, key.period_start.as_second())
+    })
+}
+
+fn kind_code(kind: RegisterKind) -> u8 {
+    kind as u8
+}
+
+fn kind_of(code: u8) -> Option<RegisterKind> {
+    [
+        RegisterKind::Import,
+        RegisterKind::Export,
+        RegisterKind::Gas,
+    ]
+    .into_iter()
+    .find(|k| kind_code(*k) == code)
+}
+
+fn tier_of(code: u8) -> Option<Tier> {
+    Tier::ALL.into_iter().find(|t| *t as u8 == code)
+}
+
+pub(crate) fn pending_key(unit: UnitKey) -> [u8; PENDING_KEY_LEN] {
+    let mut k = [0u8; PENDING_KEY_LEN];
+    k[0] = PENDING_TAG | unit.0 as u8;
+    k[1] = kind_code(unit.1);
+    k[2..].copy_from_slice(&((unit.2 as u64) ^ (1 << 63)).to_be_bytes());
+    k
+}
+
+fn parse_pending(k: &[u8], v: &[u8]) -> Option<(UnitKey, i64)> {
+    if k.len() != PENDING_KEY_LEN || k[0] & PENDING_TAG == 0 {
+        return None;
+    }
+    let tier = tier_of(k[0] & !PENDING_TAG)?;
+    let kind = kind_of(k[1])?;
+    let start = (u64::from_be_bytes(k[2..].try_into().ok()?) ^ (1 << 63)) as i64;
+    let last = i64::from_be_bytes(v.try_into().ok()?);
+    Some(((tier, kind, start), last))
+}
+
+impl Units {
+    /// The units a run of tier entries (one register, `first..=last`) feeds, into `out`.
+    pub(crate) fn touched(
+        shared: &Shared,
+        tier: Tier,
+        register: Register,
+        first: Timestamp,
+        last: Timestamp,
+        out: &mut Vec<UnitKey>,
+    ) {
+        let kind = register.kind();
+        units_touched(&shared.calendar, tier, register, first, last, &mut |t, s| {
+            out.push((t, kind, s.as_second()))
+        });
+    }
+
+    /// Whether any of `units` is frozen.
+    pub(crate) fn any_frozen(&self, units: &[UnitKey]) -> bool {
+        !self.frozen.is_empty() && units.iter().any(|u| self.frozen.contains(u))
+    }
+
+    /// Marks `units` (those not frozen) as written into at `now`, in memory and in `batch`.
+    pub(crate) fn mark(
+        &mut self,
+        units: impl IntoIterator<Item = UnitKey>,
+        now: i64,
+        cf: &rocksdb::ColumnFamily,
+        batch: &mut WriteBatch,
+    ) {
+        for unit in units {
+            if self.frozen.contains(&unit) {
+                continue;
+            }
+            if self.pending.insert(unit, now) != Some(now) {
+                batch.put_cf(cf, pending_key(unit), now.to_be_bytes());
+            }
+        }
+    }
+
+    pub(crate) fn list(&self) -> Vec<PendingPeriod> {
+        let mut out: Vec<PendingPeriod> = self
+            .pending
+            .iter()
+            .filter_map(|((tier, kind, start), last)| {
+                Some(PendingPeriod {
+                    key: PeriodKey {
+                        tier: *tier,
+                        kind: *kind,
+                        period_start: Timestamp::from_second(*start).ok()?,
+                    },
+                    last_write: Timestamp::from_second(*last).ok()?,
+                })
+            })
+            .collect();
+        out.sort_by_key(|p| (p.key.period_start, p.key.tier, p.key.kind));
+        out
+    }
+}
+
+/// Loads the frozen units (read by the caller from the statistics' markers) and the
+/// pending markers; marks every unit with stored readings once for a store that predates
+/// markers.
+pub(crate) fn load(shared: &Shared, frozen: HashSet<UnitKey>) -> Result<(), StoreError> {
+    let cf = shared.cf(CF_STATISTICS)?;
+    let mut units = Units {
+        frozen,
+        ..Units::default()
+    };
+    let mut it = shared.db.raw_iterator_cf(cf);
+    it.seek([PENDING_TAG]);
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        let (unit, last) = parse_pending(k, v).ok_or(StoreError::Corrupt("statistics markers"))?;
+        units.pending.insert(unit, last);
+        it.next();
+    }
+    it.status().map_err(engine("reading statistics markers"))?;
+    drop(it);
+    let meta = shared.cf(CF_META)?;
+    let marked = shared
+        .db
+        .get_pinned_cf(meta, MARKED_ALL)
+        .map_err(engine("reading store metadata"))?
+        .is_some();
+    if !marked {
+        let mut batch = WriteBatch::default();
+        mark_stored(shared, &mut units, &mut batch)?;
+        batch.put_cf(meta, MARKED_ALL, []);
+        shared
+            .db
+            .write_opt(batch, &shared.write_opts())
+            .map_err(engine("marking stored periods"))?;
+    }
+    *shared.units.lock() = units;
+    Ok(())
+}
+
+/// Marks the units of every stored block (keys only; once per store), so that history
+/// written before markers existed is frozen like history written after.
+fn mark_stored(
+    shared: &Shared,
+    units: &mut Units,
+    batch: &mut WriteBatch,
+) -> Result<(), StoreError> {
+    let cf = shared.cf(CF_STATISTICS)?;
+    let now = shared.clock.now().as_second();
+    let mut seen = HashSet::new();
+    let mut touched = Vec::new();
+    for tier in Tier::ALL {
+        let mut it = shared.db.raw_iterator_cf(shared.tier_cf(tier)?);
+        it.seek_to_first();
+        while let Some(k) = it.key() {
+            if let Some(key) = crate::layout::parse_key(k)
+                && seen.insert((tier, key.register, key.bucket))
+            {
+                let first = crate::layout::bucket_start_quarter(tier, key.bucket);
+                let last = first + crate::layout::bucket_quarters(tier) as u32 - 1;
+                touched.clear();
+                Units::touched(
+                    shared,
+                    tier,
+                    key.register,
+                    crate::layout::time_of_quarter(first),
+                    crate::layout::time_of_quarter(last),
+                    &mut touched,
+                );
+                units.mark(touched.drain(..), now, cf, batch);
+            }
+            it.next();
+        }
+        it.status().map_err(engine("marking stored periods"))?;
+    }
+    Ok(())
+}
