@@ -1,8 +1,7 @@
-//! The HTTP API (DESIGN §4, §6): analyst statistics (frozen, k-anonymous across queries)
-//! and series by analyst id,
-//! CRM connection registration, privacy-officer export and erasure, backups, health,
-//! readiness, metrics and `/openapi.json`. Bearer tokens carry roles; the token table can be
-//! replaced at runtime. Every call is audited in the hash-chained log of `meterstand-audit`.
+//! The HTTP API (DESIGN §4, §6, §7): analyst statistics (frozen, k-anonymous across queries;
+//! analysts read aggregates only), CRM connection registration, privacy-officer export,
+//! erasure and objection, backups, health, readiness, metrics and `/openapi.json`. Bearer
+//! tokens carry roles; the token table can be replaced at runtime. Every call is audited in the hash-chained log of `meterstand-audit`.
 //! Slow clients cannot starve the rest: headers and bodies have time limits, bodies are read
 //! only after the role check and outside the concurrency limit. Entry point
 //! `serve(listener, state, shutdown)` so tests bind `127.0.0.1:0`. See `DESIGN.md` beside this
@@ -36,7 +35,7 @@ use meterstand_store::ReadingStore;
 use parking_lot::RwLock;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub use audit::{CallRecord, METRICS_READ};
+pub use audit::{CallRecord, METRICS_READ, SUBJECT_OBJECTION};
 pub use auth::{
     Caller, Credential, Identity, Role, TokenError, TokenTable, hash_token, parse_hash,
 };
@@ -79,6 +78,9 @@ pub struct ApiConfig {
     pub addresses_per_token: usize,
     /// Backups are children of this directory, named by the request (`[backup] dir`).
     pub backup_dir: std::path::PathBuf,
+    /// How many backups are kept (`[backup] keep`): the oldest go first, and the subject
+    /// journal is pruned of what no kept backup needs.
+    pub backup_keep: usize,
 }
 
 impl Default for ApiConfig {
@@ -92,6 +94,7 @@ impl Default for ApiConfig {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             backup_dir: std::path::PathBuf::from("/var/backups/meterstand"),
+            backup_keep: 7,
             addresses_per_token: 64,
         }
     }
@@ -179,9 +182,6 @@ impl ApiState {
     pub(crate) fn pseudonymiser(&self) -> &Pseudonymiser {
         &self.inner.pseudonymiser
     }
-    pub(crate) fn pseudonymiser_arc(&self) -> Arc<Pseudonymiser> {
-        self.inner.pseudonymiser.clone()
-    }
     pub(crate) fn audit_log(&self) -> &AuditLog {
         &self.inner.audit
     }
@@ -237,11 +237,15 @@ pub fn router(state: ApiState) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/v1/statistics", get(handlers::statistics))
         .route("/v1/aggregates", get(handlers::aggregates))
-        .route("/v1/series", get(handlers::series_list))
-        .route("/v1/series/{analyst_id}", get(handlers::series))
+        .route("/v1/series", get(handlers::series))
+        .route("/v1/series/{id}", get(handlers::series))
         .route("/v1/connections/{ean}", put(handlers::put_connection))
         .route("/v1/subjects/{ean}/export", get(handlers::export))
         .route("/v1/subjects/{ean}", delete(handlers::erase))
+        .route(
+            "/v1/subjects/{ean}/objection",
+            put(handlers::object).delete(handlers::withdraw_objection),
+        )
         .route("/v1/backups", post(handlers::backup))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(

@@ -106,6 +106,8 @@ pub fn restore(args: RestoreArgs, config: &Config) -> anyhow::Result<()> {
         );
     }
     let store_config = crate::service::store_config(config)?;
+    // Read before anything opens a store (opening creates an empty journal where none is).
+    let journal = SubjectJournal::read(&config.store.journal)?;
     // The store being replaced: its watermark, and the statistics it froze (a restore never
     // changes a frozen period). Opening it also proves no service holds it (RocksDB's lock
     // is advisory to rename).
@@ -145,7 +147,6 @@ pub fn restore(args: RestoreArgs, config: &Config) -> anyhow::Result<()> {
     .with_context(|| format!("the backup {} does not open", args.from.display()))?;
     let from = staged.journal_watermark()?;
     let applied = previous.as_ref().map_or(0, |(_, applied)| *applied);
-    let journal = SubjectJournal::read(&config.store.journal)?;
     if let Some(gap) = journal.gap(from, applied) {
         if !args.accept_journal_gap {
             drop(staged);

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::Context;
 use meterstand_api::{ApiParts, ApiState, AuditLog, Readiness};
@@ -250,30 +251,44 @@ impl Service {
                 }
             }
         });
-        // The statistics freeze: at start-up, then every minute, on a blocking thread.
+        // The statistics freeze: at start-up, then every minute (sooner with a short
+        // `statistics.quiet`), on a blocking thread. A backlog (history loaded late) is
+        // frozen in slices of `budget`, with a pause between them for ingest and the API.
         let freeze = meterstand_store::freeze::FreezeConfig {
             settle: config.statistics.settle,
+            quiet: config.statistics.quiet,
             k: config.privacy.min_group_size,
             ..Default::default()
         };
+        let every = config
+            .statistics
+            .quiet
+            .clamp(Duration::from_secs(1), Duration::from_secs(60));
         let calendar = Calendar::new(&config.privacy.timezone).context("privacy.timezone")?;
         let (freeze_store, freeze_stop) = (store.clone(), background.clone());
         tracker.spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            let mut next = Duration::ZERO;
             loop {
                 tokio::select! {
                     _ = freeze_stop.cancelled() => return,
-                    _ = tick.tick() => {}
+                    _ = tokio::time::sleep(next) => {}
                 }
                 let (s, cal, cfg) = (freeze_store.clone(), calendar.clone(), freeze.clone());
                 let run = tokio::task::spawn_blocking(move || {
                     meterstand_store::freeze::run(s.as_ref(), &cal, &cfg, jiff::Timestamp::now())
                 });
+                next = every;
                 match run.await {
-                    Ok(Ok(r)) if r.periods > 0 => {
-                        tracing::info!(periods = r.periods, units = r.units, "statistics frozen")
+                    Ok(Ok(r)) => {
+                        record_freeze(&r);
+                        if r.periods > 0 {
+                            tracing::info!(periods = r.periods, units = r.units, pending = r.pending, "statistics frozen");
+                        }
+                        if r.due_left > 0 {
+                            // A slice of a backlog: the next one after a breath.
+                            next = FREEZE_BACKLOG_PAUSE;
+                        }
                     }
-                    Ok(Ok(_)) => {}
                     Ok(Err(e)) => tracing::error!(error = %e, "statistics freeze failed"),
                     Err(e) => tracing::error!(error = %e, "statistics freeze panicked"),
                 }
@@ -415,4 +430,17 @@ pub async fn wait_for_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// The pause between two slices of a backlog freeze: the store's threads and the API's
+/// requests go first meanwhile.
+const FREEZE_BACKLOG_PAUSE: Duration = Duration::from_millis(50);
+
+/// Publishes what a freeze run left waiting.
+fn record_freeze(r: &meterstand_store::freeze::FreezeReport) {
+    use meterstand_store_rocks::metrics::{OLDEST_PENDING_SECONDS, OVERDUE_SECONDS, PENDING_PERIODS};
+    let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    PENDING_PERIODS.set(gauge(r.pending));
+    OLDEST_PENDING_SECONDS.set(gauge(r.oldest_pending_seconds));
+    OVERDUE_SECONDS.set(gauge(r.overdue_seconds));
 }
