@@ -448,6 +448,72 @@ mod tests {
         assert!(!written.contains("1234") && !written.contains("E1A"), "{written}");
     }
 
+    /// Records what is carried out; the first erasure fails (a store error half-way).
+    #[derive(Default)]
+    struct Ops {
+        fail_next: std::cell::Cell<bool>,
+        done: std::cell::RefCell<Vec<String>>,
+        watermark: std::cell::Cell<u64>,
+    }
+
+    impl SubjectOps for Ops {
+        fn connection(&self, _: Pseudonym) -> Result<Option<Connection>, StoreError> {
+            Ok(None)
+        }
+        fn put_connection(
+            &self,
+            _: &[Pseudonym],
+            c: Connection,
+        ) -> Result<ErasureReceipt, StoreError> {
+            self.done.borrow_mut().push(format!("consent {}", c.consent.as_str()));
+            Ok(ErasureReceipt::default())
+        }
+        fn erase(&self, ps: &[Pseudonym]) -> Result<ErasureReceipt, StoreError> {
+            if self.fail_next.replace(false) {
+                return Err(StoreError::Closed);
+            }
+            self.done.borrow_mut().push(format!("erase {}", ps.len()));
+            Ok(ErasureReceipt::default())
+        }
+        fn set_objection(&self, _: &[Pseudonym], objected: bool) -> Result<(), StoreError> {
+            self.done.borrow_mut().push(format!("objection {objected}"));
+            Ok(())
+        }
+        fn journal_watermark(&self) -> Result<u64, StoreError> {
+            Ok(self.watermark.get())
+        }
+        fn set_journal_watermark(&self, seq: u64) -> Result<(), StoreError> {
+            self.watermark.set(seq);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_entry_that_failed_is_carried_out_before_the_next_and_the_watermark_never_skips_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let journal = SubjectJournal::open(&dir.path().join("j.jsonl")).expect("open");
+        let ops = Ops::default();
+        let p = Pseudonym {
+            version: 1,
+            hash: [7; 16],
+        };
+        ops.fail_next.set(true);
+        let erase = JournalOp::erase(&[p]);
+        assert!(journal.run(&ops, erase, |op| op.apply(&ops)).is_err());
+        assert_eq!(ops.watermark.get(), 0, "not applied: the watermark stays");
+        let object = JournalOp::objection(&[p], true);
+        journal
+            .run(&ops, object, |op| op.apply(&ops))
+            .expect("run");
+        assert_eq!(*ops.done.borrow(), vec!["erase 1", "objection true"]);
+        assert_eq!(ops.watermark.get(), 2);
+        // Replayed onto a store that applied nothing (a restore of an early backup).
+        let fresh = Ops::default();
+        let lines = replay(&fresh, journal.path()).expect("replay");
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(*fresh.done.borrow(), vec!["erase 1", "objection true"]);
+    }
+
     #[test]
     fn a_gap_is_named() {
         let missing = JournalContents::default();
