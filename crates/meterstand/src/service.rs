@@ -127,7 +127,11 @@ pub struct Service {
     /// The HTTPS configuration, re-read by [`Service::reload_tls`]; `None`: plain HTTP.
     tls: Option<meterstand_api::Tls>,
     intake: CancellationToken,
+    /// Stops the sweep and the freeze.
     background: CancellationToken,
+    /// Stops the HTTP server, last.
+    http_stop: CancellationToken,
+    http: tokio::task::JoinHandle<()>,
     /// Taken by whoever watches for ingest's death (`run_until_signal`).
     ingest: Option<IngestHandle>,
     tracker: TaskTracker,
@@ -215,12 +219,12 @@ impl Service {
             calendar: Calendar::new(&config.privacy.timezone).context("privacy.timezone")?,
             config: config.api_config(),
         });
-        let http_stop = background.clone();
+        let http_stop = CancellationToken::new();
         let api = state.clone();
         let served_tls = tls.clone();
-        tracker.spawn(async move {
-            if let Err(e) = meterstand_api::serve_with(listener, state, served_tls, http_stop).await
-            {
+        let stop = http_stop.clone();
+        let http = tokio::spawn(async move {
+            if let Err(e) = meterstand_api::serve_with(listener, state, served_tls, stop).await {
                 tracing::error!(error = %e, "http server stopped");
             }
         });
@@ -303,6 +307,8 @@ impl Service {
             tls,
             intake,
             background,
+            http_stop,
+            http,
             ingest: Some(ingest),
             tracker,
         })
@@ -319,12 +325,16 @@ impl Service {
         self.background.cancel();
         self.tracker.close();
         self.tracker.wait().await;
-        let store = self.store;
-        tokio::task::spawn_blocking(move || match Arc::try_unwrap(store) {
-            Ok(store) => store.close(),
-            Err(_) => Ok(()),
-        })
-        .await??;
+        // The final flush: its error is the shutdown's (the process exits non-zero), on
+        // every path, however many clones of the store the API still holds.
+        let store = self.store.clone();
+        let closed = tokio::task::spawn_blocking(move || store.close()).await;
+        // HTTP last: until here /healthz and /readyz answered (not ready once closed).
+        self.http_stop.cancel();
+        let _ = self.http.await;
+        closed
+            .context("the store's close task")?
+            .context("closing the store (final flush)")?;
         tracing::info!("meterstand stopped");
         ingest.context("ingest")
     }

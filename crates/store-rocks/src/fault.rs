@@ -16,6 +16,8 @@ pub enum FaultPoint {
     GroupWrite,
     /// Decoding a stored block of a tier (as if it were corrupt on disk).
     BlockDecode(Tier),
+    /// The final flush when the store closes.
+    CloseFlush,
 }
 
 impl FaultPoint {
@@ -24,19 +26,20 @@ impl FaultPoint {
             FaultPoint::BlockRead(t) => t as usize,
             FaultPoint::GroupWrite => 3,
             FaultPoint::BlockDecode(t) => 4 + t as usize,
+            FaultPoint::CloseFlush => 7,
         }
     }
 }
 
 /// Fault injection into a child process, for the end-to-end tests that need a store failing
 /// under the real binary (`crates/meterstand/tests/ingest.rs`): `group_write` makes every
-/// group write fail, as a disk that stopped taking writes would. Read once at open; unset in
-/// production.
+/// group write fail, as a disk that stopped taking writes would; `close_flush` makes the
+/// final flush at close fail. Read once at open; unset in production.
 pub const FAULT_ENV: &str = "METERSTAND_CRASH_TEST_FAULT";
 
 /// Failures still to inject, per point.
 #[derive(Debug, Default)]
-pub(crate) struct Faults([AtomicU32; 7]);
+pub(crate) struct Faults([AtomicU32; 8]);
 
 impl Faults {
     /// Arms what [`FAULT_ENV`] names; unknown names are ignored with a warning.
@@ -48,6 +51,10 @@ impl Faults {
             Some("group_write") => {
                 tracing::warn!(hook = FAULT_ENV, "every group write will fail (test fault)");
                 self.arm(FaultPoint::GroupWrite, u32::MAX);
+            }
+            Some("close_flush") => {
+                tracing::warn!(hook = FAULT_ENV, "the final flush will fail (test fault)");
+                self.arm(FaultPoint::CloseFlush, 1);
             }
             _ => tracing::warn!(hook = FAULT_ENV, "unknown test fault ignored"),
         }

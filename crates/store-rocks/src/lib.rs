@@ -55,8 +55,11 @@ pub struct RocksStore {
     journal: Option<SubjectJournal>,
     /// What the journal replay at open re-applied, one line each.
     replayed: Vec<String>,
-    commands: mpsc::Sender<Command>,
-    writer: Option<std::thread::JoinHandle<()>>,
+    /// The writer's queue; `None` once closed. Each call clones the sender under a short
+    /// read lock, so that `close` (which takes it) needs only `&self`: the service closes
+    /// the store while the API still holds it.
+    commands: parking_lot::RwLock<Option<mpsc::Sender<Command>>>,
+    writer: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -93,8 +96,8 @@ impl RocksStore {
             shared,
             journal,
             replayed: Vec::new(),
-            commands: tx,
-            writer: Some(writer),
+            commands: parking_lot::RwLock::new(Some(tx)),
+            writer: parking_lot::Mutex::new(Some(writer)),
         };
         // Replayed through the unjournalled operations, so that redoing an entry does not
         // journal it again.
@@ -225,17 +228,15 @@ impl RocksStore {
 
     /// Stops the writer once pending commands are done, then flushes every memtable, so
     /// the store on disk is compact and no WAL holds data that later deletions must chase.
-    pub fn close(mut self) -> Result<(), StoreError> {
-        self.shutdown()
-    }
-
-    fn shutdown(&mut self) -> Result<(), StoreError> {
-        let (dead_tx, _) = mpsc::channel(1);
-        drop(std::mem::replace(&mut self.commands, dead_tx));
-        let Some(handle) = self.writer.take() else {
+    /// Later calls answer [`StoreError::Closed`]; closing again does nothing. The final
+    /// flush's error is returned, for the process to exit non-zero.
+    pub fn close(&self) -> Result<(), StoreError> {
+        drop(self.commands.write().take());
+        let Some(handle) = self.writer.lock().take() else {
             return Ok(());
         };
         let _ = handle.join();
+        self.shared.faults.check(FaultPoint::CloseFlush)?;
         let mut cfs = Vec::new();
         for name in CONNECTION_CFS.iter().chain(&OTHER_CFS) {
             cfs.push(self.shared.cf(name)?);
@@ -247,12 +248,17 @@ impl RocksStore {
         sync::sync_wal(&self.shared)
     }
 
+    /// The writer's queue, while the store is open.
+    fn sender(&self) -> Result<mpsc::Sender<Command>, StoreError> {
+        self.commands.read().clone().ok_or(StoreError::Closed)
+    }
+
     fn call_blocking<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
     ) -> Result<T, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.commands
+        self.sender()?
             .blocking_send(make(reply))
             .map_err(|_| StoreError::Closed)?;
         rx.blocking_recv().map_err(|_| StoreError::Closed)?
@@ -260,8 +266,10 @@ impl RocksStore {
 }
 
 impl Drop for RocksStore {
+    /// A store dropped unclosed is closed here; an error can only be logged (callers that
+    /// care call [`RocksStore::close`] and get it).
     fn drop(&mut self) {
-        if let Err(e) = self.shutdown() {
+        if let Err(e) = self.close() {
             tracing::error!(error = %e, "closing the store");
         }
     }
@@ -270,7 +278,7 @@ impl Drop for RocksStore {
 impl ReadingWriter for RocksStore {
     async fn write(&self, items: Vec<IngestItem>) -> Result<WriteOutcome, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.commands
+        self.sender()?
             .send(Command::Write { items, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
@@ -423,7 +431,8 @@ impl ReadingStore for RocksStore {
     }
 
     fn is_healthy(&self) -> bool {
-        self.shared.writer_alive.load(Ordering::SeqCst) && !self.commands.is_closed()
+        self.shared.writer_alive.load(Ordering::SeqCst)
+            && self.commands.read().as_ref().is_some_and(|c| !c.is_closed())
     }
 
     fn journal_watermark(&self) -> Result<u64, StoreError> {
