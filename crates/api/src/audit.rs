@@ -30,6 +30,10 @@ use crate::metrics;
 /// no personal data, but who scrapes is worth knowing).
 pub const METRICS_READ: &str = "metrics.read";
 
+/// Action of `PUT` and `DELETE /v1/subjects/{ean}/objection` (the privacy officer records or
+/// withdraws an objection); the line's `objection` parameter says which.
+pub const SUBJECT_OBJECTION: &str = "subject.objection";
+
 /// What a handler read or changed, filled in as it goes and written by the audit layer.
 #[derive(Debug, Clone, Default)]
 pub struct CallRecord(Arc<Mutex<Noted>>);
@@ -78,11 +82,13 @@ fn action_of(route: &str) -> Option<&'static str> {
     Some(match route {
         "/v1/statistics" => action::STATISTICS_READ,
         "/v1/aggregates" => action::AGGREGATES_READ,
+        // Retired (410), still audited as what was asked for, like `/v1/aggregates`.
         "/v1/series" => action::SERIES_LIST,
-        "/v1/series/{analyst_id}" => action::SERIES_READ,
+        "/v1/series/{id}" => action::SERIES_READ,
         "/v1/connections/{ean}" => action::CONNECTION_PUT,
         "/v1/subjects/{ean}/export" => action::SUBJECT_EXPORT,
         "/v1/subjects/{ean}" => action::SUBJECT_ERASE,
+        "/v1/subjects/{ean}/objection" => SUBJECT_OBJECTION,
         "/v1/backups" => action::BACKUP_CREATE,
         "/metrics" => METRICS_READ,
         _ => return None,
@@ -192,11 +198,7 @@ pub(crate) async fn audit_calls(
                     .with_label_values(&[identity.id.as_str(), action])
                     .inc();
             }
-            if let (
-                Some(rows),
-                action::STATISTICS_READ | action::SERIES_LIST | action::SERIES_READ,
-            ) = (rows, action)
-            {
+            if let (Some(rows), action::STATISTICS_READ) = (rows, action) {
                 metrics::ROWS_RETURNED
                     .with_label_values(&[identity.id.as_str()])
                     .inc_by(rows);

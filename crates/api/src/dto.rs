@@ -147,33 +147,6 @@ impl StatisticsParams {
     ];
 }
 
-/// Query of `GET /v1/series/{analyst_id}`.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct SeriesParams {
-    /// First period start, inclusive: an RFC 3339 time or a local date.
-    #[param(value_type = TimeOrDate, inline)]
-    pub from: String,
-    /// End, exclusive: an RFC 3339 time or a local date, not before `from` (equal: an empty
-    /// range); `to - from` is bounded per granularity (`api.max_range_*`).
-    #[param(value_type = TimeOrDate, inline)]
-    pub to: String,
-    /// `interval`, `day` (default) or `month`.
-    #[param(value_type = Option<GranularityParam>, inline, default = "day")]
-    pub granularity: Option<String>,
-    /// `import` (default), `export` or `gas`.
-    #[param(value_type = Option<RegisterParam>, inline, default = "import")]
-    pub register: Option<String>,
-    /// `json` (default), `csv` or `parquet`.
-    #[param(value_type = Option<FormatParam>, inline, default = "json")]
-    pub format: Option<String>,
-}
-
-impl SeriesParams {
-    pub const NAMES: [&'static str; 5] = ["from", "to", "granularity", "register", "format"];
-}
-
 /// Query of `GET /v1/subjects/{ean}/export`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -218,30 +191,9 @@ pub struct StatisticsRow {
     pub consumption: u64,
 }
 
-/// The analyst ids of the connections whose series are open to analysis.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct SeriesListResponse {
-    /// `a1-<32 hex>` each, sorted.
-    pub analyst_ids: Vec<String>,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct SeriesResponse {
-    /// The series' analyst id (never the storage pseudonym).
-    pub analyst_id: String,
-    pub unit: String,
-    pub granularity: String,
-    pub register: String,
-    pub rows: Vec<SeriesRowOut>,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct SeriesRowOut {
-    pub period_start: String,
-    pub consumption: u64,
-}
-
-/// Body of `PUT /v1/connections/{ean}`. No other fields are accepted.
+/// Body of `PUT /v1/connections/{ean}`. No other fields are accepted. An objection to
+/// analytical use is not the CRM's to send: a body with `analytics` is refused (the privacy
+/// officer records it with `PUT /v1/subjects/{ean}/objection`).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionBody {
@@ -254,16 +206,17 @@ pub struct ConnectionBody {
     /// Consumption profile, e.g. `E1A`: 1 to 8 letters and digits.
     #[schema(pattern = "^[A-Za-z0-9]{1,8}$", min_length = 1, max_length = 8)]
     pub profile: Option<String>,
-    /// `false` when the customer objected to analytical use: the connection keeps its
-    /// billing readings but leaves series and every statistic computed afterwards.
-    /// Default `true`.
-    #[schema(default = true)]
-    #[serde(default)]
-    pub analytics: Option<bool>,
 }
 
 impl ConnectionBody {
-    pub const FIELDS: [&'static str; 4] = ["consent", "postcode4", "profile", "analytics"];
+    pub const FIELDS: [&'static str; 3] = ["consent", "postcode4", "profile"];
+    /// Fields of earlier versions that are refused with a message saying where they went.
+    pub const RETIRED: [(&'static str, &'static str); 1] = [(
+        "analytics",
+        "analytics is no longer part of a connection: an objection to analytical use is the \
+         privacy officer's, recorded with PUT /v1/subjects/{ean}/objection (withdrawn with \
+         DELETE); send consent, postcode4 and profile only",
+    )];
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
@@ -271,8 +224,6 @@ pub struct ConnectionOut {
     pub consent: String,
     pub postcode4: Option<String>,
     pub profile: Option<String>,
-    /// `false`: the customer objected to analytical use.
-    pub analytics: bool,
 }
 
 impl From<&Connection> for ConnectionOut {
@@ -281,7 +232,6 @@ impl From<&Connection> for ConnectionOut {
             consent: c.consent.as_str().to_string(),
             postcode4: c.postcode4.map(|p| p.to_string()),
             profile: c.profile.as_ref().map(|p| p.as_str().to_string()),
-            analytics: c.analytics,
         }
     }
 }
@@ -343,9 +293,33 @@ pub struct ExportResponse {
     /// The pseudonyms under every key version that was searched.
     pub pseudonyms: Vec<String>,
     pub connection: Option<ConnectionOut>,
+    /// An objection to analytical use is in force (recorded by the privacy officer).
+    pub objection: bool,
+    /// Erased and not registered again since.
+    pub erased: bool,
+    /// Readings before this instant (RFC 3339) serve billing only and are in no statistic:
+    /// set by an erasure, consent `off` or a withdrawn objection; null when never set.
+    pub sealed_before: Option<String>,
     /// Pseudonyms of the meters seen on this connection.
     pub meters: Vec<String>,
     pub readings: ExportReadings,
+}
+
+/// The subject's privacy state after `PUT` or `DELETE /v1/subjects/{ean}/objection`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ObjectionResponse {
+    /// The pseudonym under the current key version.
+    pub pseudonym: String,
+    /// The pseudonyms under every key version the objection was recorded under.
+    pub pseudonyms: Vec<String>,
+    /// An objection to analytical use is in force: the subject keeps its billing readings
+    /// and is in no statistic frozen from now on. CRM updates do not change it.
+    pub objection: bool,
+    /// Erased and not registered again since.
+    pub erased: bool,
+    /// Readings before this instant (RFC 3339) serve billing only and are in no statistic,
+    /// whatever the state becomes later (a withdrawn objection sets it); null when never set.
+    pub sealed_before: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]

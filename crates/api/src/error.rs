@@ -25,8 +25,9 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: `unauthorized`, `forbidden`, `bad_request`, `bad_ean`,
-    /// `bad_pseudonym`, `range_too_large`, `not_found`, `body_timeout`, `payload_too_large`,
-    /// `overloaded`, `unavailable`, `internal`.
+    /// `bad_pseudonym`, `range_too_large`, `not_found`, `conflict`, `retired` (410: an
+    /// endpoint that is no longer served; the message says what replaces it), `body_timeout`,
+    /// `payload_too_large`, `overloaded`, `unavailable`, `internal`.
     pub code: String,
     pub message: String,
 }

@@ -12,9 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use meterstand_model::{Connection, ConsentLevel, Ean, Postcode4, Profile, Tier};
-use meterstand_pseudonym::{AnalystId, Pseudonym, Pseudonymiser};
 use meterstand_statistics::GroupBy;
-use meterstand_store::ReadingStore;
 
 use crate::ApiState;
 use crate::audit::CallRecord;
@@ -204,154 +202,24 @@ pub async fn aggregates(caller: Caller) -> Result<Response, ApiError> {
     ))
 }
 
-/// The storage pseudonym behind an analyst id, if its series is open to analysis: not
-/// erased, consent not `off`, no objection. Found by deriving the analyst id of every
-/// pseudonym held (one keyed hash each), never by inverting it.
-fn open_series(
-    b: &dyn ReadingStore,
-    ps: &Pseudonymiser,
-    wanted: Option<AnalystId>,
-) -> Result<Vec<(AnalystId, Pseudonym)>, meterstand_store::StoreError> {
-    let mut out = Vec::new();
-    for p in b.pseudonyms()? {
-        let Some(id) = ps.analyst_id(p) else { continue };
-        if wanted.is_some_and(|w| w != id) {
-            continue;
-        }
-        let connection = b.connection(p)?;
-        let open = connection
-            .as_ref()
-            .is_none_or(|c| c.analytics && c.consent != ConsentLevel::Off);
-        if open {
-            out.push((id, p));
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// The analyst ids of the series open to analysis: the only way to learn one.
-#[utoipa::path(
-    get, path = "/v1/series", tag = "analyst",
-    security(("bearer" = [])),
-    responses(
-        (status = 200, description = "Analyst ids", body = SeriesListResponse),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "Role is not analyst", body = ErrorBody),
-    )
-)]
-pub async fn series_list(
-    State(st): State<ApiState>,
-    caller: Caller,
-    record: CallRecord,
-    q: RawQuery,
-) -> Result<Response, ApiError> {
-    caller.require(&[Role::Analyst])?;
-    QueryParams::parse(q, &[])?;
-    let _permit = st.permit()?;
-    let ps = st.pseudonymiser_arc();
-    let ids = st.blocking(move |b| open_series(b, &ps, None)).await??;
-    record.rows(ids.len() as u64);
-    Ok(axum::Json(SeriesListResponse {
-        analyst_ids: ids.iter().map(|(id, _)| id.to_string()).collect(),
-    })
-    .into_response())
-}
-
-/// One connection's consumption per period, by analyst id.
-#[utoipa::path(
-    get, path = "/v1/series/{analyst_id}", tag = "analyst",
-    params(("analyst_id" = String, Path, description = "An analyst id from GET /v1/series: a1-<32 hex>", pattern = "^a1-[0-9a-f]{32}$"), SeriesParams),
-    security(("bearer" = [])),
-    responses(
-        (status = 200, description = "Consumption per period",
-            content((SeriesResponse = "application/json"), (String = "text/csv"),
-                (ParquetFile = "application/vnd.apache.parquet"))),
-        (status = 400, description = "Not an analyst id, or a bad parameter", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "Role is not analyst", body = ErrorBody),
-        (status = 404, description = "No series open to analysis under this id", body = ErrorBody),
-    )
-)]
-pub async fn series(
-    State(st): State<ApiState>,
-    caller: Caller,
-    record: CallRecord,
-    analyst_id: Result<Path<String>, PathRejection>,
-    q: RawQuery,
-) -> Result<Response, ApiError> {
-    caller.require(&[Role::Analyst])?;
-    let bad_id = || {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_analyst_id",
-            "an analyst id looks like a1-<32 hex digits>; GET /v1/series lists them",
-        )
-    };
-    let id = AnalystId::from_str(&path_segment(analyst_id).map_err(|_| bad_id())?)
-        .map_err(|_| bad_id())?;
-    let q = QueryParams::parse(q, &SeriesParams::NAMES)?;
-    let PeriodQuery {
-        tier,
-        kind,
-        format,
-        from,
-        to,
-    } = period_query(&q, &st, &record)?;
-    let _permit = st.permit()?;
-    let ps = st.pseudonymiser_arc();
-    let found = st
-        .blocking(move |b| {
-            let Some((_, p)) = open_series(b, &ps, Some(id))?.into_iter().next() else {
-                return Ok(None);
-            };
-            b.series(p, kind, tier, from, to)
-                .map(|rows| Some((p, rows)))
-        })
-        .await??;
-    let Some((p, rows)) = found else {
-        return Err(ApiError::not_found(
-            "no series open to analysis under this analyst id",
-        ));
-    };
-    // The audit log names the subject by its storage pseudonym, like every other line.
-    record.subjects(&[p]);
-    record.rows(rows.len() as u64);
-    let response = SeriesResponse {
-        analyst_id: id.to_string(),
-        unit: kind.stored_unit().to_string(),
-        granularity: tier.as_str().to_string(),
-        register: kind.as_str().to_string(),
-        rows: rows
-            .iter()
-            .map(|r| SeriesRowOut {
-                period_start: r.period_start.to_string(),
-                consumption: r.consumption,
-            })
-            .collect(),
-    };
-    match format {
-        Format::Json => Ok(axum::Json(response).into_response()),
-        Format::Csv => csv_response(|w| {
-            w.write_record(["period_start", "consumption", "unit"])?;
-            for row in &response.rows {
-                w.write_record([
-                    row.period_start.as_str(),
-                    &row.consumption.to_string(),
-                    &response.unit,
-                ])?;
-            }
-            Ok(())
-        }),
-        Format::Parquet => parquet_response(crate::parquet::series(&response)),
-    }
+/// Retired with the per-connection series: an analyst reads aggregates only, and a series,
+/// however pseudonymous, is one household's consumption. Answers 410 to every role (whoever
+/// still calls it learns where to go); left out of `/openapi.json` like `/v1/aggregates`.
+pub async fn series(caller: Caller) -> Result<Response, ApiError> {
+    caller.require(&Role::ALL)?;
+    Err(ApiError::new(
+        StatusCode::GONE,
+        "retired",
+        "/v1/series is retired: analysts read aggregates only; use /v1/statistics",
+    ))
 }
 
 fn connection_from(body: &[u8]) -> Result<Connection, ApiError> {
     const CONSENT: &str = "off, standard, daily or interval";
     const POSTCODE: &str = "four digits, 1000 to 9999";
     const PROFILE: &str = "1 to 8 letters or digits";
-    let fields = input::json_object(body, &ConnectionBody::FIELDS)?;
+    let fields =
+        input::json_object_retiring(body, &ConnectionBody::FIELDS, &ConnectionBody::RETIRED)?;
     let consent = input::string_field(&fields, "consent", CONSENT)?
         .ok_or_else(|| ApiError::bad_request(format!("consent is required: {CONSENT}")))?;
     let consent = ConsentLevel::from_str(consent)
@@ -364,17 +232,18 @@ fn connection_from(body: &[u8]) -> Result<Connection, ApiError> {
         .map(Profile::from_str)
         .transpose()
         .map_err(|_| ApiError::bad_request(format!("profile must be {PROFILE}")))?;
-    let analytics = input::bool_field(&fields, "analytics")?.unwrap_or(true);
     Ok(Connection {
         consent,
         postcode4,
         profile,
-        analytics,
     })
 }
 
 /// Registers or updates a connection (CRM). Lowering consent removes the readings the new
-/// level no longer allows, and the response says what went.
+/// level no longer allows, and the response says what went. The subject's privacy state is
+/// not the CRM's: an objection recorded by the privacy officer stays whatever the update
+/// says, and a body with `analytics` is refused (400) with a pointer to
+/// `PUT /v1/subjects/{ean}/objection`.
 #[utoipa::path(
     put, path = "/v1/connections/{ean}", tag = "crm",
     params(("ean" = String, Path, description = "The connection's 18-digit EAN; the last digit is the GS1 check digit of the first 17", pattern = "^[0-9]{18}$", min_length = 18, max_length = 18)),
@@ -382,7 +251,7 @@ fn connection_from(body: &[u8]) -> Result<Connection, ApiError> {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Stored", body = ConnectionResponse),
-        (status = 400, description = "Bad EAN or body", body = ErrorBody),
+        (status = 400, description = "Bad EAN or body (a body with `analytics` is refused: the objection is the privacy officer's)", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Role is not crm", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
@@ -405,7 +274,6 @@ pub async fn put_connection(
     let body = st.body(&headers, body).await?;
     let connection = connection_from(&body)?;
     record.param("consent", connection.consent.as_str());
-    record.param("analytics", connection.analytics.to_string());
     let _permit = st.permit()?;
     record.subjects(&all);
     let out = ConnectionOut::from(&connection);
@@ -472,6 +340,9 @@ pub async fn export(
             pseudonym: current.to_string(),
             pseudonyms: searched,
             connection: export.connection.as_ref().map(ConnectionOut::from),
+            objection: export.state.objected,
+            erased: export.state.erased,
+            sealed_before: export.state.sealed_before.map(|t| t.to_string()),
             meters: export.meters.iter().map(ToString::to_string).collect(),
             readings: ExportReadings {
                 interval: readings(Tier::Interval),
@@ -494,6 +365,9 @@ pub async fn export(
                     "postcode4",
                     "profile",
                     "corrected_at",
+                    "objection",
+                    "erased",
+                    "sealed_before",
                 ])?;
                 let p = response.pseudonym.as_str();
                 if let Some(c) = &response.connection {
@@ -509,10 +383,31 @@ pub async fn export(
                         c.postcode4.as_deref().unwrap_or(""),
                         c.profile.as_deref().unwrap_or(""),
                         "",
+                        "",
+                        "",
+                        "",
                     ])?;
                 }
+                // The privacy state, always: "no objection" is an answer too.
+                let flag = |b: bool| if b { "true" } else { "false" };
+                w.write_record([
+                    "state",
+                    p,
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    flag(response.objection),
+                    flag(response.erased),
+                    response.sealed_before.as_deref().unwrap_or(""),
+                ])?;
                 for m in &response.meters {
-                    w.write_record(["meter", m, "", "", "", "", "", "", "", "", ""])?;
+                    w.write_record(["meter", m, "", "", "", "", "", "", "", "", "", "", "", ""])?;
                 }
                 for (tier, rows) in [
                     ("interval", &response.readings.interval),
@@ -532,6 +427,9 @@ pub async fn export(
                             "",
                             "",
                             r.corrected_at.as_deref().unwrap_or(""),
+                            "",
+                            "",
+                            "",
                         ])?;
                     }
                 }
@@ -570,6 +468,87 @@ pub async fn erase(
     let receipt = st.blocking(move |b| b.erase(&all)).await??;
     record.rows(receipt.deleted.total());
     Ok(axum::Json(ReceiptOut::new(current, &receipt, st.calendar())).into_response())
+}
+
+/// Records (`true`) or withdraws (`false`) the subject's objection under the EAN's pseudonym
+/// of every key version, and answers with the subject's state as the store now holds it.
+async fn set_objection(
+    st: ApiState,
+    caller: Caller,
+    record: CallRecord,
+    ean: Result<Path<String>, PathRejection>,
+    objected: bool,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::PrivacyOfficer])?;
+    let ean = parse_ean(&path_segment(ean).map_err(|_| bad_ean())?)?;
+    let current = st.pseudonymiser().ean(&ean);
+    // Current pseudonym first, then the older key versions': the objection holds for what
+    // was stored before a key rotation too, and follows the subject to a new version.
+    let all = st.pseudonymiser().ean_all_versions(&ean);
+    let searched: Vec<String> = all.iter().map(ToString::to_string).collect();
+    record.param("objection", objected.to_string());
+    let _permit = st.permit()?;
+    record.subjects(&all);
+    let state = st
+        .blocking(move |b| {
+            b.set_objection(&all, objected)?;
+            b.subject_state(&all)
+        })
+        .await??;
+    Ok(axum::Json(ObjectionResponse {
+        pseudonym: current.to_string(),
+        pseudonyms: searched,
+        objection: state.objected,
+        erased: state.erased,
+        sealed_before: state.sealed_before.map(|t| t.to_string()),
+    })
+    .into_response())
+}
+
+/// Records the subject's objection to analytical use (GDPR Art. 21): its readings stay for
+/// billing and subject requests, and it is in no statistic frozen from now on. Idempotent;
+/// kept through CRM updates, consent changes, erasure and re-registration, and under every
+/// key version. Recorded for an EAN nothing is stored for yet as well.
+#[utoipa::path(
+    put, path = "/v1/subjects/{ean}/objection", tag = "privacy_officer",
+    params(("ean" = String, Path, description = "The connection's 18-digit EAN; the last digit is the GS1 check digit of the first 17", pattern = "^[0-9]{18}$", min_length = 18, max_length = 18)),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The subject's state: objection true", body = ObjectionResponse),
+        (status = 400, description = "Bad EAN", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Role is not privacy_officer", body = ErrorBody),
+    )
+)]
+pub async fn object(
+    State(st): State<ApiState>,
+    caller: Caller,
+    record: CallRecord,
+    ean: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    set_objection(st, caller, record, ean, true).await
+}
+
+/// Withdraws the subject's objection. What was stored while it held stays out of the
+/// statistics (`sealed_before`); readings from now on count again. Idempotent.
+#[utoipa::path(
+    delete, path = "/v1/subjects/{ean}/objection", tag = "privacy_officer",
+    params(("ean" = String, Path, description = "The connection's 18-digit EAN; the last digit is the GS1 check digit of the first 17", pattern = "^[0-9]{18}$", min_length = 18, max_length = 18)),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The subject's state: objection false", body = ObjectionResponse),
+        (status = 400, description = "Bad EAN", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Role is not privacy_officer", body = ErrorBody),
+    )
+)]
+pub async fn withdraw_objection(
+    State(st): State<ApiState>,
+    caller: Caller,
+    record: CallRecord,
+    ean: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    set_objection(st, caller, record, ean, false).await
 }
 
 mod backup;

@@ -101,6 +101,16 @@ pub(crate) fn json_object(
     body: &[u8],
     accepted: &[&'static str],
 ) -> Result<Map<String, Value>, ApiError> {
+    json_object_retiring(body, accepted, &[])
+}
+
+/// [`json_object`], refusing the `retired` fields of earlier versions each with its own
+/// message (saying where the field went), whatever their value.
+pub(crate) fn json_object_retiring(
+    body: &[u8],
+    accepted: &[&'static str],
+    retired: &[(&'static str, &'static str)],
+) -> Result<Map<String, Value>, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
             "the body is not valid JSON (line {}, column {})",
@@ -114,6 +124,9 @@ pub(crate) fn json_object(
             accepted.join(", ")
         )));
     };
+    if let Some((_, message)) = retired.iter().find(|(name, _)| fields.contains_key(*name)) {
+        return Err(ApiError::bad_request(*message));
+    }
     if fields.keys().any(|k| !accepted.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!(
             "the body has an unknown field: accepted are {}",
@@ -134,20 +147,6 @@ pub(crate) fn string_field<'a>(
         Some(Value::String(s)) => Ok(Some(s)),
         Some(_) => Err(ApiError::bad_request(format!(
             "{name} must be a string: {expected}"
-        ))),
-    }
-}
-
-/// A boolean field; `None` when absent or null.
-pub(crate) fn bool_field(
-    fields: &Map<String, Value>,
-    name: &'static str,
-) -> Result<Option<bool>, ApiError> {
-    match fields.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(ApiError::bad_request(format!(
-            "{name} must be true or false"
         ))),
     }
 }

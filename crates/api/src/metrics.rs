@@ -1,5 +1,5 @@
 //! API metrics. Every label is bounded: routes are the matched templates
-//! (`/v1/series/{analyst_id}`) or `unmatched`, never raw paths; methods are the known ones or
+//! (`/v1/subjects/{ean}/export`) or `unmatched`, never raw paths; methods are the known ones or
 //! `other`; refusal reasons and audit actions are fixed sets; token labels are configured
 //! token ids (few, chosen by the operator, never the secret).
 
@@ -71,24 +71,27 @@ pub static TOKEN_NEW_ADDRESS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 /// Every route with its method, for exporting each series from the start.
-pub const ROUTES: [(&str, &str); 12] = [
+pub const ROUTES: [(&str, &str); 14] = [
     ("/healthz", "GET"),
     ("/readyz", "GET"),
     ("/metrics", "GET"),
     ("/openapi.json", "GET"),
     ("/v1/statistics", "GET"),
+    // Retired (410): counted, so that whoever still calls them shows.
     ("/v1/aggregates", "GET"),
     ("/v1/series", "GET"),
-    ("/v1/series/{analyst_id}", "GET"),
+    ("/v1/series/{id}", "GET"),
     ("/v1/connections/{ean}", "PUT"),
     ("/v1/subjects/{ean}/export", "GET"),
     ("/v1/subjects/{ean}", "DELETE"),
+    ("/v1/subjects/{ean}/objection", "PUT"),
+    ("/v1/subjects/{ean}/objection", "DELETE"),
     ("/v1/backups", "POST"),
 ];
 const STATUSES: [&str; 11] = [
     "200", "400", "401", "403", "404", "408", "410", "413", "415", "500", "503",
 ];
-pub const AUDIT_ACTIONS: [&str; 10] = [
+pub const AUDIT_ACTIONS: [&str; 11] = [
     meterstand_audit::action::STATISTICS_READ,
     meterstand_audit::action::AGGREGATES_READ,
     meterstand_audit::action::SERIES_LIST,
@@ -96,6 +99,7 @@ pub const AUDIT_ACTIONS: [&str; 10] = [
     meterstand_audit::action::CONNECTION_PUT,
     meterstand_audit::action::SUBJECT_EXPORT,
     meterstand_audit::action::SUBJECT_ERASE,
+    crate::audit::SUBJECT_OBJECTION,
     meterstand_audit::action::BACKUP_CREATE,
     meterstand_audit::action::AUTH_REFUSED,
     crate::audit::METRICS_READ,
@@ -104,10 +108,10 @@ pub const AUDIT_OUTCOMES: [&str; 5] = ["ok", "denied", "invalid", "not_found", "
 pub const REFUSAL_REASONS: [&str; 3] = ["no_token", "unknown_token", "wrong_role"];
 /// The operations counted per token in `meterstand_api_subject_operations_total`.
 pub const SUBJECT_OPERATION_NAMES: [&str; 4] = [
-    meterstand_audit::action::SERIES_READ,
     meterstand_audit::action::CONNECTION_PUT,
     meterstand_audit::action::SUBJECT_EXPORT,
     meterstand_audit::action::SUBJECT_ERASE,
+    crate::audit::SUBJECT_OBJECTION,
 ];
 
 /// The method as a label: one of the methods HTTP defines, or `other`, so that a client

@@ -13,18 +13,19 @@ use crate::handlers;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "meterstand", description = "Pseudonymised smart-meter readings: frozen statistics, series by analyst id, connections, data-subject requests."),
+    info(title = "meterstand", description = "Pseudonymised smart-meter readings: frozen anonymous statistics, connections, data-subject requests (export, erasure, objection)."),
     paths(
         crate::healthz, crate::readyz, crate::metrics_endpoint, crate::openapi,
-        handlers::statistics, handlers::series_list, handlers::series,
+        handlers::statistics,
         handlers::put_connection,
-        handlers::export, handlers::erase, handlers::backup,
+        handlers::export, handlers::erase, handlers::object, handlers::withdraw_objection,
+        handlers::backup,
     ),
     components(schemas(
-        StatisticsResponse, StatisticsRow, SeriesListResponse, SeriesResponse, SeriesRowOut,
+        StatisticsResponse, StatisticsRow,
         ConnectionBody,
         ConnectionOut, ConnectionResponse, ExportResponse, ExportReadings, ReadingOut,
-        ReceiptOut, DeletedOut, KeptOut, BackupRequest, BackupResponse, ErrorBody, ErrorDetail,
+        ObjectionResponse, ReceiptOut, DeletedOut, KeptOut, BackupRequest, BackupResponse, ErrorBody, ErrorDetail,
         GranularityParam, RegisterParam, FormatParam, ExportFormatParam, ConsentParam,
         ParquetFile,
     )),

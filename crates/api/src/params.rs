@@ -49,7 +49,7 @@ pub enum Format {
 }
 
 impl Format {
-    /// What `/v1/statistics` and `/v1/series/{analyst_id}` answer in: rows of one shape.
+    /// What `/v1/statistics` answers in: rows of one shape.
     pub const TABLES: [Format; 3] = [Format::Json, Format::Csv, Format::Parquet];
     /// What the subject export answers in: its records are of several shapes, so no Parquet.
     pub const EXPORT: [Format; 2] = [Format::Json, Format::Csv];

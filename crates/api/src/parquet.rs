@@ -1,5 +1,4 @@
-//! Parquet bodies of `/v1/statistics` and `/v1/series/{analyst_id}`: the columns of the
-//! CSV with real types, and everything the JSON says beside the rows in the file's
+//! Parquet bodies of `/v1/statistics`: the columns of the CSV with real types, and everything the JSON says beside the rows in the file's
 //! key-value metadata, so pandas, Polars and DuckDB read it unchanged and lose nothing.
 //!
 //! Why the low-level `SerializedFileWriter` and a schema in text, not arrow: a handful of
@@ -23,7 +22,7 @@ use ::parquet::file::writer::SerializedFileWriter;
 use ::parquet::schema::parser::parse_message_type;
 use jiff::Timestamp;
 
-use crate::dto::{SeriesResponse, StatisticsResponse};
+use crate::dto::StatisticsResponse;
 
 /// The media type registered for Parquet.
 pub const CONTENT_TYPE: &str = "application/vnd.apache.parquet";
@@ -42,13 +41,6 @@ message statistics {
   REQUIRED BYTE_ARRAY unit (STRING);
 }";
 
-const SERIES_SCHEMA: &str = "
-message series {
-  REQUIRED INT64 period_start (TIMESTAMP(MILLIS,true));
-  REQUIRED INT64 consumption;
-  REQUIRED BYTE_ARRAY unit (STRING);
-}";
-
 /// One column's values, in the schema's order. `None` is a null (the group has no such key).
 enum Column<'a> {
     Int64(Vec<i64>),
@@ -58,6 +50,11 @@ enum Column<'a> {
 /// Frozen statistics: `period_start, area, profile, connections, consumption, unit`; `area`
 /// and `profile` are null where the grouping does not have them (empty in the CSV).
 pub fn statistics(r: &StatisticsResponse) -> Result<Vec<u8>, ParquetError> {
+    statistics_in_groups(r, ROW_GROUP)
+}
+
+/// [`statistics`] in row groups of at most `row_group` rows.
+fn statistics_in_groups(r: &StatisticsResponse, row_group: usize) -> Result<Vec<u8>, ParquetError> {
     let mut starts = Starts::default();
     let columns = [
         Column::Int64(
@@ -100,34 +97,13 @@ pub fn statistics(r: &StatisticsResponse) -> Result<Vec<u8>, ParquetError> {
         ("min_group_size", r.min_group_size.to_string()),
         ("periods", r.periods.to_string()),
     ];
-    write(STATISTICS_SCHEMA, r.rows.len(), &columns, &metadata)
-}
-
-/// One series: `period_start, consumption, unit`.
-pub fn series(r: &SeriesResponse) -> Result<Vec<u8>, ParquetError> {
-    let mut starts = Starts::default();
-    let columns = [
-        Column::Int64(
-            r.rows
-                .iter()
-                .map(|row| starts.millis(&row.period_start))
-                .collect::<Result<_, _>>()?,
-        ),
-        Column::Int64(
-            r.rows
-                .iter()
-                .map(|row| int64(row.consumption))
-                .collect::<Result<_, _>>()?,
-        ),
-        Column::Text(vec![Some(r.unit.as_str()); r.rows.len()]),
-    ];
-    let metadata = [
-        ("analyst_id", r.analyst_id.clone()),
-        ("unit", r.unit.clone()),
-        ("granularity", r.granularity.clone()),
-        ("register", r.register.clone()),
-    ];
-    write(SERIES_SCHEMA, r.rows.len(), &columns, &metadata)
+    write(
+        STATISTICS_SCHEMA,
+        r.rows.len(),
+        &columns,
+        &metadata,
+        row_group,
+    )
 }
 
 fn int64(v: u64) -> Result<i64, ParquetError> {
@@ -161,6 +137,7 @@ fn write(
     rows: usize,
     columns: &[Column<'_>],
     metadata: &[(&str, String)],
+    row_group: usize,
 ) -> Result<Vec<u8>, ParquetError> {
     let schema = Arc::new(parse_message_type(schema)?);
     let properties = WriterProperties::builder()
@@ -175,7 +152,7 @@ fn write(
     let mut file = SerializedFileWriter::new(Vec::new(), schema, Arc::new(properties))?;
     let mut start = 0;
     while start < rows {
-        let end = rows.min(start.saturating_add(ROW_GROUP));
+        let end = rows.min(start.saturating_add(row_group.max(1)));
         let mut group = file.next_row_group()?;
         for column in columns {
             let Some(mut out) = group.next_column()? else {
@@ -226,7 +203,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::dto::{SeriesRowOut, StatisticsRow};
+    use crate::dto::StatisticsRow;
 
     fn read(body: Vec<u8>) -> (BTreeMap<String, String>, Vec<Vec<Field>>) {
         let reader = SerializedFileReader::new(Bytes::from(body)).expect("parquet");
@@ -307,45 +284,36 @@ mod tests {
         let (meta, rows) = read(statistics(&statistics_of(Vec::new())).expect("write"));
         assert!(rows.is_empty());
         assert_eq!(meta["granularity"], "day");
-        let series = SeriesResponse {
-            analyst_id: "a1-00".into(),
-            unit: "dm3".into(),
-            granularity: "month".into(),
-            register: "gas".into(),
-            rows: Vec::new(),
-        };
-        let (meta, rows) = read(super::series(&series).expect("write"));
-        assert!(rows.is_empty());
-        assert_eq!(meta["unit"], "dm3");
     }
 
     #[test]
     fn row_groups_split_long_answers_and_bad_values_are_errors() {
-        let rows: Vec<SeriesRowOut> = (0..ROW_GROUP + 5)
-            .map(|i| SeriesRowOut {
-                period_start: "2026-11-01T23:00:00Z".into(),
-                consumption: i as u64,
-            })
-            .collect();
-        let mut r = SeriesResponse {
-            analyst_id: "a1-00".into(),
-            unit: "Wh".into(),
-            granularity: "interval".into(),
-            register: "import".into(),
-            rows,
+        let row = |i: u64| StatisticsRow {
+            period_start: "2026-11-01T23:00:00Z".into(),
+            group: BTreeMap::new(),
+            connections: 10,
+            consumption: i,
         };
-        let body = series(&r).expect("write");
+        let mut r = statistics_of((0..5).map(row).collect());
+        let body = statistics_in_groups(&r, 2).expect("write");
         let reader = SerializedFileReader::new(Bytes::from(body)).expect("parquet");
-        assert_eq!(reader.metadata().num_row_groups(), 2);
+        assert_eq!(reader.metadata().num_row_groups(), 3);
+        assert_eq!(reader.metadata().file_metadata().num_rows(), 5);
+        let (_, rows) = read(statistics_in_groups(&r, 2).expect("write"));
+        let consumption: Vec<&Field> = rows.iter().map(|r| &r[4]).collect();
         assert_eq!(
-            reader.metadata().file_metadata().num_rows(),
-            (ROW_GROUP + 5) as i64
+            consumption,
+            (0..5)
+                .map(Field::Long)
+                .collect::<Vec<_>>()
+                .iter()
+                .collect::<Vec<_>>()
         );
         r.rows.truncate(1);
         r.rows[0].consumption = u64::MAX;
-        assert!(series(&r).is_err());
+        assert!(statistics(&r).is_err());
         r.rows[0].consumption = 1;
         r.rows[0].period_start = "yesterday".into();
-        assert!(series(&r).is_err());
+        assert!(statistics(&r).is_err());
     }
 }

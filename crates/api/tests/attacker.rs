@@ -93,8 +93,8 @@ fn frozen_periods(gran: &str, phase: u8, first: Timestamp) -> Vec<(Timestamp, Ti
         .collect()
 }
 
-fn connection_body(m: &Member, consent: ConsentLevel, analytics: bool) -> String {
-    let mut body = json!({ "consent": consent.as_str(), "analytics": analytics });
+fn connection_body(m: &Member, consent: ConsentLevel) -> String {
+    let mut body = json!({ "consent": consent.as_str() });
     if let Some(p) = m.postcode4 {
         body["postcode4"] = json!(p.to_string());
     }
@@ -104,9 +104,9 @@ fn connection_body(m: &Member, consent: ConsentLevel, analytics: bool) -> String
     body.to_string()
 }
 
-async fn crm_put(api: &Api, m: &Member, consent: ConsentLevel, analytics: bool) -> Value {
+async fn crm_put(api: &Api, m: &Member, consent: ConsentLevel) -> Value {
     let path = format!("/v1/connections/{}", ean(m.n).expose());
-    let body = connection_body(m, consent, analytics);
+    let body = connection_body(m, consent);
     let (status, text) = api.send(Method::PUT, Role::Crm, &path, Some(body)).await;
     assert_eq!(status, 200, "PUT connection {}: {text}", m.n);
     serde_json::from_str(&text).expect("json")
@@ -479,7 +479,7 @@ async fn no_combination_of_api_answers_isolates_fewer_than_k() {
     let (first, second) = (local(11, 5), local(12, 4));
     let api = Api::start_at(first).await;
     for m in fleet.iter().filter(|m| m.registered) {
-        crm_put(&api, m, m.consent, true).await;
+        crm_put(&api, m, m.consent).await;
     }
     api.write(items(&api, &fleet, 1)).await;
     api.freeze_at(first);
@@ -490,11 +490,15 @@ async fn no_combination_of_api_answers_isolates_fewer_than_k() {
         match m.change {
             Change::None => {}
             Change::Lowered => {
-                let v = crm_put(&api, m, ConsentLevel::Daily, true).await;
+                let v = crm_put(&api, m, ConsentLevel::Daily).await;
                 assert!(!v["removed"].is_null(), "its quarter-hours go: {v}");
             }
             Change::Objects => {
-                crm_put(&api, m, m.consent, false).await;
+                // The privacy officer records it; the CRM's routine update that follows
+                // (same attributes, no objection field) must not bring it back.
+                let v = api.objection(&ean(m.n), true).await;
+                assert_eq!(v["objection"], true, "{v}");
+                crm_put(&api, m, m.consent).await;
             }
             Change::Erased => {
                 let path = format!("/v1/subjects/{}", ean(m.n).expose());

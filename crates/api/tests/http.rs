@@ -197,22 +197,13 @@ impl Server {
                 consent,
                 postcode4: Some(meterstand_model::Postcode4::new(postcode).expect("pc")),
                 profile: Some(profile.parse().expect("profile")),
-                analytics: true,
             },
         )
         .expect("put");
     }
 
-    /// The analyst id of a storage pseudonym (what `GET /v1/series` lists).
-    fn analyst(&self, p: meterstand_pseudonym::Pseudonym) -> String {
-        self.pseudonymiser
-            .analyst_id(p)
-            .expect("known key version")
-            .to_string()
-    }
-
-    /// Runs the freeze job as the service does, 48 h settle, looking back far enough for
-    /// the November days these tests write (the clock stands at 2026-11-20).
+    /// Runs the freeze job as the service does (48 h settle) at the store's clock
+    /// (2026-11-20), without waiting for `statistics.quiet` after the tests' writes.
     fn freeze(&self) {
         let store = self.store.clone();
         tokio::task::block_in_place(|| {
@@ -220,7 +211,7 @@ impl Server {
                 store.as_ref(),
                 &self.calendar,
                 &meterstand_store::freeze::FreezeConfig {
-                    lookback: Duration::from_secs(60 * 86_400),
+                    quiet: Duration::ZERO,
                     ..Default::default()
                 },
                 NOW.parse().expect("now"),
@@ -256,19 +247,19 @@ async fn every_endpoint_admits_exactly_its_roles() {
     let e = ean(1);
     s.register(&e, ConsentLevel::Daily, 1000, "E1A");
     s.write_days(&e, &[1, 2], 1_000_000, 0).await;
-    let p = s.pseudonymiser.ean(&e);
-    let series = format!("/v1/series/{}?from=2026-11-01&to=2026-11-03", s.analyst(p));
     let conn = format!("/v1/connections/{}", ean(2).expose());
     let export = format!("/v1/subjects/{}/export", e.expose());
     let erase = format!("/v1/subjects/{}", ean(3).expose());
+    let objection = format!("/v1/subjects/{}/objection", ean(4).expose());
     let body = r#"{"consent":"daily","postcode4":"1000","profile":"E1A"}"#;
     let backup_body = r#"{"name":"nightly-1"}"#.to_string();
     let cases: Vec<(Method, &str, Option<&str>, Option<Role>)> = vec![
         (Method::GET, AGG, None, Some(Role::Analyst)),
-        (Method::GET, &series, None, Some(Role::Analyst)),
         (Method::PUT, &conn, Some(body), Some(Role::Crm)),
         (Method::GET, &export, None, Some(Role::PrivacyOfficer)),
         (Method::DELETE, &erase, None, Some(Role::PrivacyOfficer)),
+        (Method::PUT, &objection, None, Some(Role::PrivacyOfficer)),
+        (Method::DELETE, &objection, None, Some(Role::PrivacyOfficer)),
         (Method::GET, "/metrics", None, Some(Role::Operator)),
         (
             Method::POST,
@@ -401,9 +392,6 @@ async fn bad_input_is_refused_with_a_clear_error() {
     let e = ean(7);
     s.register(&e, ConsentLevel::Daily, 1000, "E1A");
     s.write_days(&e, &[1, 2, 3], 1_000, 0).await;
-    let p = s.pseudonymiser.ean(&e);
-    let unknown = s.analyst(s.pseudonymiser.ean(&ean(8)));
-    let storage = s.pseudonymiser.ean(&ean(8));
     let a = Some(Role::Analyst);
     let bad_check = "871687120000000010";
     // (method, path, role, body, status, error code)
@@ -491,38 +479,11 @@ async fn bad_input_is_refused_with_a_clear_error() {
         ),
         (
             Method::GET,
-            format!("/v1/series/{unknown}?from=2026-11-01&to=2026-11-03"),
+            "/v1/series/a1-nothex?from=2026-11-01&to=2026-11-03&granularity=year".into(),
             a,
             None,
-            404,
-            "not_found",
-        ),
-        (
-            Method::GET,
-            format!("/v1/series/{storage}?from=2026-11-01&to=2026-11-03"),
-            a,
-            None,
-            400,
-            "bad_analyst_id",
-        ),
-        (
-            Method::GET,
-            "/v1/series/a1-nothex?from=2026-11-01&to=2026-11-03".into(),
-            a,
-            None,
-            400,
-            "bad_analyst_id",
-        ),
-        (
-            Method::GET,
-            format!(
-                "/v1/series/{}?from=2026-11-01&to=2026-11-03&granularity=year",
-                s.analyst(p)
-            ),
-            a,
-            None,
-            400,
-            "bad_request",
+            410,
+            "retired",
         ),
         (
             Method::PUT,
@@ -587,6 +548,30 @@ async fn bad_input_is_refused_with_a_clear_error() {
             None,
             400,
             "bad_ean",
+        ),
+        (
+            Method::PUT,
+            format!("/v1/subjects/{bad_check}/objection"),
+            Some(Role::PrivacyOfficer),
+            None,
+            400,
+            "bad_ean",
+        ),
+        (
+            Method::DELETE,
+            "/v1/subjects/12345/objection".into(),
+            Some(Role::PrivacyOfficer),
+            None,
+            400,
+            "bad_ean",
+        ),
+        (
+            Method::PUT,
+            format!("/v1/connections/{}", e.expose()),
+            Some(Role::Crm),
+            Some(r#"{"consent":"daily","analytics":true}"#),
+            400,
+            "bad_request",
         ),
         (Method::GET, "/v1/nothing".into(), a, None, 404, "not_found"),
     ];
@@ -658,33 +643,6 @@ async fn bad_input_is_refused_with_a_clear_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn series_gives_one_pseudonymous_connection() {
-    let s = Server::start(ApiConfig::default()).await;
-    let e = ean(9);
-    s.register(&e, ConsentLevel::Daily, 1000, "E1A");
-    s.write_days(&e, &[1, 2, 3], 1_000, 500).await;
-    let p = s.pseudonymiser.ean(&e);
-    let v = s
-        .json(
-            Method::GET,
-            &format!(
-                "/v1/series/{}?from=2026-11-01&to=2026-11-03&granularity=day",
-                s.analyst(p)
-            ),
-            Role::Analyst,
-            None,
-        )
-        .await;
-    assert_eq!(v["analyst_id"], s.analyst(p));
-    assert_ne!(v["analyst_id"], p.to_string());
-    assert_eq!(v["unit"], "Wh");
-    let rows = v["rows"].as_array().expect("rows");
-    assert_eq!(rows.len(), 2);
-    assert_eq!(rows[0]["consumption"], 10_500);
-    assert_eq!(rows[0]["period_start"], s.local_midnight(1).to_string());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_erasure_consent_and_audit() {
     let s = Server::start(ApiConfig::default()).await;
     let e = ean(11);
@@ -727,9 +685,17 @@ async fn export_erasure_consent_and_audit() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert!(csv.starts_with(
-        "record,pseudonym,tier,obis,time,value,unit,consent,postcode4,profile,corrected_at\n"
+        "record,pseudonym,tier,obis,time,value,unit,consent,postcode4,profile,corrected_at,\
+         objection,erased,sealed_before\n"
     ));
-    assert!(csv.contains(&format!("connection,{p},,,,,,interval,1234,E1A")));
+    assert!(csv.contains(&format!("connection,{p},,,,,,interval,1234,E1A,,,,\n")));
+    assert!(
+        csv.contains(&format!("state,{p},,,,,,,,,,false,false,\n")),
+        "{csv}"
+    );
+    assert_eq!(v["objection"], false);
+    assert_eq!(v["erased"], false);
+    assert!(v["sealed_before"].is_null());
     // Midnight readings are interval, day (and on the 1st month) readings alike: 6 + 6 + 2.
     assert_eq!(
         csv.lines().filter(|l| l.starts_with("reading,")).count(),
@@ -783,6 +749,11 @@ async fn export_erasure_consent_and_audit() {
         .json(Method::GET, &export, Role::PrivacyOfficer, None)
         .await;
     assert!(v["connection"].is_null());
+    assert_eq!(v["erased"], true, "{v}");
+    assert_eq!(
+        v["sealed_before"], NOW,
+        "the kept month readings serve billing only"
+    );
     assert_eq!(v["meters"].as_array().map(Vec::len), Some(0));
     assert_eq!(v["readings"]["interval"].as_array().map(Vec::len), Some(0));
     assert_eq!(v["readings"]["day"].as_array().map(Vec::len), Some(0));
@@ -876,11 +847,11 @@ async fn openapi_documents_every_route() {
         ("/metrics", "get"),
         ("/openapi.json", "get"),
         ("/v1/statistics", "get"),
-        ("/v1/series", "get"),
-        ("/v1/series/{analyst_id}", "get"),
         ("/v1/connections/{ean}", "put"),
         ("/v1/subjects/{ean}/export", "get"),
         ("/v1/subjects/{ean}", "delete"),
+        ("/v1/subjects/{ean}/objection", "put"),
+        ("/v1/subjects/{ean}/objection", "delete"),
         ("/v1/backups", "post"),
     ] {
         assert!(
@@ -888,11 +859,21 @@ async fn openapi_documents_every_route() {
             "{method} {path} undocumented"
         );
     }
-    assert_eq!(v["paths"].as_object().map(|m| m.len()), Some(11));
-    assert!(
-        v["paths"]["/v1/aggregates"].is_null(),
-        "the retired endpoint is not documented"
-    );
+    assert_eq!(v["paths"].as_object().map(|m| m.len()), Some(10));
+    for retired in [
+        "/v1/aggregates",
+        "/v1/series",
+        "/v1/series/{id}",
+        "/v1/series/{analyst_id}",
+    ] {
+        assert!(
+            v["paths"][retired].is_null(),
+            "the retired endpoint {retired} is not documented"
+        );
+    }
+    for schema in ["SeriesResponse", "SeriesListResponse", "SeriesRowOut"] {
+        assert!(v["components"]["schemas"][schema].is_null(), "{schema}");
+    }
     assert!(v["components"]["securitySchemes"]["bearer"].is_object());
     let params = v["paths"]["/v1/statistics"]["get"]["parameters"]
         .as_array()
@@ -938,17 +919,14 @@ async fn openapi_documents_every_route() {
         ("/v1/connections/{ean}", "put"),
         ("/v1/subjects/{ean}/export", "get"),
         ("/v1/subjects/{ean}", "delete"),
+        ("/v1/subjects/{ean}/objection", "put"),
+        ("/v1/subjects/{ean}/objection", "delete"),
     ] {
         let ean = param(path, method, "ean");
         assert_eq!(ean["schema"]["pattern"], "^[0-9]{18}$", "{path}");
         assert_eq!(ean["required"], true);
     }
-    assert!(
-        param("/v1/series/{analyst_id}", "get", "analyst_id")["schema"]["pattern"]
-            .as_str()
-            .is_some()
-    );
-    for path in ["/v1/statistics", "/v1/series/{analyst_id}"] {
+    for path in ["/v1/statistics"] {
         assert_eq!(
             enumeration(&param(path, "get", "granularity")),
             ["interval", "day", "month"]
@@ -1020,14 +998,31 @@ async fn openapi_documents_every_route() {
         body["consent"]["enum"].is_array() || body["consent"]["oneOf"][0]["enum"].is_array(),
         "{body}"
     );
-    assert!(body["analytics"].is_object(), "{body}");
+    assert!(
+        body["analytics"].is_null(),
+        "the objection is not the CRM's: {body}"
+    );
+    for schema in ["ConnectionOut", "ExportResponse", "ObjectionResponse"] {
+        let properties = &v["components"]["schemas"][schema]["properties"];
+        assert!(properties["analytics"].is_null(), "{schema}: {properties}");
+    }
+    for schema in ["ExportResponse", "ObjectionResponse"] {
+        let properties = &v["components"]["schemas"][schema]["properties"];
+        for field in ["objection", "erased", "sealed_before"] {
+            assert!(
+                properties[field].is_object(),
+                "{schema}.{field}: {properties}"
+            );
+        }
+    }
     // Every /v1 operation lists the refusals it can meet, with the error schema.
     for (path, method) in [
         ("/v1/statistics", "get"),
-        ("/v1/series/{analyst_id}", "get"),
         ("/v1/connections/{ean}", "put"),
         ("/v1/subjects/{ean}/export", "get"),
         ("/v1/subjects/{ean}", "delete"),
+        ("/v1/subjects/{ean}/objection", "put"),
+        ("/v1/subjects/{ean}/objection", "delete"),
         ("/v1/backups", "post"),
     ] {
         for status in ["400", "401", "403", "404", "413", "503"] {
@@ -1221,6 +1216,7 @@ async fn errors_never_echo_input() {
         format!(r#"{{"consent": "daily", "postcode4": "{digits}"}}"#),
         format!(r#"{{"consent": "daily", "profile": "{digits}"}}"#),
         format!(r#"{{"consent": "daily", "analytics": {digits}}}"#),
+        format!(r#"{{"consent": "daily", "analytics": "{digits}"}}"#),
         format!(r#"{{"consent": "daily", "{digits}": 1}}"#),
         format!(r#"{{"consent": ["{digits}"]}}"#),
         format!(r#"[{digits}]"#),
@@ -1261,11 +1257,18 @@ async fn errors_never_echo_input() {
         format!("/v1/statistics?from=2026-11-01&to=2026-11-02&group_by={digits}"),
         format!("/v1/statistics?from=2026-11-01&to=2026-11-02&format={digits}"),
         format!("/v1/statistics?from=2026-11-01&from={digits}&to=2026-11-02"),
-        format!("/v1/series/a1-{digits}?from=2026-11-01&to=2026-11-02"),
-        format!("/v1/series/a1-0123456789abcdef0123456789abcdef?from=x&to=2026-11-02&ean={digits}"),
     ] {
         let (status, text) = s.call(Method::GET, &query, Some(Role::Analyst), None).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {text}");
+        assert!(!has_run(&text), "{query} echoed: {text}");
+    }
+    // The retired series answer the same whatever they are sent.
+    for query in [
+        format!("/v1/series/a1-{digits}?from=2026-11-01&to=2026-11-02"),
+        format!("/v1/series?ean={digits}"),
+    ] {
+        let (status, text) = s.call(Method::GET, &query, Some(Role::Analyst), None).await;
+        assert_eq!(status, StatusCode::GONE, "{query}: {text}");
         assert!(!has_run(&text), "{query} echoed: {text}");
     }
     let (status, text) = s
@@ -1327,10 +1330,10 @@ async fn every_call_is_one_audit_line_without_identifiers() {
     s.register(&e, ConsentLevel::Daily, 1000, "E1A");
     s.write_days(&e, &[1, 2], 1_000_000, 0).await;
     let p = s.pseudonymiser.ean(&e);
-    let series = format!("/v1/series/{}?from=2026-11-01&to=2026-11-03", s.analyst(p));
     let conn = format!("/v1/connections/{}", ean(61).expose());
     let export = format!("/v1/subjects/{}/export", e.expose());
     let erase = format!("/v1/subjects/{}", ean(62).expose());
+    let objection = format!("/v1/subjects/{}/objection", ean(63).expose());
     let body = r#"{"consent":"daily","postcode4":"1000","profile":"E1A"}"#;
     let backup_body = r#"{"name":"backup-a"}"#.to_string();
     // (method, path, body, allowed role, route template, action)
@@ -1350,14 +1353,6 @@ async fn every_call_is_one_audit_line_without_identifiers() {
             Some(Role::Analyst),
             "/v1/statistics",
             "statistics.read",
-        ),
-        (
-            Method::GET,
-            &series,
-            None,
-            Some(Role::Analyst),
-            "/v1/series/{analyst_id}",
-            "series.read",
         ),
         (
             Method::PUT,
@@ -1382,6 +1377,14 @@ async fn every_call_is_one_audit_line_without_identifiers() {
             Some(Role::PrivacyOfficer),
             "/v1/subjects/{ean}",
             "subject.erase",
+        ),
+        (
+            Method::PUT,
+            &objection,
+            None,
+            Some(Role::PrivacyOfficer),
+            "/v1/subjects/{ean}/objection",
+            "subject.objection",
         ),
         (
             Method::GET,
@@ -1472,9 +1475,12 @@ async fn every_call_is_one_audit_line_without_identifiers() {
     assert!(agg["params"]["from"].as_str().is_some());
     assert_eq!(agg["rows"], 0, "nothing frozen: no rows");
     assert_eq!(agg["subjects"], json!([]));
-    let ser = ok("series.read");
-    assert_eq!(ser["subjects"], json!([p.to_string()]));
-    assert_eq!(ser["rows"], 1);
+    let objected = ok("subject.objection");
+    assert_eq!(
+        objected["subjects"],
+        json!([s.pseudonymiser.ean(&ean(63)).to_string()])
+    );
+    assert_eq!(objected["params"], json!({"objection": "true"}));
     assert_eq!(ok("subject.export")["subjects"], json!([p.to_string()]));
     assert_eq!(
         ok("connection.put")["subjects"],
@@ -1499,7 +1505,7 @@ async fn every_call_is_one_audit_line_without_identifiers() {
     assert_eq!(lines[before]["actor"]["kind"], "unauthenticated");
 
     let raw = std::fs::read_to_string(&s.audit).expect("audit");
-    for n in [60, 61, 62] {
+    for n in [60, 61, 62, 63] {
         assert!(!raw.contains(ean(n).expose()), "EAN in the audit log");
     }
     for r in Role::ALL {
@@ -1514,8 +1520,12 @@ async fn every_call_is_one_audit_line_without_identifiers() {
 async fn abuse_metrics_count_refusals_subjects_rows_and_new_addresses() {
     let s = Server::start_tagged(ApiConfig::default(), "abuse").await;
     let e = ean(70);
-    s.register(&e, ConsentLevel::Daily, 1000, "E1A");
-    s.write_days(&e, &[1, 2, 3], 1_000_000, 0).await;
+    // Ten households: one statistics row per day.
+    for n in 70..80 {
+        s.register(&ean(n), ConsentLevel::Daily, 1000, "E1A");
+        s.write_days(&ean(n), &[1, 2, 3], 1_000_000, 0).await;
+    }
+    s.freeze();
     let before = s.metrics().await;
     let refused = |text: &str, reason: &str| {
         metric(
@@ -1541,16 +1551,11 @@ async fn abuse_metrics_count_refusals_subjects_rows_and_new_addresses() {
         s.json(Method::GET, &export, Role::PrivacyOfficer, None)
             .await;
     }
-    let p = s.pseudonymiser.ean(&e);
-    let v = s
-        .json(
-            Method::GET,
-            &format!("/v1/series/{}?from=2026-11-01&to=2026-11-04", s.analyst(p)),
-            Role::Analyst,
-            None,
-        )
+    let objection = format!("/v1/subjects/{}/objection", e.expose());
+    s.json(Method::PUT, &objection, Role::PrivacyOfficer, None)
         .await;
-    assert_eq!(v["rows"].as_array().map(Vec::len), Some(2));
+    let v = s.json(Method::GET, AGG, Role::Analyst, None).await;
+    assert_eq!(v["rows"].as_array().map(Vec::len), Some(2), "{v}");
     let after = s.metrics().await;
     for reason in ["no_token", "unknown_token", "wrong_role"] {
         assert!(
@@ -1571,7 +1576,12 @@ async fn abuse_metrics_count_refusals_subjects_rows_and_new_addresses() {
         "exported from the start"
     );
     assert_eq!(ops(&after, po, "subject.export"), 3.0);
-    assert_eq!(ops(&after, analyst, "series.read"), 1.0);
+    assert_eq!(ops(&after, po, "subject.objection"), 1.0);
+    assert_eq!(
+        ops(&before, po, "subject.objection"),
+        0.0,
+        "exported from the start"
+    );
     assert_eq!(
         metric(
             &after,
@@ -1595,7 +1605,7 @@ async fn abuse_metrics_count_refusals_subjects_rows_and_new_addresses() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_objecting_connection_leaves_statistics_and_series_but_not_its_export() {
+async fn an_objecting_connection_leaves_statistics_but_not_its_export() {
     let s = Server::start(ApiConfig::default()).await;
     for n in 0..11 {
         let e = ean(80 + n);
@@ -1603,54 +1613,48 @@ async fn an_objecting_connection_leaves_statistics_and_series_but_not_its_export
         s.write_days(&e, &[1, 2, 3, 4], 1_000_000, 0).await;
     }
     let objecting = ean(80);
+    let p = s.pseudonymiser.ean(&objecting);
+    let objection = format!("/v1/subjects/{}/objection", objecting.expose());
     let v = s
-        .json(
-            Method::PUT,
-            &format!("/v1/connections/{}", objecting.expose()),
-            Role::Crm,
-            Some(r#"{"consent":"daily","postcode4":"1000","profile":"E1A","analytics":false}"#),
-        )
+        .json(Method::PUT, &objection, Role::PrivacyOfficer, None)
         .await;
-    assert_eq!(v["connection"]["analytics"], false);
-    assert!(
-        v["removed"].is_null(),
-        "an objection removes no readings: {v}"
+    assert_eq!(
+        v,
+        json!({
+            "pseudonym": p.to_string(),
+            "pseudonyms": [p.to_string()],
+            "objection": true,
+            "erased": false,
+            "sealed_before": null,
+        })
     );
+    // Again: the same state (idempotent).
+    let again = s
+        .json(Method::PUT, &objection, Role::PrivacyOfficer, None)
+        .await;
+    assert_eq!(again, v);
     s.freeze();
     let v = s.json(Method::GET, AGG, Role::Analyst, None).await;
     let rows = v["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), 3);
     assert!(rows.iter().all(|r| r["connections"] == 10), "{v}");
-    let p = s.pseudonymiser.ean(&objecting);
-    let (status, _) = s
-        .call(
-            Method::GET,
-            &format!("/v1/series/{}?from=2026-11-01&to=2026-11-04", s.analyst(p)),
-            Some(Role::Analyst),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    let export = format!("/v1/subjects/{}/export", objecting.expose());
     let v = s
-        .json(
-            Method::GET,
-            &format!("/v1/subjects/{}/export", objecting.expose()),
-            Role::PrivacyOfficer,
-            None,
-        )
+        .json(Method::GET, &export, Role::PrivacyOfficer, None)
         .await;
-    assert_eq!(v["connection"]["analytics"], false);
-    assert_eq!(v["readings"]["day"].as_array().map(Vec::len), Some(8));
-    // Without the field, analytics is on (again); frozen statistics do not change.
+    assert_eq!(v["objection"], true, "{v}");
+    assert!(v["connection"]["analytics"].is_null(), "{v}");
+    assert_eq!(
+        v["readings"]["day"].as_array().map(Vec::len),
+        Some(8),
+        "an objection removes no readings"
+    );
+    // Withdrawn: what was kept meanwhile stays out (sealed); frozen statistics do not change.
     let v = s
-        .json(
-            Method::PUT,
-            &format!("/v1/connections/{}", objecting.expose()),
-            Role::Crm,
-            Some(r#"{"consent":"daily","postcode4":"1000","profile":"E1A"}"#),
-        )
+        .json(Method::DELETE, &objection, Role::PrivacyOfficer, None)
         .await;
-    assert_eq!(v["connection"]["analytics"], true);
+    assert_eq!(v["objection"], false, "{v}");
+    assert_eq!(v["sealed_before"], NOW, "{v}");
     s.freeze();
     let v = s.json(Method::GET, AGG, Role::Analyst, None).await;
     assert!(
@@ -1659,6 +1663,18 @@ async fn an_objecting_connection_leaves_statistics_and_series_but_not_its_export
             .expect("rows")
             .iter()
             .all(|r| r["connections"] == 10)
+    );
+    let (_, csv) = s
+        .call(
+            Method::GET,
+            &format!("{export}?format=csv"),
+            Some(Role::PrivacyOfficer),
+            None,
+        )
+        .await;
+    assert!(
+        csv.contains(&format!("state,{p},,,,,,,,,,false,false,{NOW}\n")),
+        "{csv}"
     );
 }
 
@@ -1721,7 +1737,7 @@ async fn export_shows_when_a_reading_was_corrected() {
         .await;
     assert_eq!(
         csv.lines()
-            .filter(|l| l.starts_with("reading,") && l.ends_with(at))
+            .filter(|l| l.starts_with("reading,") && l.ends_with(&format!(",{at},,,")))
             .count(),
         3,
         "{csv}"

@@ -260,25 +260,15 @@ async fn compare(api: &Api, reader: &Option<(PathBuf, &'static str)>, query: &st
     assert_eq!(content_type, CONTENT_TYPE);
     assert_eq!(&body[..4], b"PAR1");
     assert_eq!(&body[body.len() - 4..], b"PAR1");
-    let (columns, metadata): (&[&str], &[&str]) = if query.starts_with("/v1/statistics") {
-        (
-            &COLUMNS,
-            &[
-                "unit",
-                "granularity",
-                "register",
-                "group_by",
-                "min_group_size",
-                "periods",
-            ],
-        )
-    } else {
-        (
-            &["period_start", "consumption", "unit"],
-            &["analyst_id", "unit", "granularity", "register"],
-        )
-    };
-    let want = expected(&v, columns, metadata);
+    let metadata = [
+        "unit",
+        "granularity",
+        "register",
+        "group_by",
+        "min_group_size",
+        "periods",
+    ];
+    let want = expected(&v, &COLUMNS, &metadata);
     assert_eq!(read_own(&body), want, "{query}: the parquet crate's reader");
     if let Some((python, module)) = reader {
         assert_eq!(
@@ -334,24 +324,6 @@ async fn parquet_statistics_read_back_give_the_json_figures() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn parquet_series_read_back_gives_the_json_figures() {
-    let api = populated().await;
-    let reader = foreign_reader();
-    let list = api.json(Role::Analyst, "/v1/series").await;
-    let id = list["analyst_ids"][0].as_str().expect("an analyst id");
-    let mut seen = 0;
-    for granularity in ["interval", "day"] {
-        seen += compare(
-            &api,
-            &reader,
-            &format!("/v1/series/{id}?from=2026-11-01&to=2026-11-04&granularity={granularity}"),
-        )
-        .await;
-    }
-    assert!(seen > 0, "the series had rows");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parquet_of_an_empty_range_is_a_valid_empty_file() {
     let api = populated().await;
     let reader = foreign_reader();
@@ -376,18 +348,14 @@ async fn parquet_of_an_empty_range_is_a_valid_empty_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_format_lists_json_csv_and_parquet() {
     let api = Api::start().await;
-    for query in [
-        "/v1/statistics?from=2026-11-02&to=2026-11-03&format=xml",
-        "/v1/series/a1-00000000000000000000000000000000?from=2026-11-02&to=2026-11-03&format=xlsx",
-    ] {
-        let (status, text) = api.get(Role::Analyst, query).await;
-        assert_eq!(status, 400, "{query}");
-        let v: Value = serde_json::from_str(&text).expect("error body");
-        assert_eq!(
-            v["error"]["message"], "format must be json, csv or parquet",
-            "{query}: {v}"
-        );
-    }
+    let query = "/v1/statistics?from=2026-11-02&to=2026-11-03&format=xml";
+    let (status, text) = api.get(Role::Analyst, query).await;
+    assert_eq!(status, 400, "{query}");
+    let v: Value = serde_json::from_str(&text).expect("error body");
+    assert_eq!(
+        v["error"]["message"], "format must be json, csv or parquet",
+        "{query}: {v}"
+    );
     // The subject export's records are of several shapes: JSON or CSV only.
     let (status, text) = api
         .get(

@@ -50,7 +50,8 @@ enum Command {
         #[command(subcommand)]
         command: ConnectionsCommand,
     },
-    /// Privacy-officer client: export or erase everything stored for one EAN (role privacy_officer).
+    /// Privacy-officer client: export or erase everything stored for one EAN, or record or
+    /// withdraw its objection to analytical use (role privacy_officer).
     Subject {
         #[command(subcommand)]
         command: SubjectCommand,
@@ -113,7 +114,9 @@ enum AuditCommand {
 #[derive(Debug, Subcommand)]
 enum ConnectionsCommand {
     /// PUT every row of a CSV (ean,consent,postcode4,profile); bad rows are reported by line
-    /// number and the good ones kept. Exits 2 when any row was refused.
+    /// number and the good ones kept. Exits 2 when any row was refused. A file with an
+    /// analytics (or objection) column is refused whole: objections are the privacy
+    /// officer's (`meterstand subject object`).
     Import(client::ImportArgs),
 }
 
@@ -123,6 +126,11 @@ enum SubjectCommand {
     Export(client::ExportArgs),
     /// Erase what may be erased for the EAN (GDPR Art. 17) and print the receipt.
     Erase(client::EraseArgs),
+    /// Record the EAN's objection to analytical use (GDPR Art. 21), or withdraw it with
+    /// --withdraw, and print the subject's state. The readings stay for billing and subject
+    /// requests; the subject is in no statistic frozen while the objection holds, and what
+    /// was stored meanwhile stays out after a withdrawal.
+    Object(client::ObjectArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -203,6 +211,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match command {
                 SubjectCommand::Export(args) => runtime()?.block_on(client::export(args, &listen)),
                 SubjectCommand::Erase(args) => runtime()?.block_on(client::erase(args, &listen)),
+                SubjectCommand::Object(args) => runtime()?.block_on(client::object(args, &listen)),
             }
         }
         Command::Keygen { out, rotate } => keygen(&out, rotate),

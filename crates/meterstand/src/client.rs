@@ -1,5 +1,5 @@
-//! Command-line clients of the HTTP API (`connections import`, `subject export|erase`) and
-//! `token new`. They take `--server` and `--token-file`; errors show the server's JSON error.
+//! Command-line clients of the HTTP API (`connections import`, `subject
+//! export|erase|object`) and `token new`. They take `--server` and `--token-file`; errors show the server's JSON error.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -198,7 +198,8 @@ impl Client {
 /// `meterstand connections import FILE.csv`
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// CSV with a header line: ean,consent,postcode4,profile (postcode4 and profile may be empty).
+    /// CSV with a header line: ean,consent,postcode4,profile (postcode4 and profile may be
+    /// empty). No analytics column: objections are the privacy officer's.
     pub file: PathBuf,
     #[command(flatten)]
     pub server: ServerArgs,
@@ -226,6 +227,20 @@ pub fn parse_import(data: &[u8]) -> anyhow::Result<(Vec<ImportRow>, Vec<BadRow>)
         .context("the CSV has no header line")?
         .clone();
     let col = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
+    // Earlier versions took the objection from the CRM's file. Refused whole rather than
+    // ignored: a CRM that believes it records objections this way must learn that it does
+    // not, before any row is sent.
+    if let Some(name) = ["analytics", "objection"]
+        .into_iter()
+        .find(|n| col(n).is_some())
+    {
+        bail!(
+            "the CSV has a column {name}: connections no longer carry an objection to \
+             analytical use; the privacy officer records it per EAN with `meterstand subject \
+             object --ean E` (PUT /v1/subjects/{{ean}}/objection). Remove the column (columns: \
+             ean, consent, postcode4, profile) and import again; nothing was sent"
+        );
+    }
     let (Some(ean_col), Some(consent_col)) = (col("ean"), col("consent")) else {
         bail!(
             "the CSV header must name the columns ean and consent (postcode4 and profile optional)"
@@ -348,6 +363,19 @@ pub struct EraseArgs {
     pub server: ServerArgs,
 }
 
+/// `meterstand subject object --ean [--withdraw]`
+#[derive(Debug, Args)]
+pub struct ObjectArgs {
+    /// The connection's EAN.
+    #[arg(long)]
+    pub ean: String,
+    /// Withdraw the objection instead of recording it.
+    #[arg(long)]
+    pub withdraw: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
 fn checked_ean(text: &str) -> anyhow::Result<Ean> {
     text.trim()
         .parse::<Ean>()
@@ -385,6 +413,26 @@ pub async fn erase(args: EraseArgs, default_server: &str) -> anyhow::Result<()> 
         .send(
             reqwest::Method::DELETE,
             &format!("/v1/subjects/{}", ean.expose()),
+            None,
+        )
+        .await?;
+    println!("{body}");
+    Ok(())
+}
+
+/// Records (`PUT`) or withdraws (`DELETE`) the objection; prints the subject's state.
+pub async fn object(args: ObjectArgs, default_server: &str) -> anyhow::Result<()> {
+    let ean = checked_ean(&args.ean)?;
+    let client = Client::new(&args.server, default_server)?;
+    let method = if args.withdraw {
+        reqwest::Method::DELETE
+    } else {
+        reqwest::Method::PUT
+    };
+    let body = client
+        .send(
+            method,
+            &format!("/v1/subjects/{}/objection", ean.expose()),
             None,
         )
         .await?;
@@ -482,5 +530,23 @@ mod tests {
         assert!(bad[0].1.contains("EAN"));
         assert!(!bad.iter().any(|b| b.1.contains(&bad_ean)));
         assert!(parse_import(b"id,level\n1,2\n").is_err());
+    }
+
+    #[test]
+    fn import_refuses_a_file_with_an_objection_column() {
+        let ean = Ean::from_body(87_168_712_000_000_001).expect("ean");
+        for header in [
+            "ean,consent,postcode4,profile,analytics",
+            "EAN,Consent,Analytics",
+            "ean,consent,objection",
+        ] {
+            let csv = format!("{header}\n{},daily,1234,E1A,false\n", ean.expose());
+            let err = parse_import(csv.as_bytes()).expect_err(header).to_string();
+            assert!(
+                err.contains("subject object") && err.contains("/v1/subjects/{ean}/objection"),
+                "{err}"
+            );
+            assert!(!err.contains(ean.expose()), "{err}");
+        }
     }
 }

@@ -110,7 +110,10 @@ fn every_role_fuzzed_from_the_openapi_document_gets_documented_answers() {
     let svc = InProcess::start(
         &dirs,
         &broker.url(),
-        &[("METERSTAND__STATISTICS__SETTLE", "1h")],
+        &[
+            ("METERSTAND__STATISTICS__SETTLE", "1h"),
+            ("METERSTAND__STATISTICS__QUIET", "0s"),
+        ],
     );
     let stats = format!(
         "/v1/statistics?from={start}&to={}&granularity=day",

@@ -9,4 +9,4 @@ mod keyring;
 mod pseudonym;
 
 pub use keyring::{KeyError, KeyRing, KeyVersion};
-pub use pseudonym::{AnalystId, Pseudonym, PseudonymParseError, Pseudonymiser};
+pub use pseudonym::{Pseudonym, PseudonymParseError, Pseudonymiser};

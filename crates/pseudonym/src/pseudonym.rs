@@ -9,42 +9,8 @@ use crate::{KeyRing, KeyVersion};
 /// `blake3::derive_key` contexts: fixed, unique per identifier kind, never reused.
 const EAN_CONTEXT: &str = "meterstand 2026-11-27 connection EAN pseudonym v1";
 const METER_CONTEXT: &str = "meterstand 2026-11-27 meter id pseudonym v1";
-/// The analysts' purpose: series ids derived from storage pseudonyms, so that an id an
-/// analyst holds cannot be matched with what CRM, exports, receipts or the audit log carry.
-const ANALYST_CONTEXT: &str = "meterstand 2026-12-01 analyst series id v1";
-
-/// The id under which analysts see one connection's series: `a1-<32 hex digits>`, a keyed
-/// BLAKE3 hash of the storage pseudonym under the analyst purpose key of the pseudonym's key
-/// version. Without the master key it can neither be computed from a storage pseudonym nor
-/// turned back into one; only the service maps it (by deriving it for the pseudonyms it
-/// holds).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AnalystId(pub [u8; 16]);
-
-impl std::fmt::Display for AnalystId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "a1-{}", hex::encode(self.0))
-    }
-}
-
-impl std::fmt::Debug for AnalystId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "AnalystId({self})")
-    }
-}
-
-impl FromStr for AnalystId {
-    type Err = PseudonymParseError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let hex_part = s.strip_prefix("a1-").ok_or(PseudonymParseError::Format)?;
-        if hex_part.len() != 32 || hex_part.bytes().any(|b| b.is_ascii_uppercase()) {
-            return Err(PseudonymParseError::Format);
-        }
-        let mut id = [0u8; 16];
-        hex::decode_to_slice(hex_part, &mut id).map_err(|_| PseudonymParseError::Format)?;
-        Ok(AnalystId(id))
-    }
-}
+// Retired with the analysts' per-connection series (never reuse it for another purpose):
+// "meterstand 2026-12-01 analyst series id v1".
 
 /// A keyed pseudonym: key version and 16 bytes of keyed BLAKE3. Its text form is
 /// `v<version>-<32 hex digits>`, its binary form 2 bytes of version (big endian) then the hash,
@@ -115,7 +81,6 @@ impl FromStr for Pseudonym {
 struct PurposeKeys {
     ean: Zeroizing<[u8; 32]>,
     meter: Zeroizing<[u8; 32]>,
-    analyst: Zeroizing<[u8; 32]>,
 }
 
 /// Turns identifiers into pseudonyms under the current key version (and, for look-ups of
@@ -136,7 +101,6 @@ impl Pseudonymiser {
                     PurposeKeys {
                         ean: Zeroizing::new(blake3::derive_key(EAN_CONTEXT, master)),
                         meter: Zeroizing::new(blake3::derive_key(METER_CONTEXT, master)),
-                        analyst: Zeroizing::new(blake3::derive_key(ANALYST_CONTEXT, master)),
                     },
                 ))
             })
@@ -180,16 +144,6 @@ impl Pseudonymiser {
             .rev()
             .map(|(v, k)| hash(*v, &k.ean, ean.as_bytes()))
             .collect()
-    }
-
-    /// The analyst id of a storage pseudonym, under the analyst purpose key of the
-    /// pseudonym's key version (`None` if that version is not in the ring).
-    pub fn analyst_id(&self, p: Pseudonym) -> Option<AnalystId> {
-        let k = self.keys.get(&p.version)?;
-        let full = blake3::keyed_hash(&k.analyst, &p.to_bytes());
-        let mut id = [0u8; 16];
-        id.copy_from_slice(&full.as_bytes()[..16]);
-        Some(AnalystId(id))
     }
 
     /// The meter id's pseudonym under the current key.
@@ -252,21 +206,6 @@ mod tests {
         assert_eq!(old.ean(&ean).version, 1);
         let all = new.ean_all_versions(&ean);
         assert_eq!(all, vec![new.ean(&ean), old.ean(&ean)]);
-    }
-
-    #[test]
-    fn analyst_ids_differ_from_pseudonyms_and_round_trip() {
-        let p = Pseudonymiser::new(&ring());
-        let ean = Ean::from_body(87_100_000_000_000_003).expect("fits");
-        let storage = p.ean(&ean);
-        let id = p.analyst_id(storage).expect("known version");
-        assert_ne!(id.0, storage.hash);
-        assert_eq!(id.to_string().parse::<AnalystId>(), Ok(id));
-        assert!(id.to_string().starts_with("a1-"));
-        assert!(storage.to_string().parse::<AnalystId>().is_err());
-        assert!(id.to_string().parse::<Pseudonym>().is_err());
-        let other = Pseudonymiser::new(&KeyRing::from_keys([(1, [8u8; 32])]));
-        assert_ne!(other.analyst_id(storage), Some(id));
     }
 
     #[test]

@@ -61,7 +61,8 @@ pub enum Change {
     /// DESIGN §7; the atom check flags it (an atom of one), although no combination of
     /// figures reaches it, since the month row's other members lie in no day figure.
     Lowered,
-    /// `analytics: false` (CRM `PUT`): left out of what is frozen afterwards.
+    /// Objects (privacy officer `PUT /v1/subjects/{ean}/objection`, then the CRM's routine
+    /// update): left out of what is frozen afterwards.
     Objects,
     /// Erased (privacy officer `DELETE`).
     Erased,
@@ -71,8 +72,9 @@ pub enum Change {
 pub struct Member {
     /// EAN number (`common::ean(n)`) and attacker member id.
     pub n: u64,
-    /// Registered through the CRM; an unregistered connection counts with the store's
-    /// default consent (standard) and unknown postcode and profile.
+    /// Registered through the CRM. An unregistered connection's readings are stored under
+    /// the store's default consent (standard), but it counts in no statistic: without a
+    /// record its state is unknown, and "no record" is never "open".
     pub registered: bool,
     pub postcode4: Option<u16>,
     pub profile: Option<&'static str>,
@@ -119,9 +121,10 @@ impl Member {
         }
     }
 
-    /// Counted in statistics frozen in `phase` at all (not erased, not objecting).
+    /// Counted in statistics frozen in `phase` at all: registered, and not erased nor
+    /// objecting.
     pub fn open(&self, phase: u8) -> bool {
-        phase == 1 || !matches!(self.change, Change::Erased | Change::Objects)
+        self.registered && (phase == 1 || !matches!(self.change, Change::Erased | Change::Objects))
     }
 
     /// Whether the store holds register `r` at `t` in `tier` when `phase`'s freeze runs.

@@ -156,7 +156,6 @@ impl Api {
             consent,
             postcode4: Some(meterstand_model::Postcode4::new(postcode).expect("pc")),
             profile: Some(profile.parse().expect("profile")),
-            analytics: true,
         };
         tokio::task::block_in_place(|| self.store.put_connection(&[self.ps.ean(e)], c))
             .expect("put");
@@ -207,14 +206,54 @@ impl Api {
         self.freeze_at(NOW.parse().expect("now"));
     }
 
-    /// The freeze job at `now`, looking back 60 days so that every period of the tests is
-    /// due.
+    /// The freeze job at `now`: every period written to that has settled is due, without
+    /// waiting for `statistics.quiet` (the tests write and then freeze at the same instant).
+    /// Run until nothing due is left (a call's work is bounded by its budget).
     pub fn freeze_at(&self, now: Timestamp) {
         let cfg = FreezeConfig {
-            lookback: Duration::from_secs(60 * 86_400),
+            quiet: Duration::ZERO,
             ..Default::default()
         };
-        tokio::task::block_in_place(|| run(self.store.as_ref(), &Calendar::amsterdam(), &cfg, now))
+        loop {
+            let report = tokio::task::block_in_place(|| {
+                run(self.store.as_ref(), &Calendar::amsterdam(), &cfg, now)
+            })
             .expect("freeze");
+            if report.due_left == 0 {
+                break;
+            }
+        }
+    }
+
+    /// Where the server writes its audit log.
+    pub fn audit_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("audit.jsonl")
+    }
+
+    /// The raw audit log.
+    pub fn audit_text(&self) -> String {
+        std::fs::read_to_string(self.audit_path()).unwrap_or_default()
+    }
+
+    /// The audit log's lines, parsed.
+    pub fn audit_lines(&self) -> Vec<Value> {
+        self.audit_text()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit json"))
+            .collect()
+    }
+
+    /// `PUT` (`object`) or `DELETE` `/v1/subjects/{ean}/objection` as the privacy officer:
+    /// the subject's state as answered.
+    pub async fn objection(&self, e: &Ean, object: bool) -> Value {
+        let method = if object {
+            reqwest::Method::PUT
+        } else {
+            reqwest::Method::DELETE
+        };
+        let path = format!("/v1/subjects/{}/objection", e.expose());
+        let (status, text) = self.send(method, Role::PrivacyOfficer, &path, None).await;
+        assert_eq!(status, 200, "{path}: {text}");
+        serde_json::from_str(&text).expect("json")
     }
 }
