@@ -2,16 +2,22 @@
 //! configuration (with the memory knob), and persistent MQTT sessions made at the broker
 //! before messages are queued for them, and ended after, so that each figure measures
 //! delivery of what was queued and no offline session collects copies of the next run's
-//! messages.
+//! messages; and the analysts' API served over HTTP from a store, with its latencies.
 
+use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use meterstand_api::{ApiConfig, ApiParts, ApiState, AuditLog, Readiness, Role, TokenTable};
 use meterstand_ingest::IngestConfig;
-use meterstand_model::ConsentLevel;
+use meterstand_model::{Calendar, ConsentLevel};
+use meterstand_pseudonym::Pseudonymiser;
+use meterstand_store::ReadingStore;
 use meterstand_store_rocks::StoreConfig;
 use meterstand_testkit::Mosquitto;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio_util::sync::CancellationToken;
 
 /// The two-worker runtime the benches drive ingest on (the development machine has 2 cores).
 pub fn runtime() -> tokio::runtime::Runtime {
@@ -92,4 +98,114 @@ pub fn end_session(rt: &tokio::runtime::Runtime, port: u16, client_id: &str) {
         })
         .await;
     });
+}
+
+struct Ready;
+impl Readiness for Ready {
+    fn store_open(&self) -> bool {
+        true
+    }
+    fn broker_connected(&self) -> bool {
+        true
+    }
+}
+
+/// The API served over plain HTTP on loopback from a store, with one analyst token: auth,
+/// audit (to `audit`), k-anonymity and metrics in the path, as the service serves it.
+#[derive(Debug)]
+pub struct AnalystApi {
+    pub addr: SocketAddr,
+    pub token: &'static str,
+    http: reqwest::Client,
+    stop: CancellationToken,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// One request's answer: its latency (from the request to the last byte) and its rows.
+#[derive(Debug)]
+pub struct Answer {
+    pub ms: f64,
+    pub rows: usize,
+    /// Distinct periods among the rows.
+    pub periods: usize,
+    pub bytes: usize,
+}
+
+impl AnalystApi {
+    /// Starts the server on the current runtime.
+    pub async fn start(
+        store: Arc<dyn ReadingStore>,
+        pseudonymiser: Arc<Pseudonymiser>,
+        calendar: Calendar,
+        audit: &Path,
+    ) -> AnalystApi {
+        let token = "bench-analyst-token";
+        let hash = meterstand_api::hash_token(token);
+        let state = ApiState::new(ApiParts {
+            readiness: Arc::new(Ready),
+            backend: store,
+            pseudonymiser,
+            tokens: TokenTable::new([("bench", Role::Analyst, hash.as_str())]).expect("tokens"),
+            audit: AuditLog::open(audit).expect("audit"),
+            calendar,
+            config: ApiConfig::default(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(meterstand_api::serve(listener, state, stop.clone()));
+        AnalystApi {
+            addr,
+            token,
+            http: reqwest::Client::new(),
+            stop,
+            server,
+        }
+    }
+
+    /// `GET /v1/statistics?{query}` (keep-alive), timed from the request to the last byte
+    /// of the answer: the service's latency. The client's own JSON decoding (a few ms for
+    /// thousands of rows into a generic value) is done after the clock stops.
+    pub async fn statistics(&self, query: &str) -> Answer {
+        let url = format!("http://{}/v1/statistics?{query}", self.addr);
+        let start = Instant::now();
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(self.token)
+            .send()
+            .await
+            .expect("send");
+        assert!(resp.status().is_success(), "{}", resp.status());
+        let body = resp.bytes().await.expect("body");
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        let rows = v["rows"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let periods: std::collections::HashSet<&str> = rows
+            .iter()
+            .filter_map(|r| r["period_start"].as_str())
+            .collect();
+        Answer {
+            ms,
+            rows: rows.len(),
+            periods: periods.len(),
+            bytes: body.len(),
+        }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.server.await;
+    }
+}
+
+/// The `q` quantile of `values` (sorted here), nearest rank; 0 for none.
+pub fn quantile(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    values[((values.len() as f64 * q) as usize).min(values.len() - 1)]
 }

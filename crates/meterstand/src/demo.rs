@@ -2,11 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use meterstand_api::dto::StatisticsResponse;
-use meterstand_model::Calendar;
+use meterstand_model::{Calendar, ConsentLevel};
 use meterstand_pseudonym::KeyRing;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 
@@ -20,8 +20,12 @@ pub struct DemoArgs {
     /// Simulated connections.
     #[arg(long, default_value_t = 1000)]
     pub meters: u64,
-    /// Days of readings to simulate, ending at the start of today.
-    #[arg(long, default_value_t = 2)]
+    /// Days of history to publish: the last N local days that ended at least
+    /// `statistics.settle` ago. The demo sets `statistics.settle` to 1m and
+    /// `statistics.quiet` to 5s (unless METERSTAND__STATISTICS__SETTLE or __QUIET say
+    /// otherwise), so the freeze publishes these days within seconds and the summary shows
+    /// the analyst's statistics.
+    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=366))]
     pub days: u32,
     /// Directory for the demo's key and data (default: a fresh temporary directory).
     #[arg(long)]
@@ -66,7 +70,21 @@ pub async fn run(
     env.insert("METERSTAND_KEY_FILE".into(), key_file.display().to_string());
     env.entry("METERSTAND__LOG__LEVEL".into())
         .or_insert_with(|| "warn,rumqttd=off".into());
+    // Statistics within seconds rather than days: a day is frozen once `settle` has passed
+    // since it ended and `quiet` since its last write. The shortest settle allowed, and a
+    // quiet long enough that a day is not frozen while the history is still arriving.
+    env.entry("METERSTAND__STATISTICS__SETTLE".into())
+        .or_insert_with(|| "1m".into());
+    env.entry("METERSTAND__STATISTICS__QUIET".into())
+        .or_insert_with(|| "5s".into());
     let mut config = Config::load(config_file, &env)?;
+    let calendar = Calendar::new(&config.privacy.timezone).context("privacy.timezone")?;
+    let (from, to) = history_range(
+        &calendar,
+        config.statistics.settle,
+        args.days,
+        jiff::Timestamp::now(),
+    )?;
     if std::net::TcpListener::bind(config.api.listen).is_err() {
         config.api.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     }
@@ -118,9 +136,12 @@ pub async fn run(
         broker: broker.clone(),
         prefix: config.broker.topic_prefix.clone(),
         meters: args.meters,
-        from: None,
+        from: Some(from),
         days: args.days,
-        format: "json".into(),
+        // Bincode, not JSON: the embedded broker keeps the messages it delivered in memory
+        // (rumqttd's log segments), so the history's bytes are much of the demo's memory
+        // (the default week: a peak of about 180 MB rather than 280 MB with JSON).
+        format: "bincode".into(),
         quarters_per_message: 96,
         rate: 0,
         seed: 1,
@@ -152,9 +173,27 @@ pub async fn run(
     while let Some(done) = pending.join_next().await {
         done??;
     }
+    let consents = |levels: &[ConsentLevel]| {
+        population
+            .iter()
+            .filter(|m| levels.contains(&m.consent))
+            .count()
+    };
     println!(
-        "registered {} connections through PUT /v1/connections (consent mix: 10% off, 30% standard, 30% daily, 30% interval)",
-        args.meters
+        "registered {} connections through PUT /v1/connections (consent: {} off, {} standard, {} daily, {} interval; day statistics count the daily and interval ones)",
+        args.meters,
+        consents(&[ConsentLevel::Off]),
+        consents(&[ConsentLevel::Standard]),
+        consents(&[ConsentLevel::Daily]),
+        consents(&[ConsentLevel::Interval]),
+    );
+    let last = to.checked_sub(jiff::Span::new().days(1))?;
+    let (days, dates) = match args.days {
+        1 => ("1 day".to_string(), from.to_string()),
+        n => (format!("{n} days"), format!("{from} to {last}")),
+    };
+    println!(
+        "publishing {days} of their readings ({dates}, a message per connection per day) to the embedded broker"
     );
 
     let report = simulate::run(sim.clone()).await?;
@@ -181,14 +220,39 @@ pub async fn run(
         );
     }
     let analyst = Client::with_token(api_base, tokens["analyst"].clone())?;
-    print_summary(&service, &config, &sim, report.readings, &analyst).await?;
+    let quiet = config.statistics.quiet;
+    println!(
+        "waiting for the statistics freeze: a day is frozen statistics.settle ({}) after it ends and statistics.quiet ({}) after its last write",
+        humantime::format_duration(config.statistics.settle),
+        humantime::format_duration(quiet),
+    );
+    // The freeze looks every `quiet` (1 to 60 s); a backlog is frozen in slices.
+    let within = Duration::from_secs(120 + u64::from(args.days)) + 2 * quiet;
+    let waited = wait_for_freeze(&analyst, (from, to), u64::from(args.days), within).await?;
+    println!(
+        "{} frozen {:.1} s after the last reading was stored",
+        if args.days == 1 {
+            "the day"
+        } else {
+            "the days"
+        },
+        waited.as_secs_f64()
+    );
+    print_summary(
+        &service,
+        &config,
+        &calendar,
+        (from, to),
+        report.readings,
+        &analyst,
+    )
+    .await?;
     let sample = population
         .first()
         .map(|m| m.ean.expose().to_string())
         .unwrap_or_default();
     let api = service.api_addr;
     let t = token_dir.display();
-    let (from, to) = sim_range(&config, &sim)?;
     println!("\n== where to look");
     println!("api        http://{api}/openapi.json");
     println!(
@@ -285,21 +349,73 @@ async fn publish_bad_messages(broker: &str, prefix: &str) -> anyhow::Result<u64>
     Ok(count)
 }
 
-/// The simulated days as local dates: `[from, to)`.
-fn sim_range(
-    config: &Config,
-    sim: &SimulateArgs,
-) -> anyhow::Result<(jiff::civil::Date, jiff::civil::Date)> {
-    let calendar = Calendar::new(&config.privacy.timezone)?;
-    let today = calendar.date_of(jiff::Timestamp::now());
-    let from = today.checked_sub(jiff::Span::new().days(i64::from(sim.days)))?;
-    Ok((from, today))
+/// Local dates `[from, to)`.
+type Range = (jiff::civil::Date, jiff::civil::Date);
+
+/// The demo's history: the last `days` local days that ended at least `settle` ago, so that
+/// the freeze publishes each of them as soon as it is quiet.
+fn history_range(
+    calendar: &Calendar,
+    settle: Duration,
+    days: u32,
+    now: jiff::Timestamp,
+) -> anyhow::Result<Range> {
+    let settle = i64::try_from(settle.as_secs()).context("statistics.settle")?;
+    let to = calendar.date_of(jiff::Timestamp::from_second(now.as_second() - settle)?);
+    let from = to.checked_sub(jiff::Span::new().days(i64::from(days)))?;
+    Ok((from, to))
+}
+
+/// Import per day over `range`, as an analyst asks for it; `group_by` as the API takes it.
+async fn import_per_day(
+    analyst: &Client,
+    (from, to): Range,
+    group_by: &str,
+) -> anyhow::Result<StatisticsResponse> {
+    let body = analyst
+        .send(
+            reqwest::Method::GET,
+            &format!(
+                "/v1/statistics?from={from}&to={to}&granularity=day&register=import&group_by={group_by}"
+            ),
+            None,
+        )
+        .await?;
+    serde_json::from_str(&body).context("statistics answer")
+}
+
+/// Waits until the freeze has published the import statistics of each of the `days` days of
+/// `range`; answers how long that took.
+async fn wait_for_freeze(
+    analyst: &Client,
+    range: Range,
+    days: u64,
+    within: Duration,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let frozen = import_per_day(analyst, range, "").await?.periods;
+        if frozen >= days {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() >= within {
+            bail!(
+                "only {frozen} of the {days} published days were frozen within {} s. The freeze \
+                 publishes a day once statistics.settle has passed since it ended and \
+                 statistics.quiet since its last write, if a connection with daily or interval \
+                 consent counts in it; METERSTAND__LOG__LEVEL=info logs each freeze",
+                within.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 async fn print_summary(
     service: &Service,
     config: &Config,
-    sim: &SimulateArgs,
+    calendar: &Calendar,
+    range: Range,
     published: u64,
     analyst: &Client,
 ) -> anyhow::Result<()> {
@@ -331,37 +447,69 @@ async fn print_summary(
     }
     println!();
 
-    let (from, to) = sim_range(config, sim)?;
-    let body = analyst
-        .send(
-            reqwest::Method::GET,
-            &format!("/v1/statistics?from={from}&to={to}&granularity=day&register=import&group_by=postcode4"),
-            None,
-        )
-        .await?;
-    let stats: StatisticsResponse = serde_json::from_str(&body).context("statistics answer")?;
+    let kwh = |wh: u64| wh as f64 / 1000.0;
+    let day_of = |period_start: &str| -> String {
+        period_start
+            .parse::<jiff::Timestamp>()
+            .map(|t| calendar.date_of(t).to_string())
+            .unwrap_or_else(|_| period_start.to_string())
+    };
     println!(
-        "\n== sample statistics (GET /v1/statistics): import per day by area, rows of at least {} connections; a day appears once it is frozen, statistics.settle after it ends",
+        "\n== what an analyst sees (GET /v1/statistics): frozen days, every row at least {} connections",
         config.privacy.min_group_size
     );
+    let total = import_per_day(analyst, range, "").await?;
+    println!("import per day, all areas");
     println!(
-        "{:<22} {:>8} {:>11} {:>14}",
-        "day starts (UTC)", "area", "connections", "consumption"
+        "{:<12} {:>11} {:>14} {:>15}",
+        "day", "connections", "consumption", "per connection"
     );
-    for row in stats.rows.iter().take(12) {
-        let area = row.group.get("area").cloned().unwrap_or_else(|| "-".into());
+    for row in &total.rows {
         println!(
-            "{:<22} {:>8} {:>11} {:>10.1} kWh",
-            row.period_start,
-            area,
+            "{:<12} {:>11} {:>10.1} kWh {:>11.2} kWh",
+            day_of(&row.period_start),
             row.connections,
-            row.consumption as f64 / 1000.0
+            kwh(row.consumption),
+            kwh(row.consumption) / f64::from(row.connections.max(1)),
         );
     }
+    let by_area = import_per_day(analyst, range, "postcode4").await?;
+    if let Some(last) = by_area.rows.last().map(|r| r.period_start.clone()) {
+        let rows: Vec<_> = by_area
+            .rows
+            .iter()
+            .filter(|r| r.period_start == last)
+            .collect();
+        println!(
+            "import on {} by area (a postcode4, a region of its smaller ones, or the rest): {} rows, the first 12",
+            day_of(&last),
+            rows.len()
+        );
+        println!(
+            "{:<12} {:>11} {:>14} {:>15}",
+            "area", "connections", "consumption", "per connection"
+        );
+        for row in rows.iter().take(12) {
+            let area = row.group.get("area").cloned().unwrap_or_else(|| "-".into());
+            println!(
+                "{:<12} {:>11} {:>10.1} kWh {:>11.2} kWh",
+                area,
+                row.connections,
+                kwh(row.consumption),
+                kwh(row.consumption) / f64::from(row.connections.max(1)),
+            );
+        }
+    }
     println!(
-        "({} rows over {} frozen days; the first 12 shown)",
-        stats.rows.len(),
-        stats.periods
+        "({} rows by area over {} frozen days; the curl below gives every row, by postcode4 and profile)",
+        by_area.rows.len(),
+        by_area.periods
     );
+    if by_area.rows.is_empty() {
+        println!(
+            "no rows: fewer than {} connections with daily or interval consent count in a day; try more --meters",
+            config.privacy.min_group_size
+        );
+    }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! Fixtures the benchmarks share: a month of day readings for a fleet of households, a day of
-//! quarter-hours of every register for one, and the process's peak memory, printed beside
-//! every speed figure.
+//! quarter-hours of every register for one (or days of them, registers running on), and the
+//! process's peak memory, printed beside every speed figure.
 
 use jiff::civil::date;
 use meterstand_model::sim::SimMeter;
@@ -87,6 +87,77 @@ pub fn day_of_quarter_hours(
     })
 }
 
+/// `n` interval-consent households (seed 5: the population of [`day_of_quarter_hours`])
+/// whose registers run on from one call to the next, so that history can be loaded day by
+/// day and today's quarter-hours written after it without the registers starting again.
+#[derive(Debug)]
+pub struct QuarterHourFleet {
+    meter: Pseudonym,
+    households: Vec<(Pseudonym, SimMeter)>,
+}
+
+impl QuarterHourFleet {
+    pub fn new(p: &Pseudonymiser, n: u64) -> QuarterHourFleet {
+        QuarterHourFleet {
+            meter: p.meter(&"E0000000000000002".parse().expect("valid meter id")),
+            households: (0..n)
+                .map(|i| {
+                    let m = SimMeter::new(i, 5);
+                    (p.ean(&m.ean), m)
+                })
+                .collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.households.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.households.is_empty()
+    }
+
+    /// Per household, its pseudonym and CRM record (interval consent).
+    pub fn connections(&self) -> impl Iterator<Item = (Pseudonym, Connection)> + '_ {
+        self.households
+            .iter()
+            .map(|(ps, m)| (*ps, connection_of(m, ConsentLevel::Interval)))
+    }
+
+    /// Household `i`'s readings at every quarter-hour boundary from `from` to `to`, both
+    /// included (import on both tariffs, export with solar, gas on the hour), as one ingest
+    /// item; its registers move on by as many quarter-hours.
+    pub fn readings(
+        &mut self,
+        cal: &Calendar,
+        i: usize,
+        from: jiff::Timestamp,
+        to: jiff::Timestamp,
+    ) -> IngestItem {
+        let (ps, m) = &mut self.households[i];
+        let mut readings = Vec::new();
+        let mut t = from;
+        while t <= to {
+            for reading in m.step(t) {
+                readings.push(TieredReading {
+                    reading,
+                    tiers: cal.tiers_of(reading.register, reading.time),
+                });
+            }
+            t = t
+                .checked_add(jiff::SignedDuration::from_secs(900))
+                .expect("in range");
+        }
+        IngestItem {
+            correction: false,
+            connection: *ps,
+            previous: Vec::new(),
+            meter: self.meter,
+            readings,
+        }
+    }
+}
+
 /// The connection record of a simulated household.
 fn connection_of(m: &SimMeter, consent: ConsentLevel) -> Connection {
     Connection {
@@ -99,6 +170,11 @@ fn connection_of(m: &SimMeter, consent: ConsentLevel) -> Connection {
 /// Peak resident memory of this process so far (VmHWM), in MiB; 0 where /proc is missing.
 pub fn peak_rss_mib() -> f64 {
     status_mib("VmHWM:")
+}
+
+/// Resident memory of this process now (VmRSS), in MiB; 0 where /proc is missing.
+pub fn rss_mib() -> f64 {
+    status_mib("VmRSS:")
 }
 
 /// Resets the process's peak RSS to its current RSS (Linux `clear_refs`), so that a phase
