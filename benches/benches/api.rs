@@ -1,6 +1,7 @@
 //! `statistics_freeze_ms_per_day` (a day of quarter-hours of every register, all kinds) and
 //! `statistics_freeze_ms_per_day_of_days` (a month of day readings of a daily-consent fleet),
-//! then `api_statistics_p50_ms` / `api_statistics_p99_ms`: 30 frozen days, every row, of
+//! then `api_statistics_totals_p50_ms` / `_p99_ms` (30 days of daily totals of all
+//! connections: one row a day), and `api_statistics_p50_ms` / `api_statistics_p99_ms`: 30 frozen days, every row, of
 //! 10,000 simulated connections, grouped by postcode area, 200 requests over HTTP
 //! (keep-alive) to a real server on loopback with k-anonymity, auth and metrics in the path.
 //!
@@ -156,6 +157,20 @@ fn main() {
         println!("api_statistics_rows {} rows", last.rows);
         println!("api_statistics_days {} days", last.periods);
         println!("api_statistics_response_bytes {} bytes", last.bytes);
+        // The question the issue compares with VictoriaMetrics: 30 days of daily totals of
+        // all connections (one row a day, the sum of that day's published rows).
+        let totals = "from=2026-10-01&to=2026-10-31&granularity=day&register=import";
+        let mut times = Vec::with_capacity(REQUESTS);
+        let mut last = None;
+        for _ in 0..REQUESTS {
+            let answer = api.statistics(totals).await;
+            times.push(answer.ms);
+            last = Some(answer);
+        }
+        let last = last.expect("answers");
+        assert_eq!(last.rows, 30, "a total a day");
+        println!("api_statistics_totals_p50_ms {:.1} ms", quantile(&mut times, 0.50));
+        println!("api_statistics_totals_p99_ms {:.1} ms", quantile(&mut times, 0.99));
         api.stop().await;
     });
 }
