@@ -7,6 +7,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::AuditError;
 
+/// The only parameters a [`action::CORRECTION`] line may have: who and what was corrected,
+/// never a value. Lines written by earlier versions also hold `old` and `new`; they still
+/// verify and report (the chain covers each line as written), but no such line is written
+/// any more.
+pub const CORRECTION_PARAMS: [&str; 3] = ["register", "tiers", "time"];
+
 /// Action names, fixed so that reports and tools can rely on them.
 pub mod action {
     pub const STATISTICS_READ: &str = "statistics.read";
@@ -18,7 +24,8 @@ pub mod action {
     pub const SUBJECT_ERASE: &str = "subject.erase";
     pub const CONNECTION_PUT: &str = "connection.put";
     pub const BACKUP_CREATE: &str = "backup.create";
-    /// A stored value replaced by a correction from MQTT (actor `system`/`ingest`).
+    /// A correction from MQTT applied to a stored reading (actor `system`/`ingest`): the
+    /// subject, register and period, never a value ([`super::AuditEntry::correction`]).
     pub const CORRECTION: &str = "correction";
     /// A call refused before any handler ran (401, 403).
     pub const AUTH_REFUSED: &str = "auth.refused";
@@ -159,22 +166,29 @@ impl AuditEntry {
         AuditEntry::call(actor, action::AUTH_REFUSED, route, status)
     }
 
-    /// A correction from MQTT that replaced a stored value: `old` → `new` for one register
-    /// reading of one subject.
-    pub fn correction(
+    /// A correction from MQTT applied to one register reading of one subject: which subject
+    /// (`pseudonym`), which register and which period (`reading_time`, and the `tiers` whose
+    /// period starts there, e.g. `["interval", "day"]`), and `replaced`, how many stored tier
+    /// entries this delivery replaced (0 when it found the corrected value already stored, as
+    /// a redelivery does). Never the old or the new value: a reading value would outlive its
+    /// retention and the subject's erasure in this log ([`AuditLog::append`] refuses any other
+    /// parameter on a correction line, see [`CORRECTION_PARAMS`]).
+    ///
+    /// [`AuditLog::append`]: crate::AuditLog::append
+    pub fn correction<'a>(
         pseudonym: impl Into<String>,
         register: impl Into<String>,
         reading_time: Timestamp,
-        old: impl Into<String>,
-        new: impl Into<String>,
+        tiers: impl IntoIterator<Item = &'a str>,
+        replaced: u64,
     ) -> AuditEntry {
+        let tiers: Vec<&str> = tiers.into_iter().collect();
         AuditEntry::new(Actor::system("ingest"), action::CORRECTION, Outcome::Ok)
             .with_subject(pseudonym)
             .with_param("register", register)
             .with_param("time", reading_time.to_string())
-            .with_param("old", old)
-            .with_param("new", new)
-            .with_rows(1)
+            .with_param("tiers", tiers.join(","))
+            .with_rows(replaced)
     }
 
     pub fn with_time(mut self, time: Timestamp) -> AuditEntry {
@@ -246,6 +260,19 @@ impl AuditEntry {
                 field.clone()
             };
             return Err(AuditError::Identifier { field });
+        }
+        if self.action == action::CORRECTION
+            && let Some(key) = self
+                .params
+                .keys()
+                .find(|k| !CORRECTION_PARAMS.contains(&k.as_str()))
+        {
+            // Named only if it is one of ours: an unknown name is not echoed.
+            let field = match key.as_str() {
+                "old" | "new" | "value" => key.clone(),
+                _ => "parameter name".to_string(),
+            };
+            return Err(AuditError::ReadingValue { field });
         }
         if let Some(index) = self.subjects.iter().position(|s| !is_pseudonym(s)) {
             return Err(AuditError::Subject { index });

@@ -57,6 +57,16 @@
 //! entry whose subjects are not pseudonyms or whose text holds a free-standing run of 18
 //! digits. Tokens appear by id only, never the secret. EANs appear only in a [`Report`] after
 //! [`Report::map_eans`] was given a CRM list explicitly.
+//!
+//! # Who and what, never a reading value
+//!
+//! The log outlives the readings it mentions (retention, erasure), so it holds no reading
+//! value: a correction line ([`AuditEntry::correction`]) names the subject, the register and
+//! the period (reading time and tiers) and how many stored entries were replaced, and
+//! [`AuditLog::append`] refuses a correction entry with any other parameter
+//! ([`CORRECTION_PARAMS`]). Correction lines written by earlier versions carry `old` and `new`
+//! values; they are left as written (the chain covers them byte for byte) and still verify and
+//! report.
 
 mod chain;
 mod entry;
@@ -70,7 +80,7 @@ mod tests;
 use std::path::PathBuf;
 
 pub use chain::{ChainHead, ChainHeadParseError, GENESIS_HASH};
-pub use entry::{Actor, AuditEntry, Outcome, action, holds_ean_like};
+pub use entry::{Actor, AuditEntry, CORRECTION_PARAMS, Outcome, action, holds_ean_like};
 pub use log::AuditLog;
 pub use report::{
     ActorKind, ActorReport, CsvRow, EanMapping, EanSubject, Integrity, Report, report,
@@ -111,6 +121,10 @@ pub enum AuditError {
         "audit entry {field} looks like it holds an EAN; the audit log names connections only by pseudonym"
     )]
     Identifier { field: String },
+    #[error(
+        "correction audit entry has the parameter {field}; a correction line names subject, register and period (register, time, tiers), never a reading value"
+    )]
+    ReadingValue { field: String },
     #[error("audit entry subject #{index} is not a pseudonym (v<version>-<32 hex digits>)")]
     Subject { index: usize },
     #[error("audit entry has an empty {field}")]

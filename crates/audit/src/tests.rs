@@ -60,14 +60,8 @@ fn write_log(path: &Path, n: u32) -> ChainHead {
             .with_param("group_by", "postcode4,profile")
             .with_param("note", "quote \" backslash \\ tab \t é ✓ \u{1}")
             .with_rows(120),
-            2 => AuditEntry::correction(
-                pseudonym(i),
-                "1-0:1.8.1",
-                at(-900),
-                "12345.678",
-                "12345.679",
-            )
-            .with_time(at(i64::from(i))),
+            2 => AuditEntry::correction(pseudonym(i), "1-0:1.8.1", at(-900), ["interval"], 1)
+                .with_time(at(i64::from(i))),
             _ => AuditEntry::refused(Actor::Unauthenticated, "/v1/subjects/{ean}", 401)
                 .with_time(at(i64::from(i))),
         };
@@ -412,6 +406,119 @@ fn entries_with_identifiers_are_not_written() {
     );
     assert_eq!(log.head().expect("head").lines, 0);
     assert_eq!(std::fs::read(&f.path).expect("read").len(), 0);
+}
+
+/// A correction line says which subject, register and period were corrected and how many
+/// stored entries were replaced; an entry that would carry the old or new value is refused
+/// and leaves no byte in the file.
+#[test]
+fn a_correction_line_names_who_and_what_never_a_value() {
+    let f = fixture();
+    let log = AuditLog::open(&f.path).expect("open");
+    let entry = AuditEntry::correction(
+        pseudonym(3),
+        "1-0:1.8.1",
+        at(-900),
+        ["interval", "day", "month"],
+        3,
+    )
+    .with_time(at(0));
+    log.append(&entry).expect("append");
+    let text = std::fs::read_to_string(&f.path).expect("read");
+    let value: serde_json::Value = serde_json::from_str(text.trim_end()).expect("json");
+    assert_eq!(value["action"], "correction");
+    assert_eq!(value["actor"]["component"], "ingest");
+    assert_eq!(value["subjects"], serde_json::json!([pseudonym(3)]));
+    assert_eq!(
+        value["params"],
+        serde_json::json!({
+            "register": "1-0:1.8.1",
+            "time": at(-900).to_string(),
+            "tiers": "interval,day,month",
+        })
+    );
+    assert_eq!(value["rows"], 3);
+
+    // What earlier versions wrote (old → new) is refused now, whatever the value looks like,
+    // and nothing of it reaches the file.
+    for (key, value) in [
+        ("old", "12345.678 kWh"),
+        ("new", "12345.987 kWh"),
+        ("value", "12345987"),
+        ("reading", "12345987"),
+    ] {
+        let err = log
+            .append(&entry.clone().with_param(key, value))
+            .expect_err("a value on a correction line is refused");
+        assert!(matches!(err, AuditError::ReadingValue { .. }), "{err}");
+        assert!(!err.to_string().contains(value), "{err}");
+    }
+    let bytes = std::fs::read(&f.path).expect("read");
+    for needle in ["12345.678", "12345.987", "12345987", "kWh"] {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "{needle} is in the audit log"
+        );
+    }
+    assert_eq!(log.head().expect("head").lines, 1);
+    assert!(verify(&f.path, None).expect("verify").is_ok());
+}
+
+/// Correction lines of earlier versions carry the old and new values. They stay as written
+/// (the chain covers their bytes): a log holding them verifies, reports and takes new lines.
+#[test]
+fn older_correction_lines_with_values_still_verify_and_report() {
+    let f = fixture();
+    std::fs::create_dir_all(f.path.parent().expect("parent")).expect("mkdir");
+    // As an earlier version wrote them: register, time, old and new values.
+    let older = |i: u32| {
+        AuditEntry::new(Actor::system("ingest"), action::CORRECTION, Outcome::Ok)
+            .with_time(at(i64::from(i)))
+            .with_subject(pseudonym(i))
+            .with_param("register", "1-0:1.8.1")
+            .with_param("time", at(-900).to_string())
+            .with_param("old", "12345.678 kWh")
+            .with_param("new", "12345.679 kWh")
+            .with_rows(1)
+    };
+    assert!(older(0).check().is_err(), "no longer written");
+    let mut bytes = Vec::new();
+    let mut prev = GENESIS_HASH;
+    for seq in 0..2u32 {
+        let (line, hash) = encode_line(&older(seq), u64::from(seq), &prev).expect("encode");
+        bytes.extend_from_slice(&line);
+        prev = hash;
+    }
+    std::fs::write(&f.path, &bytes).expect("write");
+    std::fs::set_permissions(&f.path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+
+    let log = AuditLog::open(&f.path).expect("open after older lines");
+    assert_eq!(log.head().expect("head").lines, 2);
+    log.append(
+        &AuditEntry::correction(pseudonym(2), "1-0:1.8.1", at(-900), ["interval"], 1)
+            .with_time(at(2)),
+    )
+    .expect("append a new line");
+    let head = log.head().expect("head");
+    let report = verify(&f.path, Some(&head)).expect("verify");
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.lines, 3);
+
+    let report = report::report(&f.path, at(0), at(10), None).expect("report");
+    assert!(report.integrity.ok);
+    assert_eq!(report.entries, 3);
+    assert_eq!(report.actors.len(), 1);
+    let ingest = &report.actors[0];
+    assert_eq!(
+        (ingest.kind, ingest.id.as_deref()),
+        (ActorKind::System, Some("ingest"))
+    );
+    assert_eq!(ingest.actions.get(action::CORRECTION), Some(&3));
+    assert_eq!(ingest.rows, 3);
+    assert_eq!(
+        ingest.subjects,
+        vec![pseudonym(0), pseudonym(1), pseudonym(2)]
+    );
 }
 
 mod access_report;

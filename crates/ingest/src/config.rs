@@ -74,8 +74,9 @@ pub struct IngestConfig {
     pub p1_boundary_window: Duration,
     pub keep_alive: Duration,
     pub calendar: Calendar,
-    /// Where each stored correction gets its audit line (pseudonym, register, time, old →
-    /// new); `None`: corrections are stored and counted but not audited (tests).
+    /// Where each correction gets its audit line before its batch is acknowledged
+    /// (pseudonym, register, time, tiers; never a value); `None`: corrections are stored
+    /// and counted but not audited (tests).
     pub audit: Option<meterstand_audit::AuditLog>,
 }
 

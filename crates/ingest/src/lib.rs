@@ -2,8 +2,9 @@
 //! a batcher decodes, validates and pseudonymises them and gathers them into batches by
 //! count and time; a committer writes each batch durably and only then acknowledges its
 //! messages, in arrival order. Rejected messages are counted and acknowledged with their
-//! batch, so they never loop. A write that fails past its retries stops ingest with an
-//! error the binary must turn into a non-zero exit ([`IngestHandle`]).
+//! batch, so they never loop. A write that fails past its retries, or the audit lines of a
+//! batch's corrections that cannot be written, stop ingest with an error the binary must
+//! turn into a non-zero exit ([`IngestHandle`]); the failed batch is not acknowledged.
 //! Design notes: `DESIGN.md` beside this crate.
 
 mod acks;
@@ -56,6 +57,17 @@ pub enum IngestError {
         attempts: u32,
         #[source]
         source: StoreError,
+    },
+    /// The audit lines of a stored batch's corrections could not be written: the batch and
+    /// everything after it stay unacknowledged, and the redelivery writes the lines.
+    #[error(
+        "cannot write {lines} correction audit line(s) after {attempts} attempt(s); ingest stopped: {source}"
+    )]
+    Audit {
+        lines: usize,
+        attempts: u32,
+        #[source]
+        source: meterstand_audit::AuditError,
     },
     /// A task of the pipeline panicked or stopped without being asked to.
     #[error("ingest {task} task failed: {reason}")]

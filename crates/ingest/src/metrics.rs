@@ -105,7 +105,7 @@ pub static CORRECTED_READINGS: LazyLock<IntCounter> = LazyLock::new(|| {
 pub static CORRECTION_AUDIT_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
         "meterstand_ingest_correction_audit_failures_total",
-        "Stored corrections whose audit line could not be written.",
+        "Correction audit lines that could not be written (their batch is not acknowledged and ingest stops).",
     )
 });
 

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use jiff::Timestamp;
-use meterstand_audit::{AuditEntry, AuditLog};
+use meterstand_audit::AuditEntry;
 use meterstand_codec::{Format, Mode, Reject, decode, p1, parse_ingest_topic};
-use meterstand_model::Register;
-use meterstand_pseudonym::Pseudonymiser;
+use meterstand_model::{Register, TierSet};
+use meterstand_pseudonym::{Pseudonym, Pseudonymiser};
 use meterstand_store::{Correction, IngestItem, ReadingWriter, StoreError, WriteOutcome};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -119,7 +119,21 @@ struct Batch<T> {
     sources: Vec<(Bytes, Bytes)>,
     /// The newest reading time of each accepted message, for the lag histogram.
     newest: Vec<Timestamp>,
+    /// Every reading of the batch's correction messages, in arrival order: each gets an audit
+    /// line before the batch is acknowledged, whatever the write found (`audit_corrections`).
+    /// Empty, and never allocated, in a batch without corrections.
+    corrections: Vec<CorrectedReading>,
     rejected: u64,
+}
+
+/// One reading of a correction message: who and what, never the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CorrectedReading {
+    connection: Pseudonym,
+    register: Register,
+    time: Timestamp,
+    /// The tiers whose period starts at `time`.
+    tiers: TierSet,
 }
 
 impl<T> Batch<T> {
@@ -130,6 +144,7 @@ impl<T> Batch<T> {
             items: Vec::with_capacity(capacity),
             sources: Vec::with_capacity(capacity),
             newest: Vec::with_capacity(capacity),
+            corrections: Vec::new(),
             rejected: 0,
         }
     }
@@ -144,6 +159,7 @@ impl<T> Batch<T> {
         self.items.append(&mut later.items);
         self.sources.append(&mut later.sources);
         self.newest.append(&mut later.newest);
+        self.corrections.append(&mut later.corrections);
         self.rejected += later.rejected;
     }
 
@@ -158,6 +174,15 @@ impl<T> Batch<T> {
                 metrics::READINGS.inc_by(item.readings.len() as u64);
                 if let Some(t) = item.readings.iter().map(|r| r.reading.time).max() {
                     self.newest.push(t);
+                }
+                if item.correction {
+                    self.corrections
+                        .extend(item.readings.iter().map(|r| CorrectedReading {
+                            connection: item.connection,
+                            register: r.reading.register,
+                            time: r.reading.time,
+                            tiers: r.tiers,
+                        }));
                 }
                 self.items.push(item);
                 self.sources.push((r.topic, r.payload));
@@ -435,7 +460,18 @@ async fn commit_loop<W: BatchWriter, A: Acker>(
             }
             return Ok(());
         };
-        let outcome = finish_write(&ctx, &*writer, flight.writing, &flight.batch).await;
+        let outcome = match finish_write(&ctx, &*writer, flight.writing, &flight.batch).await {
+            // The corrections are audited before any ack of their batch is released; a
+            // batch whose audit lines cannot be written fails as an unstored batch does.
+            Ok(mut o) => audit_corrections(
+                &ctx,
+                &flight.batch.corrections,
+                std::mem::take(&mut o.corrections),
+            )
+            .await
+            .map(|()| o),
+            Err(e) => Err(e),
+        };
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {
@@ -443,7 +479,11 @@ async fn commit_loop<W: BatchWriter, A: Acker>(
                     flight.batch.len() + in_flight.iter().map(|f| f.batch.len()).sum::<usize>();
                 // Not acknowledged, nor is anything after it: the broker redelivers them
                 // to our next session, in order.
-                tracing::error!(error = %e, messages = unacked, "batch not stored; ingest stops");
+                tracing::error!(
+                    error = %e,
+                    messages = unacked,
+                    "batch not stored or its corrections not audited; ingest stops"
+                );
                 for f in in_flight.drain(..) {
                     f.writing.abort();
                 }
@@ -502,77 +542,138 @@ async fn finish_write<W: BatchWriter, T>(
     }
 }
 
-/// `12345.678 kWh`: a stored value as the metering company sent it.
-fn audit_value(register: Register, value: u64) -> String {
-    format!(
-        "{}.{:03} {}",
-        value / 1000,
-        value % 1000,
-        register.unit().label()
-    )
-}
-
-/// Counts the corrected readings of a durably written batch and writes one audit line per
-/// reading (a reading replaced in several tiers is one line): pseudonym, register, time,
-/// old and new value, never the EAN. A line that cannot be written is logged and counted:
-/// the correction is already stored, and holding back the acks would not bring it back
-/// (a redelivery finds the new value stored, a duplicate).
-async fn audit_corrections(audit: Option<&AuditLog>, corrections: Vec<Correction>) {
-    if corrections.is_empty() {
-        return;
+/// Writes the audit lines of a durably written batch's corrections, before any of its acks
+/// is released: one line per reading of a correction message (a reading in several tiers is
+/// one line) naming the subject's pseudonym, the register and the period (reading time and
+/// tiers) and how many stored tier entries this write replaced. Never the EAN, never the old
+/// or the new value: the audit log outlives retention and erasure.
+///
+/// Why every reading of a correction message, and not only the entries the store reports
+/// replaced: a correction whose line could not be written is not acknowledged (the caller
+/// fails the batch, ingest stops), so the broker redelivers it; the store then finds the
+/// corrected value already stored, a duplicate, and reports no replacement. The line comes
+/// from the message itself, so the redelivery writes it (with 0 replaced entries), and so
+/// does a redelivery after a crash between the store write and the audit line. No correction
+/// is acknowledged without its audit line; a line may appear twice (a crash after the line
+/// and before the ack), never not at all. A correction that changed nothing (the same value,
+/// a time not stored before, a tier the consent gate dropped) gets its line too, with the
+/// entries it replaced counted as 0 or fewer than its tiers.
+///
+/// A failed append is retried like a failed store write (`write_retries`, with backoff),
+/// continuing after the lines already written. Past that, the batch is not acknowledged and
+/// ingest stops with [`IngestError::Audit`].
+async fn audit_corrections(
+    ctx: &Context,
+    readings: &[CorrectedReading],
+    replaced: Vec<Correction>,
+) -> Result<(), IngestError> {
+    if readings.is_empty() && replaced.is_empty() {
+        return Ok(());
     }
-    let mut seen = std::collections::HashSet::new();
-    let lines: Vec<AuditEntry> = corrections
-        .into_iter()
-        .filter(|c| seen.insert((c.connection, c.register, c.time)))
-        .map(|c| {
-            AuditEntry::correction(
-                c.connection.to_string(),
-                c.register.obis(),
-                c.time,
-                audit_value(c.register, c.old),
-                audit_value(c.register, c.new),
-            )
-        })
-        .collect();
-    metrics::CORRECTED_READINGS.inc_by(lines.len() as u64);
-    let Some(audit) = audit.cloned() else {
-        return;
+    // One line per (subject, register, time), in arrival order, with the tier entries the
+    // store replaced; an entry the store reports that no message reading names (it should
+    // not happen) still gets a line of its own.
+    let mut lines: Vec<(CorrectedReading, u64)> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    for r in readings {
+        index
+            .entry((r.connection, r.register, r.time))
+            .or_insert_with(|| {
+                lines.push((*r, 0));
+                lines.len() - 1
+            });
+    }
+    let mut corrected = std::collections::HashSet::new();
+    for c in &replaced {
+        corrected.insert((c.connection, c.register, c.time));
+        let i = *index
+            .entry((c.connection, c.register, c.time))
+            .or_insert_with(|| {
+                lines.push((
+                    CorrectedReading {
+                        connection: c.connection,
+                        register: c.register,
+                        time: c.time,
+                        tiers: TierSet::EMPTY,
+                    },
+                    0,
+                ));
+                lines.len() - 1
+            });
+        let (line, n) = &mut lines[i];
+        line.tiers = line.tiers.with(c.tier);
+        *n += 1;
+    }
+    metrics::CORRECTED_READINGS.inc_by(corrected.len() as u64);
+    let Some(audit) = ctx.config.audit.clone() else {
+        return Ok(());
     };
-    let count = lines.len();
-    let written = tokio::task::spawn_blocking(move || {
+    let entries: Arc<Vec<AuditEntry>> = Arc::new(
         lines
-            .iter()
-            .try_for_each(|line| audit.append(line).map(|_| ()))
-    })
-    .await;
-    let error = match written {
-        Ok(Ok(())) => return,
-        Ok(Err(e)) => e.to_string(),
-        Err(e) => e.to_string(),
-    };
-    metrics::CORRECTION_AUDIT_FAILURES.inc_by(count as u64);
-    tracing::error!(
-        error,
-        corrections = count,
-        "cannot write the audit lines of stored corrections"
+            .into_iter()
+            .map(|(r, n)| {
+                AuditEntry::correction(
+                    r.connection.to_string(),
+                    r.register.obis(),
+                    r.time,
+                    r.tiers.iter().map(|t| t.as_str()),
+                    n,
+                )
+            })
+            .collect(),
     );
+    let total = entries.len();
+    let mut written = 0;
+    let mut backoff = Backoff::new(WRITE_BACKOFF.0, WRITE_BACKOFF.1);
+    let mut attempt = 1u32;
+    loop {
+        let (audit, batch) = (audit.clone(), entries.clone());
+        let (done, result) = tokio::task::spawn_blocking(move || {
+            let mut done = written;
+            for entry in &batch[written..] {
+                if let Err(e) = audit.append(entry) {
+                    return (done, Err(e));
+                }
+                done += 1;
+            }
+            (done, Ok(()))
+        })
+        .await
+        .map_err(|e| IngestError::task("audit write", &e))?;
+        written = done;
+        let error = match result {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if attempt > ctx.config.write_retries {
+            metrics::CORRECTION_AUDIT_FAILURES.inc_by((total - written) as u64);
+            return Err(IngestError::Audit {
+                lines: total - written,
+                attempts: attempt,
+                source: error,
+            });
+        }
+        let delay = backoff.next_delay();
+        tracing::warn!(
+            error = %error,
+            attempt,
+            retry_in_ms = delay.as_millis() as u64,
+            "cannot write the audit lines of corrections; retrying"
+        );
+        tokio::time::sleep(delay).await;
+        attempt += 1;
+    }
 }
 
-/// Acknowledges a durably written batch, every message in arrival order; its corrections
-/// are audited first.
+/// Acknowledges a durably written batch whose corrections are audited, every message in
+/// arrival order.
 async fn acknowledge<A: Acker>(
     ctx: &Context,
     acker: &A,
     batch: Batch<A::Token>,
-    mut outcome: WriteOutcome,
+    outcome: WriteOutcome,
 ) -> Result<(), IngestError> {
     let status = &*ctx.status;
-    audit_corrections(
-        ctx.config.audit.as_ref(),
-        std::mem::take(&mut outcome.corrections),
-    )
-    .await;
     status.outcome.lock().merge(&outcome);
     let now = Timestamp::now();
     for newest in &batch.newest {

@@ -112,14 +112,13 @@ pub fn restore(args: RestoreArgs, config: &Config) -> anyhow::Result<()> {
     // changes a frozen period). Opening it also proves no service holds it (RocksDB's lock
     // is advisory to rename).
     let previous = if occupied {
-        let live = RocksStore::open(store_config.clone(), Arc::new(SystemClock)).with_context(
-            || {
+        let live =
+            RocksStore::open(store_config.clone(), Arc::new(SystemClock)).with_context(|| {
                 format!(
                     "the store at {} is in use or damaged; stop the service first",
                     target.display()
                 )
-            },
-        )?;
+            })?;
         let applied = live.journal_watermark()?;
         Some((live, applied))
     } else {
@@ -239,7 +238,10 @@ fn carry_statistics(from: &RocksStore, to: &RocksStore) -> anyhow::Result<u64> {
             let (Some(first), Some(last)) = (all.first(), all.last()) else {
                 continue;
             };
-            let (first, last) = (first.key.period_start.as_second(), last.key.period_start.as_second());
+            let (first, last) = (
+                first.key.period_start.as_second(),
+                last.key.period_start.as_second(),
+            );
             drop(all);
             let mut start = first;
             while start <= last {

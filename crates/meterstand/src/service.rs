@@ -286,7 +286,12 @@ impl Service {
                     Ok(Ok(r)) => {
                         record_freeze(&r);
                         if r.periods > 0 {
-                            tracing::info!(periods = r.periods, units = r.units, pending = r.pending, "statistics frozen");
+                            tracing::info!(
+                                periods = r.periods,
+                                units = r.units,
+                                pending = r.pending,
+                                "statistics frozen"
+                            );
                         }
                         if r.due_left > 0 {
                             // A slice of a backlog: the next one after a breath.
@@ -448,7 +453,9 @@ const FREEZE_BACKLOG_PAUSE: Duration = Duration::from_millis(50);
 
 /// Publishes what a freeze run left waiting.
 fn record_freeze(r: &meterstand_store::freeze::FreezeReport) {
-    use meterstand_store_rocks::metrics::{OLDEST_PENDING_SECONDS, OVERDUE_SECONDS, PENDING_PERIODS};
+    use meterstand_store_rocks::metrics::{
+        OLDEST_PENDING_SECONDS, OVERDUE_SECONDS, PENDING_PERIODS,
+    };
     let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     PENDING_PERIODS.set(gauge(r.pending));
     OLDEST_PENDING_SECONDS.set(gauge(r.oldest_pending_seconds));

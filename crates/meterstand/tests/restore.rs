@@ -23,7 +23,9 @@ fn settled_day(cal: &Calendar) -> (Timestamp, Timestamp) {
         .checked_sub(jiff::Span::new().days(3))
         .expect("date");
     let start = cal.date_start(day).expect("midnight");
-    let end = cal.date_start(day.tomorrow().expect("date")).expect("midnight");
+    let end = cal
+        .date_start(day.tomorrow().expect("date"))
+        .expect("midnight");
     (start, end)
 }
 
@@ -45,7 +47,11 @@ fn day_of(n: u64, start: Timestamp, end: Timestamp) -> Vec<Reading> {
             value: t2,
         });
         let hour = (t.as_second() / 3600 % 24) as u64;
-        let busy = if (6..9).contains(&hour) || (17..22).contains(&hour) { 3 } else { 1 };
+        let busy = if (6..9).contains(&hour) || (17..22).contains(&hour) {
+            3
+        } else {
+            1
+        };
         t1 += busy * (20 + (i * 7 + n * 13) % 31);
         t2 += (i * 5 + n) % 11;
         i += 1;
@@ -77,7 +83,10 @@ fn published(svc: &InProcess, path: &str) -> String {
         if v["rows"].as_array().is_some_and(|r| !r.is_empty()) {
             return body;
         }
-        assert!(Instant::now() < deadline, "the day was never published: {body}");
+        assert!(
+            Instant::now() < deadline,
+            "the day was never published: {body}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -151,18 +160,29 @@ fn a_restore_keeps_every_period_frozen_before_it() {
     let backup = dirs.root.join("backups").join("last-week");
     let out = cli(
         &dirs,
-        &["restore", "--from", &backup.display().to_string(), "--force"],
+        &[
+            "restore",
+            "--from",
+            &backup.display().to_string(),
+            "--force",
+        ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let said = text(&out.stdout);
-    assert!(said.contains("re-applied #"), "the erasure is replayed: {said}");
+    assert!(
+        said.contains("re-applied #"),
+        "the erasure is replayed: {said}"
+    );
     assert!(said.contains("frozen statistics periods kept"), "{said}");
 
     let svc = InProcess::start(&dirs, &broker.url(), &EXTRA);
     // The freeze runs at start-up and every second: give it time to (wrongly) recompute.
     std::thread::sleep(Duration::from_secs(3));
     let after = published(&svc, &path);
-    assert_eq!(after, before, "a frozen day answers exactly as before the restore");
+    assert_eq!(
+        after, before,
+        "a frozen day answers exactly as before the restore"
+    );
     // The erased household stays erased after the restore.
     let (status, body) = svc
         .http(
@@ -218,16 +238,31 @@ fn a_restore_without_a_journal_reaching_back_refuses() {
     std::fs::remove_file(&journal).expect("journal");
     let backup = dirs.root.join("backups").join("b1");
     let restore = |extra: &[&str]| {
-        let mut args = vec!["restore", "--from", backup.to_str().expect("utf-8"), "--force"];
+        let mut args = vec![
+            "restore",
+            "--from",
+            backup.to_str().expect("utf-8"),
+            "--force",
+        ];
         args.extend_from_slice(extra);
         cli(&dirs, &args)
     };
     let out = restore(&[]);
     assert!(!out.status.success(), "{}", text(&out.stdout));
     let err = text(&out.stderr);
-    assert!(err.contains("journal is missing") && err.contains("--accept-journal-gap"), "{err}");
-    assert!(dirs.data.join("CURRENT").is_file(), "the store is left as it was");
+    assert!(
+        err.contains("journal is missing") && err.contains("--accept-journal-gap"),
+        "{err}"
+    );
+    assert!(
+        dirs.data.join("CURRENT").is_file(),
+        "the store is left as it was"
+    );
     let out = restore(&["--accept-journal-gap"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("may be undone"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("may be undone"),
+        "{}",
+        text(&out.stdout)
+    );
 }

@@ -27,7 +27,10 @@ fn a_failed_final_flush_ends_the_process_non_zero() {
         assert!(Instant::now() < deadline, "no exit after SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(!status.success(), "the flush failed, yet it exited {status}");
+    assert!(
+        !status.success(),
+        "the flush failed, yet it exited {status}"
+    );
     let log = std::fs::read_to_string(&dirs.log).unwrap_or_default();
     assert!(log.contains("closing the store"), "{log}");
 }

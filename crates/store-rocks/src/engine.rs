@@ -489,7 +489,11 @@ fn load_registry(shared: &Shared) -> Result<(), StoreError> {
             };
             crate::subjects::put(shared, &mut migrated, &[p], state)?;
             crate::subjects::remember(&mut states, &[p], state);
-            migrated.put_cf(shared.cf(CF_CONNECTIONS)?, &k, encode_connection(&connection));
+            migrated.put_cf(
+                shared.cf(CF_CONNECTIONS)?,
+                &k,
+                encode_connection(&connection),
+            );
         }
         map.insert(p, connection);
     }

@@ -32,9 +32,8 @@ use meterstand_pseudonym::Pseudonym;
 use meterstand_store::backups::{self, BackupRecord};
 use meterstand_store::journal::{self, JournalOp, SubjectJournal, SubjectOps};
 use meterstand_store::{
-    BackupInfo, Clock, ErasureReceipt, FrozenPeriod, IngestItem, Member, PendingPeriod,
-    PeriodKey, ReadingStore, ReadingWriter, StoreError, SubjectExport, SubjectState, TierCounts,
-    WriteOutcome,
+    BackupInfo, Clock, ErasureReceipt, FrozenPeriod, IngestItem, Member, PendingPeriod, PeriodKey,
+    ReadingStore, ReadingWriter, StoreError, SubjectExport, SubjectState, TierCounts, WriteOutcome,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -114,9 +113,9 @@ impl RocksStore {
     fn journalled(&self, op: JournalOp) -> Result<ErasureReceipt, StoreError> {
         match &self.journal {
             // Journalled first: a crash half-way is redone at the next open.
-            Some(journal) => journal.run(&Unjournalled(self), op, |op| {
-                op.apply(&Unjournalled(self))
-            }),
+            Some(journal) => {
+                journal.run(&Unjournalled(self), op, |op| op.apply(&Unjournalled(self)))
+            }
             None => op.apply(&Unjournalled(self)),
         }
     }
@@ -432,7 +431,11 @@ impl ReadingStore for RocksStore {
 
     fn is_healthy(&self) -> bool {
         self.shared.writer_alive.load(Ordering::SeqCst)
-            && self.commands.read().as_ref().is_some_and(|c| !c.is_closed())
+            && self
+                .commands
+                .read()
+                .as_ref()
+                .is_some_and(|c| !c.is_closed())
     }
 
     fn journal_watermark(&self) -> Result<u64, StoreError> {

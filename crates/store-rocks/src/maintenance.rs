@@ -8,8 +8,8 @@ use meterstand_store::{ErasureReceipt, Kept, StoreError, TierCounts};
 use rocksdb::{BottommostLevelCompaction, CompactOptions, WriteBatch};
 
 use crate::engine::{
-    CF_CONNECTIONS, CF_CORRECTIONS, CF_META, CF_METERS, CF_QUARANTINE, CONNECTION_CFS,
-    OTHER_CFS, Shared, encode_connection, engine, tier_cf_name,
+    CF_CONNECTIONS, CF_CORRECTIONS, CF_META, CF_METERS, CF_QUARANTINE, CONNECTION_CFS, OTHER_CFS,
+    Shared, encode_connection, engine, tier_cf_name,
 };
 use crate::{layout, metrics, subjects};
 
@@ -31,8 +31,8 @@ pub(crate) fn put_connection(
     let mut batch = WriteBatch::default();
     let receipt = remove_tiers(shared, all, remove, &mut batch)?;
     let connections_cf = shared.cf(CF_CONNECTIONS)?;
-    let state = subjects::state_of(shared, all)
-        .after_registration(connection.consent, shared.clock.now());
+    let state =
+        subjects::state_of(shared, all).after_registration(connection.consent, shared.clock.now());
     subjects::put(shared, &mut batch, all, state)?;
     for p in all {
         if *p != current {

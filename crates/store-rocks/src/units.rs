@@ -42,9 +42,8 @@ pub(crate) struct Units {
 }
 
 pub(crate) fn unit_of(key: PeriodKey) -> Option<UnitKey> {
-    matches!(key.tier, Tier::Day | Tier::Month).then(|| {
-        (key.tier, key.kind, key.period_start.as_second())
-    })
+    matches!(key.tier, Tier::Day | Tier::Month)
+        .then(|| (key.tier, key.kind, key.period_start.as_second()))
 }
 
 fn kind_code(kind: RegisterKind) -> u8 {
@@ -95,9 +94,14 @@ impl Units {
         out: &mut Vec<UnitKey>,
     ) {
         let kind = register.kind();
-        units_touched(&shared.calendar, tier, register, first, last, &mut |t, s| {
-            out.push((t, kind, s.as_second()))
-        });
+        units_touched(
+            &shared.calendar,
+            tier,
+            register,
+            first,
+            last,
+            &mut |t, s| out.push((t, kind, s.as_second())),
+        );
     }
 
     /// Whether any of `units` is frozen.

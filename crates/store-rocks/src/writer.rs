@@ -316,7 +316,12 @@ impl Writer {
         self.unit_memo.clear();
         merged?;
         let now = shared.clock.now().as_second();
-        units.mark(self.group_units.drain(), now, shared.cf(CF_STATISTICS)?, &mut batch);
+        units.mark(
+            self.group_units.drain(),
+            now,
+            shared.cf(CF_STATISTICS)?,
+            &mut batch,
+        );
         // Not synced here: the sync thread syncs the WAL for every group written so far.
         let mut unsynced = WriteOptions::default();
         unsynced.set_sync(false);
@@ -472,9 +477,9 @@ impl Writer {
                 return Err(StoreError::Corrupt("a block key built by the writer"));
             };
             let base = layout::bucket_start_quarter(tier, parsed.bucket);
-            let (first, last) = run
-                .clone()
-                .fold((u32::MAX, 0), |(lo, hi), t| (lo.min(t.slot), hi.max(t.slot)));
+            let (first, last) = run.clone().fold((u32::MAX, 0), |(lo, hi), t| {
+                (lo.min(t.slot), hi.max(t.slot))
+            });
             let span = (tier, parsed.register, base + first, base + last);
             let run_units = self.unit_memo.entry(span).or_insert_with(|| {
                 let mut out = Vec::new();

@@ -13,7 +13,11 @@ use meterstand_store::journal::SubjectJournal;
 use meterstand_store::{Clock, ManualClock, ReadingStore, ReadingWriter};
 use meterstand_store_rocks::{Compression, RocksStore, StoreConfig};
 
-fn open(dir: &std::path::Path, journal: Option<&std::path::Path>, clock: &ManualClock) -> RocksStore {
+fn open(
+    dir: &std::path::Path,
+    journal: Option<&std::path::Path>,
+    clock: &ManualClock,
+) -> RocksStore {
     let mut config = StoreConfig::new(dir);
     config.compression = Compression::None;
     config.journal = journal.map(std::path::Path::to_path_buf);
@@ -34,7 +38,10 @@ fn a_restart_in_the_middle_of_a_backlog_freezes_each_period_once() {
         for n in 0..4u8 {
             let p = pseudo(20 + n);
             put(&store, p, connection(ConsentLevel::Interval, "1234"));
-            items.push(item(p, quarter_hours(first, days * 96 + 1, 900, 5 + u64::from(n))));
+            items.push(item(
+                p,
+                quarter_hours(first, days * 96 + 1, 900, 5 + u64::from(n)),
+            ));
         }
         block_on(store.write(items)).expect("write");
         store.close().expect("close");
@@ -69,7 +76,12 @@ fn a_restart_in_the_middle_of_a_backlog_freezes_each_period_once() {
     assert_eq!(r.units, before - r.pending, "{r:?}");
     computed += r.units;
     let frozen = store
-        .statistics(Tier::Day, RegisterKind::Import, first, ts("2026-12-01T00:00:00Z"))
+        .statistics(
+            Tier::Day,
+            RegisterKind::Import,
+            first,
+            ts("2026-12-01T00:00:00Z"),
+        )
         .expect("read");
     // Every complete local day, each once, with all four households (the partial last
     // day is frozen without rows: nobody has both its boundaries).
@@ -94,7 +106,11 @@ fn backups_rotate_and_prune_the_journal_to_what_the_kept_ones_need() {
     let store = open(&data, Some(&journal), &clock);
     let mut seqs = Vec::new();
     for n in 0..4u8 {
-        put(&store, pseudo(40 + n), connection(ConsentLevel::Daily, "1234"));
+        put(
+            &store,
+            pseudo(40 + n),
+            connection(ConsentLevel::Daily, "1234"),
+        );
         store.erase(&[pseudo(40 + n)]).expect("erase");
         clock.set(ts(&format!("2026-12-0{}T00:00:00Z", n + 2)));
         let info = store
@@ -109,7 +125,10 @@ fn backups_rotate_and_prune_the_journal_to_what_the_kept_ones_need() {
         .collect();
     assert_eq!(kept.len(), 2, "{kept:?}");
     let contents = SubjectJournal::read(&journal).expect("journal");
-    assert_eq!(contents.pruned_through, 6, "the oldest kept backup had applied #6");
+    assert_eq!(
+        contents.pruned_through, 6,
+        "the oldest kept backup had applied #6"
+    );
     assert_eq!(
         contents.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
         vec![7, 8]

@@ -477,10 +477,21 @@ pub fn an_objection_holds_until_the_privacy_officer_withdraws_it<B: Backend>(mut
     assert_eq!(open(&store), vec![pseudo(201), pseudo(202)]);
     // The CRM's routine update, a consent change, an erasure and a re-registration.
     put(&store, pseudo(200), connection(ConsentLevel::Daily, "1234"));
-    put(&store, pseudo(200), connection(ConsentLevel::Interval, "5678"));
-    assert!(!open(&store).contains(&pseudo(200)), "a CRM update withdrew it");
+    put(
+        &store,
+        pseudo(200),
+        connection(ConsentLevel::Interval, "5678"),
+    );
+    assert!(
+        !open(&store).contains(&pseudo(200)),
+        "a CRM update withdrew it"
+    );
     let export = store.export(&[pseudo(200)]).expect("export");
-    assert_eq!(export.tier(Tier::Day).len(), 6, "its readings are still held");
+    assert_eq!(
+        export.tier(Tier::Day).len(),
+        6,
+        "its readings are still held"
+    );
     assert!(export.state.objected, "the export shows the objection");
     store.erase(&[pseudo(201)]).expect("erase");
     store.set_objection(&[pseudo(201)], true).expect("object");
@@ -489,11 +500,17 @@ pub fn an_objection_holds_until_the_privacy_officer_withdraws_it<B: Backend>(mut
     assert_eq!(open(&store), vec![pseudo(202)]);
     // Withdrawn by the privacy officer: what was kept while it held stays out.
     clock.set(ts("2026-12-03T00:00:00Z"));
-    store.set_objection(&[pseudo(200)], false).expect("withdraw");
+    store
+        .set_objection(&[pseudo(200)], false)
+        .expect("withdraw");
     let state = store.subject_state(&[pseudo(200)]).expect("state");
     assert!(!state.objected);
     assert_eq!(state.sealed_before, Some(ts("2026-12-03T00:00:00Z")));
-    assert_eq!(open(&store), vec![pseudo(202)], "sealed before the withdrawal");
+    assert_eq!(
+        open(&store),
+        vec![pseudo(202)],
+        "sealed before the withdrawal"
+    );
 }
 
 /// One state across key versions: an objection, an erasure or consent `off` recorded under
@@ -518,12 +535,18 @@ pub fn one_state_holds_across_three_key_versions<B: Backend>(mut b: B) {
     let counted = |store: &B::Store| {
         let mut n = 0;
         store
-            .members(Tier::Month, RegisterKind::Import, &[month.0, month.1], &mut |m| {
-                if open_to_analysis(&m, Tier::Month, month.0) && m.values.consumption(0).is_some()
-                {
-                    n += 1;
-                }
-            })
+            .members(
+                Tier::Month,
+                RegisterKind::Import,
+                &[month.0, month.1],
+                &mut |m| {
+                    if open_to_analysis(&m, Tier::Month, month.0)
+                        && m.values.consumption(0).is_some()
+                    {
+                        n += 1;
+                    }
+                },
+            )
             .expect("members");
         n
     };
@@ -537,15 +560,26 @@ pub fn one_state_holds_across_three_key_versions<B: Backend>(mut b: B) {
     let mut seen = item(v(2), monthly(november, 2000));
     seen.previous = vec![v(1)];
     block_on(store.write(vec![seen])).expect("write");
-    assert!(store.connection(v(1)).expect("record").is_none(), "moved to v2");
-    assert_eq!(counted(&store), 0, "v1's October has no record of its own: not open");
+    assert!(
+        store.connection(v(1)).expect("record").is_none(),
+        "moved to v2"
+    );
+    assert_eq!(
+        counted(&store),
+        0,
+        "v1's October has no record of its own: not open"
+    );
     put(&store, v(2), connection(ConsentLevel::Off, "1234"));
     store.set_objection(&[v(2), v(1)], true).expect("object");
     // v3 after another rotation: the objection and the seal follow the subject.
     let mut later = item(v(3), monthly(november, 3000));
     later.previous = vec![v(2), v(1)];
     let out = block_on(store.write(vec![later])).expect("write");
-    assert_eq!(out.stored.total(), 0, "consent off under v2 gates v3: {out:?}");
+    assert_eq!(
+        out.stored.total(),
+        0,
+        "consent off under v2 gates v3: {out:?}"
+    );
     let state = store.subject_state(&[v(3)]).expect("state");
     assert!(state.objected && state.sealed_before.is_some(), "{state:?}");
     // The CRM raises consent again under all three: the objection still holds, and the
@@ -556,7 +590,11 @@ pub fn one_state_holds_across_three_key_versions<B: Backend>(mut b: B) {
         .expect("put");
     assert_eq!(counted(&store), 0);
     store.set_objection(&all3, false).expect("withdraw");
-    assert_eq!(counted(&store), 0, "held under a seal, whatever comes later");
+    assert_eq!(
+        counted(&store),
+        0,
+        "held under a seal, whatever comes later"
+    );
     // An erasure under all three versions reaches a fourth that comes after it.
     store.erase(&all3).expect("erase");
     let mut fourth = item(
@@ -568,7 +606,11 @@ pub fn one_state_holds_across_three_key_versions<B: Backend>(mut b: B) {
     );
     fourth.previous = vec![v(3), v(2), v(1)];
     let out = block_on(store.write(vec![fourth])).expect("write");
-    assert_eq!(out.stored.total(), 0, "the erasure gates the new version: {out:?}");
+    assert_eq!(
+        out.stored.total(),
+        0,
+        "the erasure gates the new version: {out:?}"
+    );
 }
 
 /// Declares one `#[test]` per conformance function for a backend fixture expression.

@@ -102,7 +102,9 @@ fn end_of(calendar: &Calendar, key: PeriodKey) -> Timestamp {
 /// When a pending unit may be frozen (UTC seconds): `settle` after its end and `quiet`
 /// after its last write.
 fn due_at(calendar: &Calendar, cfg: &FreezeConfig, p: &PendingPeriod) -> i64 {
-    let settled = end_of(calendar, p.key).as_second().saturating_add(secs(cfg.settle));
+    let settled = end_of(calendar, p.key)
+        .as_second()
+        .saturating_add(secs(cfg.settle));
     let quiet = p.last_write.as_second().saturating_add(secs(cfg.quiet));
     settled.max(quiet)
 }
@@ -339,7 +341,10 @@ mod tests {
         let sum: u64 = quarters.iter().map(|q| q.rows[0].consumption).sum();
         assert_eq!(sum, day[0].rows[0].consumption, "the granularities add up");
         // Again: nothing new.
-        assert_eq!(run(&store, &cal, &cfg(), now(&clock)).expect("run").periods, 0);
+        assert_eq!(
+            run(&store, &cal, &cfg(), now(&clock)).expect("run").periods,
+            0
+        );
     }
 
     #[test]
@@ -354,7 +359,10 @@ mod tests {
         clock.set(ts("2026-12-09T23:10:00Z"));
         let r = run(&store, &cal, &cfg(), now(&clock)).expect("run");
         assert_eq!(r.periods, 97, "{r:?}");
-        assert_eq!(day_rows(&store, "2026-11-23T23:00:00Z")[0].rows[0].connections, 4);
+        assert_eq!(
+            day_rows(&store, "2026-11-23T23:00:00Z")[0].rows[0].connections,
+            4
+        );
         assert_eq!(r.pending, 0, "nothing else waits: {r:?}");
     }
 
@@ -369,8 +377,7 @@ mod tests {
         for n in 0..6u8 {
             let p = pseudo(60 + n);
             put(&store, p, connection(ConsentLevel::Interval, "1234"));
-            block_on(store.write(vec![item(p, quarter_hours(start, 97, 1000, 7))]))
-                .expect("write");
+            block_on(store.write(vec![item(p, quarter_hours(start, 97, 1000, 7))])).expect("write");
             let r = run(&store, &cal, &cfg(), now(&clock)).expect("run");
             assert_eq!(r.periods, 0, "still being written into ({n}): {r:?}");
             clock.set(later(540));
@@ -378,7 +385,10 @@ mod tests {
         clock.set(later(60));
         let r = run(&store, &cal, &cfg(), now(&clock)).expect("run");
         assert_eq!(r.periods, 97, "{r:?}");
-        assert_eq!(day_rows(&store, "2026-11-23T23:00:00Z")[0].rows[0].connections, 6);
+        assert_eq!(
+            day_rows(&store, "2026-11-23T23:00:00Z")[0].rows[0].connections,
+            6
+        );
     }
 
     #[test]
@@ -423,7 +433,12 @@ mod tests {
         };
         assert!(calls > 1, "a millisecond does not hold 13 months");
         let periods = store
-            .statistics(Tier::Day, RegisterKind::Import, first, ts("2026-12-01T00:00:00Z"))
+            .statistics(
+                Tier::Day,
+                RegisterKind::Import,
+                first,
+                ts("2026-12-01T00:00:00Z"),
+            )
             .expect("read");
         // Every local day of it (daylight saving time twice: 92 and 100 quarter-hours).
         assert_eq!(periods.len(), days as usize);
@@ -447,7 +462,11 @@ mod tests {
         assert_eq!(before.len(), 1);
         store.erase(&[pseudo(10)]).expect("erase");
         store.set_objection(&[pseudo(11)], true).expect("object");
-        put(&store, pseudo(30), connection(ConsentLevel::Interval, "1234"));
+        put(
+            &store,
+            pseudo(30),
+            connection(ConsentLevel::Interval, "1234"),
+        );
         let late = item(
             pseudo(30),
             vec![tiered(Register::ImportT1, ts("2026-11-24T12:00:00Z"), 5)],
@@ -469,7 +488,10 @@ mod tests {
         clock.set(ts("2026-11-27T01:00:00Z"));
         run(&store, &Calendar::amsterdam(), &cfg(), now(&clock)).expect("run");
         let day = day_rows(&store, "2026-11-23T23:00:00Z");
-        assert!(day[0].rows.is_empty(), "2 left, below k = 3: no rows: {day:?}");
+        assert!(
+            day[0].rows.is_empty(),
+            "2 left, below k = 3: no rows: {day:?}"
+        );
     }
 
     #[test]
@@ -479,7 +501,11 @@ mod tests {
         fleet(&store);
         store.set_objection(&[pseudo(11)], true).expect("object");
         // The CRM's next routine update of the same row, without any objection field.
-        put(&store, pseudo(11), connection(ConsentLevel::Interval, "1234"));
+        put(
+            &store,
+            pseudo(11),
+            connection(ConsentLevel::Interval, "1234"),
+        );
         clock.set(ts("2026-11-27T01:00:00Z"));
         run(&store, &Calendar::amsterdam(), &cfg(), now(&clock)).expect("run");
         assert_eq!(
@@ -547,7 +573,11 @@ mod tests {
         block_on(store.write(items)).expect("write");
         put(&store, pseudo(120), connection(ConsentLevel::Off, "1234"));
         store.erase(&[pseudo(121)]).expect("erase");
-        put(&store, pseudo(121), connection(ConsentLevel::Standard, "1234"));
+        put(
+            &store,
+            pseudo(121),
+            connection(ConsentLevel::Standard, "1234"),
+        );
         clock.set(ts("2026-11-05T01:00:00Z"));
         run(&store, &Calendar::amsterdam(), &cfg(), now(&clock)).expect("run");
         let month = store
@@ -564,11 +594,17 @@ mod tests {
         fleet(&store);
         let old = pseudo(13);
         let new = Pseudonym { version: 2, ..old };
-        let mut seen = item(new, vec![tiered(Register::ImportT1, ts("2026-11-26T12:00:00Z"), 1)]);
+        let mut seen = item(
+            new,
+            vec![tiered(Register::ImportT1, ts("2026-11-26T12:00:00Z"), 1)],
+        );
         seen.previous = vec![old];
         block_on(store.write(vec![seen])).expect("write");
         clock.set(ts("2026-11-27T01:00:00Z"));
         run(&store, &Calendar::amsterdam(), &cfg(), now(&clock)).expect("run");
-        assert_eq!(day_rows(&store, "2026-11-23T23:00:00Z")[0].rows[0].connections, 3);
+        assert_eq!(
+            day_rows(&store, "2026-11-23T23:00:00Z")[0].rows[0].connections,
+            3
+        );
     }
 }

@@ -92,9 +92,7 @@ pub struct JournalContents {
 impl JournalContents {
     /// The last sequence number this journal has handed out.
     pub fn last(&self) -> u64 {
-        self.entries
-            .last()
-            .map_or(self.pruned_through, |e| e.seq)
+        self.entries.last().map_or(self.pruned_through, |e| e.seq)
     }
 
     /// Why this journal cannot bring a store whose watermark is `from` up to date with a
@@ -161,8 +159,8 @@ fn parse_all(texts: &[String]) -> Result<Vec<Pseudonym>, StoreError> {
 }
 
 fn line_of<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    let mut line = serde_json::to_vec(value)
-        .map_err(|e| StoreError::engine("encoding a journal entry", e))?;
+    let mut line =
+        serde_json::to_vec(value).map_err(|e| StoreError::engine("encoding a journal entry", e))?;
     line.push(b'\n');
     Ok(line)
 }
@@ -445,7 +443,10 @@ mod tests {
             }
         );
         let written = String::from_utf8(line_of(&e).expect("line")).expect("utf-8");
-        assert!(!written.contains("1234") && !written.contains("E1A"), "{written}");
+        assert!(
+            !written.contains("1234") && !written.contains("E1A"),
+            "{written}"
+        );
     }
 
     /// Records what is carried out; the first erasure fails (a store error half-way).
@@ -465,7 +466,9 @@ mod tests {
             _: &[Pseudonym],
             c: Connection,
         ) -> Result<ErasureReceipt, StoreError> {
-            self.done.borrow_mut().push(format!("consent {}", c.consent.as_str()));
+            self.done
+                .borrow_mut()
+                .push(format!("consent {}", c.consent.as_str()));
             Ok(ErasureReceipt::default())
         }
         fn erase(&self, ps: &[Pseudonym]) -> Result<ErasureReceipt, StoreError> {
@@ -502,9 +505,7 @@ mod tests {
         assert!(journal.run(&ops, erase, |op| op.apply(&ops)).is_err());
         assert_eq!(ops.watermark.get(), 0, "not applied: the watermark stays");
         let object = JournalOp::objection(&[p], true);
-        journal
-            .run(&ops, object, |op| op.apply(&ops))
-            .expect("run");
+        journal.run(&ops, object, |op| op.apply(&ops)).expect("run");
         assert_eq!(*ops.done.borrow(), vec!["erase 1", "objection true"]);
         assert_eq!(ops.watermark.get(), 2);
         // Replayed onto a store that applied nothing (a restore of an early backup).
@@ -517,7 +518,11 @@ mod tests {
     #[test]
     fn a_gap_is_named() {
         let missing = JournalContents::default();
-        assert_eq!(missing.gap(0, 0), None, "nothing journalled, nothing missing");
+        assert_eq!(
+            missing.gap(0, 0),
+            None,
+            "nothing journalled, nothing missing"
+        );
         assert!(missing.gap(4, 0).is_some_and(|w| w.contains("missing")));
         let pruned = JournalContents {
             exists: true,
@@ -525,7 +530,11 @@ mod tests {
             entries: vec![entry(6), entry(7)],
         };
         assert_eq!(pruned.gap(5, 7), None);
-        assert!(pruned.gap(4, 7).is_some_and(|w| w.contains("pruned through #5")));
+        assert!(
+            pruned
+                .gap(4, 7)
+                .is_some_and(|w| w.contains("pruned through #5"))
+        );
         assert!(pruned.gap(5, 9).is_some_and(|w| w.contains("ends at #7")));
         let reset = JournalContents {
             exists: true,

@@ -72,7 +72,14 @@ impl State {
     }
 
     /// Marks the units this tier entry feeds as written into at `now`.
-    fn mark(&mut self, calendar: &Calendar, tier: Tier, register: Register, t: Timestamp, now: i64) {
+    fn mark(
+        &mut self,
+        calendar: &Calendar,
+        tier: Tier,
+        register: Register,
+        t: Timestamp,
+        now: i64,
+    ) {
         let pending = &mut self.pending;
         periods::units_touched(calendar, tier, register, t, t, &mut |unit, start| {
             pending.insert((unit, register.kind(), start.as_second()), now);
@@ -397,9 +404,7 @@ impl ReadingStore for MemStore {
             state.meters.retain(|(c, _)| c != p);
             receipt.meters += (before - state.meters.len()) as u64;
         }
-        let subject = state
-            .subject_of(pseudonyms)
-            .after_erasure(self.clock.now());
+        let subject = state.subject_of(pseudonyms).after_erasure(self.clock.now());
         state.set_subject(pseudonyms, subject);
         Ok(receipt)
     }

@@ -141,12 +141,20 @@ mod tests {
     #[test]
     fn a_quarter_hour_feeds_its_local_day() {
         assert_eq!(
-            units(Tier::Interval, "2026-11-24T12:00:00Z", "2026-11-24T12:00:00Z"),
+            units(
+                Tier::Interval,
+                "2026-11-24T12:00:00Z",
+                "2026-11-24T12:00:00Z"
+            ),
             vec![(Tier::Day, "2026-11-23T23:00:00Z".into())]
         );
         // On local midnight: the day it ends and the day it starts.
         assert_eq!(
-            units(Tier::Interval, "2026-11-24T23:00:00Z", "2026-11-24T23:00:00Z"),
+            units(
+                Tier::Interval,
+                "2026-11-24T23:00:00Z",
+                "2026-11-24T23:00:00Z"
+            ),
             vec![
                 (Tier::Day, "2026-11-23T23:00:00Z".into()),
                 (Tier::Day, "2026-11-24T23:00:00Z".into())

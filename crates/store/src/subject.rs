@@ -121,9 +121,15 @@ mod tests {
         let s = SubjectState::default().after_objection(true, now);
         let s = s.after_registration(ConsentLevel::Interval, now);
         assert!(s.objected);
-        let s = s.after_erasure(now).after_registration(ConsentLevel::Daily, now);
+        let s = s
+            .after_erasure(now)
+            .after_registration(ConsentLevel::Daily, now);
         assert!(s.objected && !s.erased);
-        assert_eq!(s.sealed_before, Some(now), "the erased history stays sealed");
+        assert_eq!(
+            s.sealed_before,
+            Some(now),
+            "the erased history stays sealed"
+        );
     }
 
     #[test]
@@ -159,9 +165,11 @@ mod tests {
             }
         );
         assert!(SubjectState::default().is_empty());
-        assert!(SubjectState::default()
-            .after_registration(ConsentLevel::Off, a)
-            .sealed_before
-            .is_some());
+        assert!(
+            SubjectState::default()
+                .after_registration(ConsentLevel::Off, a)
+                .sealed_before
+                .is_some()
+        );
     }
 }

@@ -67,8 +67,114 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         .collect()
 }
 
+/// How bytes can be spelled in a file: as they are, or as hex digits in lower or upper case
+/// (RocksDB's info LOG prints keys as uppercase hex, a `Debug` or `Display` of a hash as
+/// lowercase hex).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ByteForm {
+    Raw,
+    LowerHex,
+    UpperHex,
+}
+
+impl ByteForm {
+    pub const ALL: [ByteForm; 3] = [ByteForm::Raw, ByteForm::LowerHex, ByteForm::UpperHex];
+
+    /// `bytes` spelled in this form.
+    pub fn spell(self, bytes: &[u8]) -> Vec<u8> {
+        const LOWER: &[u8; 16] = b"0123456789abcdef";
+        const UPPER: &[u8; 16] = b"0123456789ABCDEF";
+        let digits = match self {
+            ByteForm::Raw => return bytes.to_vec(),
+            ByteForm::LowerHex => LOWER,
+            ByteForm::UpperHex => UPPER,
+        };
+        bytes
+            .iter()
+            .flat_map(|b| [digits[usize::from(b >> 4)], digits[usize::from(b & 0x0f)]])
+            .collect()
+    }
+}
+
+/// A file holding some bytes in some form, as [`files_containing_any_form`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Trace {
+    pub file: PathBuf,
+    pub form: ByteForm,
+}
+
+/// The files below `dir` (recursively, every file: SST, WAL, MANIFEST, RocksDB's `LOG` and
+/// `LOG.old.*`, anything else) that hold `needle` in any [`ByteForm`]: raw, lowercase hex or
+/// uppercase hex. One [`Trace`] per file and form found, sorted. What a test of erasure
+/// scans for: erased bytes must leave no trace, spelled any way.
+pub fn files_containing_any_form(dir: &Path, needle: &[u8]) -> Vec<Trace> {
+    if needle.is_empty() {
+        return Vec::new();
+    }
+    let forms: Vec<(ByteForm, Vec<u8>)> = ByteForm::ALL
+        .into_iter()
+        .map(|form| (form, form.spell(needle)))
+        .collect();
+    let mut traces = Vec::new();
+    for file in files_below(dir) {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        for (form, spelled) in &forms {
+            if bytes
+                .windows(spelled.len())
+                .any(|w| w == spelled.as_slice())
+            {
+                traces.push(Trace {
+                    file: file.clone(),
+                    form: *form,
+                });
+            }
+        }
+    }
+    traces.sort();
+    traces
+}
+
 /// A quarter-hour boundary `quarters` quarter-hours before now.
 pub fn quarters_ago(quarters: i64) -> jiff::Timestamp {
     let now = jiff::Timestamp::now().as_second() / 900 * 900;
     jiff::Timestamp::from_second(now - quarters * 900).expect("in range")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_containing_any_form_finds_raw_and_both_hex_spellings() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let needle = [0x00, 0x01, 0xab, 0xcd, 0xef, 0x7f];
+        assert_eq!(ByteForm::LowerHex.spell(&needle), b"0001abcdef7f");
+        assert_eq!(ByteForm::UpperHex.spell(&needle), b"0001ABCDEF7F");
+        let sub = dir.path().join("sub");
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        let raw = [&b"before "[..], &needle, b" after"].concat();
+        std::fs::write(dir.path().join("000007.sst"), &raw).expect("write");
+        std::fs::write(dir.path().join("LOG"), b"key: '0001ABCDEF7F02' seq").expect("write");
+        std::fs::write(sub.join("LOG.old.1"), b"v1-0001abcdef7f").expect("write");
+        // Mixed case, or one digit short, is not the needle.
+        std::fs::write(dir.path().join("OPTIONS"), b"0001abCDef7f 0001ABCDEF7").expect("write");
+        let traces = files_containing_any_form(dir.path(), &needle);
+        let found: Vec<(String, ByteForm)> = traces
+            .iter()
+            .map(|t| {
+                let name = t.file.file_name().expect("name").to_string_lossy();
+                (name.into_owned(), t.form)
+            })
+            .collect();
+        assert_eq!(found.len(), 3, "{traces:?}");
+        for expected in [
+            ("000007.sst".to_string(), ByteForm::Raw),
+            ("LOG".to_string(), ByteForm::UpperHex),
+            ("LOG.old.1".to_string(), ByteForm::LowerHex),
+        ] {
+            assert!(found.contains(&expected), "{expected:?} not in {found:?}");
+        }
+        assert!(files_containing_any_form(dir.path(), &[0x42; 8]).is_empty());
+        assert!(files_containing_any_form(dir.path(), &[]).is_empty());
+    }
 }

@@ -38,8 +38,7 @@ fn report_fixture(path: &Path) {
     );
     append(AuditEntry::refused(Actor::Unauthenticated, "/v1/statistics", 401).with_time(at(90)));
     append(
-        AuditEntry::correction(pseudonym(7), "1-0:1.8.1", at(0), "1.000", "2.000")
-            .with_time(at(95)),
+        AuditEntry::correction(pseudonym(7), "1-0:1.8.1", at(0), ["interval"], 1).with_time(at(95)),
     );
     append(export("po-1", &pseudonym(8), at(100))); // `to` is exclusive
 }

@@ -464,36 +464,122 @@ fn reading_on(token: u64, kind: &str, time: &str, wh: u64) -> Received<u64> {
     )
 }
 
+/// The decimal forms of a value that must never reach the audit log: Wh as stored, kWh as
+/// published (with and without the unit).
+fn value_forms(wh: u64) -> Vec<String> {
+    let kwh = format!("{}.{:03}", wh / 1000, wh % 1000);
+    vec![wh.to_string(), format!("{kwh} kWh"), kwh]
+}
+
+/// Fails if any form of any of `values` is in the raw bytes of the file at `path`.
+fn assert_no_values_in(path: &std::path::Path, values: &[u64]) {
+    let bytes = std::fs::read(path).expect("audit log");
+    for form in values.iter().flat_map(|v| value_forms(*v)) {
+        assert!(
+            !bytes.windows(form.len()).any(|w| w == form.as_bytes()),
+            "the value {form:?} is in the audit log: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+}
+
+/// The correction lines of an audit log, as written: canonical JSON (keys sorted, no
+/// spaces), so their parts can be matched as text.
+fn correction_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .expect("audit log")
+        .lines()
+        .filter(|l| l.contains(r#""action":"correction""#))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Fails unless `line` holds every one of `parts`.
+fn assert_holds(line: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(line.contains(part), "{part} missing in {line}");
+    }
+}
+
+/// A store and an audit log beside it, and a pipeline writing to both.
+struct Audited {
+    store: Arc<MemStore>,
+    dir: tempfile::TempDir,
+}
+
+impl Audited {
+    fn new() -> Audited {
+        let clock = Arc::new(ManualClock::new("2025-01-02T00:00:00Z".parse().expect("t")));
+        Audited {
+            store: Arc::new(MemStore::with_policy(
+                clock,
+                ConsentLevel::Interval,
+                RetentionPolicy::default(),
+            )),
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn audit_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("audit.log")
+    }
+
+    /// A pipeline over the store, with the audit log (re)opened as the service opens it.
+    fn start(&self) -> Harness {
+        let mut c = config(10, Duration::from_millis(5));
+        c.audit = Some(meterstand_audit::AuditLog::open(&self.audit_path()).expect("audit log"));
+        start(c, Arc::new(StoreWriter(self.store.clone())))
+    }
+
+    /// Makes every later append of the open log fail: a byte written behind its back is
+    /// another writer, and the log refuses to chain onto it (`AuditError::Changed`). A
+    /// reopen cuts the stray byte off as a torn line, as after a crash.
+    fn break_audit_log(&self) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.audit_path())
+            .expect("open audit log");
+        file.write_all(b"x").expect("write");
+        file.sync_all().expect("sync");
+    }
+
+    fn stored(&self, tier: Tier, time: &str) -> Vec<u64> {
+        let p = pseudonymiser().ean(&ean(7));
+        let t: Timestamp = time.parse().expect("t");
+        let end = Timestamp::from_second(t.as_second() + 1).expect("t");
+        self.store
+            .readings(p, tier, t, end)
+            .expect("read")
+            .iter()
+            .map(|r| r.value)
+            .collect()
+    }
+}
+
 /// A correction of an interval reading at local midnight of 1 January (a day and a month
 /// boundary): every tier follows, the conflict counter does not move (a later plain reading
-/// with another value is the only conflict), and the one audit line holds the pseudonym,
-/// register, time and old → new values, never the EAN.
+/// with another value is the only conflict), and the one audit line names the pseudonym,
+/// register, time and tiers, never the EAN and never the old or the new value (not in any
+/// form, anywhere in the file's bytes).
 #[tokio::test(start_paused = true)]
-async fn a_correction_at_a_day_boundary_replaces_every_tier_and_is_audited() {
-    let clock = Arc::new(ManualClock::new("2025-01-02T00:00:00Z".parse().expect("t")));
-    let store = Arc::new(MemStore::with_policy(
-        clock,
-        ConsentLevel::Interval,
-        RetentionPolicy::default(),
-    ));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let audit_path = dir.path().join("audit.log");
-    let mut c = config(10, Duration::from_millis(5));
-    c.audit = Some(meterstand_audit::AuditLog::open(&audit_path).expect("audit log"));
-    let h = start(c, Arc::new(StoreWriter(store.clone())));
+async fn a_correction_at_a_day_boundary_replaces_every_tier_and_is_audited_without_values() {
+    let a = Audited::new();
+    let h = a.start();
     let corrected_before = metrics::CORRECTED_READINGS.get();
     let midnight = "2024-12-31T23:00:00Z";
-    h.tx.send(reading_on(1, "json", midnight, 5_000))
+    let (old, new, later) = (12_345_678, 12_345_987, 12_346_001);
+    h.tx.send(reading_on(1, "json", midnight, old))
         .await
         .expect("send");
     until("ack 1", || h.acker.acked().len() == 1).await;
-    h.tx.send(reading_on(2, "correction/json", midnight, 6_250))
+    h.tx.send(reading_on(2, "correction/json", midnight, new))
         .await
         .expect("send");
     until("ack 2", || h.acker.acked().len() == 2).await;
     assert_eq!(h.status.totals().conflicts, 0);
     assert_eq!(h.status.totals().corrected, 3);
-    h.tx.send(reading_on(3, "json", midnight, 7_000))
+    h.tx.send(reading_on(3, "json", midnight, later))
         .await
         .expect("send");
     until("ack 3", || h.acker.acked().len() == 3).await;
@@ -502,40 +588,143 @@ async fn a_correction_at_a_day_boundary_replaces_every_tier_and_is_audited() {
     assert_eq!((totals.corrected, totals.conflicts), (3, 3), "{totals:?}");
     assert!(metrics::CORRECTED_READINGS.get() > corrected_before);
 
-    let p = pseudonymiser().ean(&ean(7));
-    let t: Timestamp = midnight.parse().expect("t");
-    let end = Timestamp::from_second(t.as_second() + 1).expect("t");
     for tier in Tier::ALL {
-        let r = store.readings(p, tier, t, end).expect("read");
-        assert_eq!(r.len(), 1, "{tier:?}");
-        assert_eq!(r[0].value, 6_250, "{tier:?}");
+        assert_eq!(a.stored(tier, midnight), vec![new], "{tier:?}");
     }
-    let export = store.export(&[p]).expect("export");
+    let p = pseudonymiser().ean(&ean(7));
+    let export = a.store.export(&[p]).expect("export");
     assert_eq!(export.corrected.len(), 3);
 
     h.shutdown.cancel();
     h.handle.await.expect("clean shutdown");
-    let text = std::fs::read_to_string(&audit_path).expect("audit log");
-    let lines: Vec<&str> = text.lines().collect();
+    let path = a.audit_path();
+    // Not the old, the new or the later value, in any form, anywhere in the file.
+    assert_no_values_in(&path, &[old, new, later]);
+    let text = std::fs::read_to_string(&path).expect("audit log");
+    let lines = correction_lines(&path);
     assert_eq!(lines.len(), 1, "one line per corrected reading: {text}");
-    let line = lines[0];
-    for part in [
-        "correction",
-        p.to_string().as_str(),
-        "1-0:1.8.1",
-        "5.000 kWh",
-        "6.250 kWh",
-        "2024-12-31T23:00:00Z",
-    ] {
-        assert!(line.contains(part), "{part:?} missing in {line}");
-    }
-    assert!(!line.contains(ean(7).expose()), "the EAN is in {line}");
-    assert!(
-        !line.contains("E0031003262764316"),
-        "the meter id is in {line}"
+    assert_holds(
+        &lines[0],
+        &[
+            &format!(r#""subjects":["{p}"]"#),
+            // Exactly these parameters: who and what, no value.
+            &format!(
+                r#""params":{{"register":"1-0:1.8.1","tiers":"interval,day,month","time":"{midnight}"}}"#
+            ),
+            r#""rows":3,"#,
+            r#""actor":{"component":"ingest","kind":"system"}"#,
+        ],
     );
-    let report = meterstand_audit::verify(&audit_path, None).expect("verify");
+    assert!(!text.contains(ean(7).expose()), "the EAN is in {text}");
+    assert!(
+        !text.contains("E0031003262764316"),
+        "the meter id is in {text}"
+    );
+    let report = meterstand_audit::verify(&path, None).expect("verify");
     assert_eq!((report.lines, report.problem_count), (1, 0));
+}
+
+/// A correction is stored, but its audit line cannot be written: it is not acknowledged
+/// (the broker redelivers it), ingest stops with an audit error, and the failure is counted.
+#[tokio::test(start_paused = true)]
+async fn a_correction_whose_audit_line_cannot_be_written_is_not_acked() {
+    let a = Audited::new();
+    let h = a.start();
+    let midnight = "2024-12-31T23:00:00Z";
+    h.tx.send(reading_on(1, "json", midnight, 12_345_678))
+        .await
+        .expect("send");
+    until("ack 1", || h.acker.acked().len() == 1).await;
+    a.break_audit_log();
+    let failures_before = metrics::CORRECTION_AUDIT_FAILURES.get();
+    h.tx.send(reading_on(2, "correction/json", midnight, 12_345_987))
+        .await
+        .expect("send");
+    // Acknowledged, ingest would run on: a virtual minute is a failure.
+    until("ingest to stop, the correction unacknowledged", || {
+        h.handle.is_finished()
+    })
+    .await;
+    let result = h.handle.await;
+    match result {
+        Err(IngestError::Audit {
+            lines, attempts, ..
+        }) => {
+            assert_eq!(lines, 1);
+            assert_eq!(attempts, 3, "first attempt and two retries");
+        }
+        other => panic!("expected an audit failure, got {other:?}"),
+    }
+    assert_eq!(
+        h.acker.acked(),
+        vec![1],
+        "the correction is not acknowledged"
+    );
+    assert!(metrics::CORRECTION_AUDIT_FAILURES.get() > failures_before);
+    // Stored (the write came first), but not acknowledged: the redelivery is a duplicate.
+    assert_eq!(a.stored(Tier::Interval, midnight), vec![12_345_987]);
+    assert!(correction_lines(&a.audit_path()).is_empty());
+    assert!(h.tx.send(reading_on(3, "json", midnight, 1)).await.is_err());
+}
+
+/// The redelivery of a correction whose audit line failed finds the corrected value stored
+/// (a duplicate: the store replaces nothing) and still writes the line, then acknowledges.
+#[tokio::test(start_paused = true)]
+async fn a_redelivered_correction_writes_the_audit_line_it_missed() {
+    let a = Audited::new();
+    let midnight = "2024-12-31T23:00:00Z";
+    let (old, new) = (12_345_678, 12_345_987);
+    let first = a.start();
+    first
+        .tx
+        .send(reading_on(1, "json", midnight, old))
+        .await
+        .expect("send");
+    until("ack 1", || first.acker.acked().len() == 1).await;
+    a.break_audit_log();
+    first
+        .tx
+        .send(reading_on(2, "correction/json", midnight, new))
+        .await
+        .expect("send");
+    until("ingest to stop on the audit failure", || {
+        first.handle.is_finished()
+    })
+    .await;
+    assert!(matches!(first.handle.await, Err(IngestError::Audit { .. })));
+    assert_eq!(first.acker.acked(), vec![1]);
+
+    // The next session: the log reopened (the stray byte cut off and recorded), the
+    // correction redelivered.
+    let second = a.start();
+    second
+        .tx
+        .send(reading_on(2, "correction/json", midnight, new))
+        .await
+        .expect("send");
+    until("the redelivery acked", || second.acker.acked() == vec![2]).await;
+    assert_eq!(second.status.totals().corrected, 0, "a duplicate now");
+    second.shutdown.cancel();
+    second.handle.await.expect("clean shutdown");
+
+    let path = a.audit_path();
+    let lines = correction_lines(&path);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let p = pseudonymiser().ean(&ean(7));
+    assert_holds(
+        &lines[0],
+        &[
+            &format!(r#""subjects":["{p}"]"#),
+            &format!(
+                r#""params":{{"register":"1-0:1.8.1","tiers":"interval,day,month","time":"{midnight}"}}"#
+            ),
+            // Nothing replaced by the redelivery: the first delivery did that.
+            r#""rows":0,"#,
+        ],
+    );
+    assert_no_values_in(&path, &[old, new]);
+    let report = meterstand_audit::verify(&path, None).expect("verify");
+    assert!(report.is_ok(), "{report}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -105,7 +105,6 @@ impl SeenMeters {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

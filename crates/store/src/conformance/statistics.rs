@@ -97,7 +97,9 @@ pub fn statistics_outlive_erasure_and_have_their_own_retention(mut b: impl Backe
     )]))
     .expect("write");
     let a = frozen(Tier::Interval, "2026-11-23T23:00:00Z", 100);
-    store.freeze(std::slice::from_ref(&a), None).expect("freeze");
+    store
+        .freeze(std::slice::from_ref(&a), None)
+        .expect("freeze");
     store.erase(&[p]).expect("erase");
     let read = |store: &dyn ReadingStore| {
         store
