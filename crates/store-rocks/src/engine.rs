@@ -266,12 +266,6 @@ pub(crate) fn open_shared(
     db_opts.create_if_missing(true);
     db_opts.create_missing_column_families(true);
     db_opts.set_max_background_jobs(2);
-    // RocksDB's info LOG names key ranges in hex (a manual compaction after an erasure
-    // logs the erased pseudonym's range): it logs warnings and errors only, keeps no
-    // rotated copies, and the LOG files of earlier versions go before it opens.
-    db_opts.set_log_level(rocksdb::LogLevel::Warn);
-    db_opts.set_keep_log_file_num(1);
-    remove_info_logs(&config.path)?;
     db_opts.set_bytes_per_sync(1 << 20);
     // One writer thread: no concurrent memtable inserts, so RocksDB inserts each key with
     // the previous insert's position as hint, which our key-sorted batches make cheap.
@@ -285,6 +279,13 @@ pub(crate) fn open_shared(
     let mut db_opts = db_opts
         .get_options_from_string("max_manifest_space_amp_pct=0")
         .map_err(engine("setting the MANIFEST policy"))?;
+    // RocksDB's info LOG names key ranges in hex (a manual compaction after an erasure
+    // logs the erased pseudonym's range): it logs warnings and errors only, keeps no
+    // rotated copies, and the LOG files of earlier versions go before it opens. Set after
+    // the options string above, which builds new options.
+    db_opts.set_log_level(rocksdb::LogLevel::Warn);
+    db_opts.set_keep_log_file_num(1);
+    remove_info_logs(&config.path)?;
 
     // One budget: every column family's blocks and every memtable are charged to one cache.
     let cache = rocksdb::Cache::new_lru_cache(config.rocksdb_bytes());
