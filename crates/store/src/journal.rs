@@ -10,7 +10,7 @@
 //! entries that no kept backup can need are pruned ([`SubjectJournal::prune`]); the first
 //! line then says up to which sequence number entries were pruned, so that a restore can
 //! tell a journal that reaches back to its backup from one that does not
-//! ([`JournalContents::covers`]).
+//! ([`JournalContents::gap`]).
 //!
 //! One order: appending an entry, carrying it out and raising the watermark happen under
 //! one lock, and an entry whose operation failed is carried out before the next one is
