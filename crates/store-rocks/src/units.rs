@@ -128,22 +128,11 @@ impl Units {
     }
 
     pub(crate) fn list(&self) -> Vec<PendingPeriod> {
-        let mut out: Vec<PendingPeriod> = self
-            .pending
-            .iter()
-            .filter_map(|((tier, kind, start), last)| {
-                Some(PendingPeriod {
-                    key: PeriodKey {
-                        tier: *tier,
-                        kind: *kind,
-                        period_start: Timestamp::from_second(*start).ok()?,
-                    },
-                    last_write: Timestamp::from_second(*last).ok()?,
-                })
-            })
-            .collect();
-        out.sort_by_key(|p| (p.key.period_start, p.key.tier, p.key.kind));
-        out
+        meterstand_store::PendingPeriod::list(
+            self.pending
+                .iter()
+                .map(|(&(tier, kind, start), &last)| (tier, kind, start, last)),
+        )
     }
 }
 

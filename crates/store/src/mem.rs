@@ -514,22 +514,9 @@ impl ReadingStore for MemStore {
 
     fn pending_periods(&self) -> Result<Vec<PendingPeriod>, StoreError> {
         let state = self.state.lock();
-        let mut out: Vec<PendingPeriod> = state
-            .pending
-            .iter()
-            .filter_map(|((tier, kind, start), last)| {
-                Some(PendingPeriod {
-                    key: PeriodKey {
-                        tier: *tier,
-                        kind: *kind,
-                        period_start: Timestamp::from_second(*start).ok()?,
-                    },
-                    last_write: Timestamp::from_second(*last).ok()?,
-                })
-            })
-            .collect();
-        out.sort_by_key(|p| (p.key.period_start, p.key.tier, p.key.kind));
-        Ok(out)
+        Ok(PendingPeriod::list(state.pending.iter().map(
+            |(&(tier, kind, start), &last)| (tier, kind, start, last),
+        )))
     }
 
     fn freeze(

@@ -46,3 +46,24 @@ pub struct PendingPeriod {
     pub key: PeriodKey,
     pub last_write: Timestamp,
 }
+
+impl PendingPeriod {
+    /// Pending periods from (tier, kind, start, last write) in UTC seconds, oldest first;
+    /// what lies outside the timestamp range is skipped.
+    pub fn list(units: impl Iterator<Item = (Tier, RegisterKind, i64, i64)>) -> Vec<PendingPeriod> {
+        let mut out: Vec<PendingPeriod> = units
+            .filter_map(|(tier, kind, start, last)| {
+                Some(PendingPeriod {
+                    key: PeriodKey {
+                        tier,
+                        kind,
+                        period_start: Timestamp::from_second(start).ok()?,
+                    },
+                    last_write: Timestamp::from_second(last).ok()?,
+                })
+            })
+            .collect();
+        out.sort_by_key(|p| (p.key.period_start, p.key.tier, p.key.kind));
+        out
+    }
+}
