@@ -1,5 +1,5 @@
 //! The line format and hash rule described in the crate documentation: canonical JSON, the
-//! BLAKE3 link to the previous line, encoding a line and checking one on its own.
+//! (keyed) BLAKE3 link to the previous line, encoding a line and checking one on its own.
 
 use std::fmt;
 use std::str::FromStr;
@@ -7,11 +7,15 @@ use std::str::FromStr;
 use serde_json::{Map, Value};
 
 use crate::entry::AuditEntry;
+use crate::keys::ChainKeys;
 use crate::verify::ProblemKind;
 use crate::{AuditError, MAX_LINE_BYTES};
 
 /// The `prev` of the first line: 32 zero bytes.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
+
+/// The field naming the key version a keyed line is hashed under; absent on unkeyed lines.
+pub(crate) const KEY_VERSION: &str = "key_version";
 
 /// Where a log's chain ends: how many lines it has and the hash of the last one (the genesis
 /// hash for an empty log). Written and parsed as `<lines>:<64 hex digits>`, so it can be logged
@@ -27,6 +31,11 @@ impl ChainHead {
         lines: 0,
         hash: GENESIS_HASH,
     };
+
+    /// The sequence number of the last line, `None` for an empty chain.
+    pub fn last_seq(&self) -> Option<u64> {
+        self.lines.checked_sub(1)
+    }
 }
 
 impl fmt::Display for ChainHead {
@@ -109,19 +118,26 @@ fn canonical_object(map: &Map<String, Value>, out: &mut Vec<u8>) -> Result<(), s
     Ok(())
 }
 
-fn link_hash(prev: &[u8; 32], canonical_without_hash: &[u8]) -> [u8; 32] {
-    let mut hasher = blake3::Hasher::new();
+/// `BLAKE3(prev ‖ canonical)`, keyed with `key` for a keyed line.
+fn link_hash(key: Option<&[u8; 32]>, prev: &[u8; 32], canonical_without_hash: &[u8]) -> [u8; 32] {
+    let mut hasher = match key {
+        Some(key) => blake3::Hasher::new_keyed(key),
+        None => blake3::Hasher::new(),
+    };
     hasher.update(prev);
     hasher.update(canonical_without_hash);
     *hasher.finalize().as_bytes()
 }
 
-/// The line (with its `\n`) for `entry` at `seq` after a line hashed `prev`, and its hash.
+/// The line (with its `\n`) for `entry` at `seq` after a line hashed `prev`, and its hash:
+/// keyed under the current key of `keys` when there is one.
 pub(crate) fn encode_line(
     entry: &AuditEntry,
     seq: u64,
     prev: &[u8; 32],
+    keys: &ChainKeys,
 ) -> Result<(Vec<u8>, [u8; 32]), AuditError> {
+    let key = keys.current();
     let mut value = serde_json::to_value(entry)?;
     let map = value.as_object_mut().ok_or_else(|| {
         AuditError::Json(serde::ser::Error::custom(
@@ -130,9 +146,12 @@ pub(crate) fn encode_line(
     })?;
     map.insert("seq".into(), seq.into());
     map.insert("prev".into(), hex::encode(prev).into());
+    if let Some((version, _)) = key {
+        map.insert(KEY_VERSION.into(), version.into());
+    }
     let mut bytes = Vec::with_capacity(512);
     canonical(&value, &mut bytes)?;
-    let hash = link_hash(prev, &bytes);
+    let hash = link_hash(key.map(|(_, k)| k), prev, &bytes);
     if let Some(map) = value.as_object_mut() {
         map.insert("hash".into(), hex::encode(hash).into());
     }
@@ -155,12 +174,20 @@ pub(crate) struct CheckedLine {
     pub seq: u64,
     pub prev: [u8; 32],
     pub hash: [u8; 32],
+    /// The key version of a keyed line; `None` for an unkeyed (legacy) line.
+    pub key_version: Option<u16>,
+    /// `false` when the line is keyed under a version `keys` does not hold: its form was
+    /// checked, its hash could not be.
+    pub hash_checked: bool,
     /// The entry's own fields, chain fields removed.
     pub fields: Map<String, Value>,
 }
 
-/// Checks one line (without its `\n`) on its own.
-pub(crate) fn check_line(bytes: &[u8]) -> Result<CheckedLine, (ProblemKind, String)> {
+/// Checks one line (without its `\n`) on its own: a keyed line under the key it names.
+pub(crate) fn check_line(
+    bytes: &[u8],
+    keys: &ChainKeys,
+) -> Result<CheckedLine, (ProblemKind, String)> {
     let malformed = |why: String| (ProblemKind::Malformed, why);
     let value: Value =
         serde_json::from_slice(bytes).map_err(|e| malformed(format!("not JSON ({e})")))?;
@@ -182,6 +209,14 @@ pub(crate) fn check_line(bytes: &[u8]) -> Result<CheckedLine, (ProblemKind, Stri
         .get("seq")
         .and_then(Value::as_u64)
         .ok_or_else(|| malformed("no valid `seq`".into()))?;
+    let key_version = match fields.get(KEY_VERSION) {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|v| u16::try_from(v).ok())
+                .ok_or_else(|| malformed(format!("no valid `{KEY_VERSION}`")))?,
+        ),
+    };
     let mut canon = Vec::with_capacity(bytes.len());
     canonical_object(&fields, &mut canon)
         .map_err(|e| malformed(format!("cannot re-encode ({e})")))?;
@@ -195,18 +230,25 @@ pub(crate) fn check_line(bytes: &[u8]) -> Result<CheckedLine, (ProblemKind, Stri
     canon.clear();
     canonical_object(&fields, &mut canon)
         .map_err(|e| malformed(format!("cannot re-encode ({e})")))?;
-    if link_hash(&prev, &canon) != hash {
-        return Err((
-            ProblemKind::Edited,
-            "the hash does not match the line's content: the line was edited".into(),
-        ));
+    let key = key_version.and_then(|v| keys.get(v));
+    let hash_checked = key_version.is_none() || key.is_some();
+    if hash_checked && link_hash(key, &prev, &canon) != hash {
+        let why = if key.is_some() {
+            "the keyed hash does not match the line's content: the line was edited (or re-chained without the key)"
+        } else {
+            "the hash does not match the line's content: the line was edited"
+        };
+        return Err((ProblemKind::Edited, why.into()));
     }
     fields.remove("seq");
     fields.remove("prev");
+    fields.remove(KEY_VERSION);
     Ok(CheckedLine {
         seq,
         prev,
         hash,
+        key_version,
+        hash_checked,
         fields,
     })
 }

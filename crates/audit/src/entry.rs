@@ -31,6 +31,30 @@ pub mod action {
     pub const AUTH_REFUSED: &str = "auth.refused";
     /// Written by [`crate::AuditLog::open`] after dropping a torn last line.
     pub const AUDIT_RECOVERED: &str = "audit.recovered";
+    /// The first line of every segment after the first: its `seq` and `prev` continue the
+    /// previous segment's head (also in the `previous` parameter), so a log whose older
+    /// segments were removed by retention still starts at a provable point.
+    pub const AUDIT_SEGMENT: &str = "audit.segment";
+    /// Written once when a log of unkeyed (legacy) lines is first opened with keys: every
+    /// line from here on is keyed, and this keyed line's `prev` fixes the legacy part.
+    pub const AUDIT_KEYED: &str = "audit.keyed";
+    /// Whole segments removed by retention (`segments`, `kept_from`: the oldest kept seq).
+    pub const AUDIT_RETENTION: &str = "audit.retention";
+    /// The service found at start-up that the log does not reach the head anchored in the
+    /// store (`anchor`, `found`, `missing`): lines were removed. Fails `verify` until an
+    /// operator acknowledges it ([`AUDIT_GAP_ACKNOWLEDGED`]).
+    pub const AUDIT_GAP: &str = "audit.gap";
+    /// An operator acknowledged the recorded gap whose line has seq `gap_seq` (`reason`).
+    pub const AUDIT_GAP_ACKNOWLEDGED: &str = "audit.gap_acknowledged";
+    /// `meterstand restore`: which backup (`backup`, `taken`) and what the journal replay
+    /// re-applied (`replayed`, `journal_from`, `journal_gap_accepted`).
+    pub const STORE_RESTORE: &str = "store.restore";
+    /// `meterstand keygen --rotate`: the new master key version (`version`).
+    pub const KEY_ROTATE: &str = "key.rotate";
+    /// `meterstand token revoke`: the token id (`token_id`), never the token.
+    pub const TOKEN_REVOKE: &str = "token.revoke";
+    /// The service re-read its configuration or token table (SIGHUP).
+    pub const CONFIG_RELOAD: &str = "config.reload";
 }
 
 /// Who acted. A token appears by its id only, never its secret.
@@ -48,6 +72,9 @@ pub enum Actor {
     Unauthenticated,
     /// The service itself, e.g. `ingest` applying a correction, `audit` recovering the log.
     System { component: String },
+    /// A person at the command line (`meterstand restore`, `keygen --rotate`, `token
+    /// revoke`): the login name, `SUDO_USER` first ([`Actor::operator_from_env`]).
+    Operator { user: String },
 }
 
 impl Actor {
@@ -62,6 +89,26 @@ impl Actor {
         Actor::System {
             component: component.into(),
         }
+    }
+
+    pub fn operator(user: impl Into<String>) -> Actor {
+        Actor::Operator { user: user.into() }
+    }
+
+    /// The person running this process: `SUDO_USER` (who ran `sudo`), else `USER`, else
+    /// `LOGNAME`, else `uid:<n>` of this process.
+    pub fn operator_from_env() -> Actor {
+        let named = ["SUDO_USER", "USER", "LOGNAME"]
+            .iter()
+            .filter_map(|k| std::env::var(k).ok())
+            .find(|v| !v.trim().is_empty());
+        let user = named.unwrap_or_else(|| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata("/proc/self")
+                .map(|m| format!("uid:{}", m.uid()))
+                .unwrap_or_else(|_| "unknown".into())
+        });
+        Actor::operator(user)
     }
 }
 
@@ -191,6 +238,11 @@ impl AuditEntry {
             .with_rows(replaced)
     }
 
+    /// An operator's action at the command line, by the person running this process.
+    pub fn operator(action: impl Into<String>, outcome: Outcome) -> AuditEntry {
+        AuditEntry::new(Actor::operator_from_env(), action, outcome)
+    }
+
     pub fn with_time(mut self, time: Timestamp) -> AuditEntry {
         self.time = time;
         self
@@ -239,6 +291,12 @@ impl AuditEntry {
                     return Err(AuditError::Empty { field: "component" });
                 }
                 texts.push(("component".into(), component));
+            }
+            Actor::Operator { user } => {
+                if user.is_empty() {
+                    return Err(AuditError::Empty { field: "user" });
+                }
+                texts.push(("user".into(), user));
             }
             Actor::Unauthenticated => {}
         }

@@ -1,19 +1,25 @@
 //! The audit log: who did what to which pseudonymous subject, when, and with what outcome.
-//! This crate owns the file format, the hash chain that makes removed or altered lines
-//! detectable, appending (one synced line per call, file mode 0600), verifying a log, and the
-//! per-token access report for the supplier's privacy officer. It knows no keys, no store and no
-//! HTTP: callers build an [`AuditEntry`] and the [`AuditLog`] chains and writes it.
+//! This crate owns the file format, the keyed hash chain that makes removed or altered lines
+//! detectable, appending (one synced line per call, file mode 0600, writers taking turns on
+//! a lock file), monthly segments and their retention, verifying a log against its anchor,
+//! and the per-token access report for the supplier's privacy officer. It knows no store
+//! and no HTTP, and no master key: callers derive the chain keys ([`ChainKeys`], the `audit`
+//! purpose key of `meterstand-pseudonym`), keep the anchor ([`AnchorSink`]), build an
+//! [`AuditEntry`], and the [`AuditLog`] chains and writes it. See docs/design.md, "Audit log".
 //!
 //! # File format and hash rule
 //!
 //! One JSON object per line, UTF-8, each line ending in `\n`. The object holds the fields of
-//! [`AuditEntry`] plus three chain fields:
+//! [`AuditEntry`] plus the chain fields:
 //!
-//! - `seq`: 0 for the first line, then +1 per line;
+//! - `seq`: 0 for the first line, then +1 per line, across segments;
 //! - `prev`: the `hash` of the line before, as 64 lowercase hex digits; for the first line 64
 //!   zeros (the genesis hash, 32 zero bytes);
-//! - `hash`: `hex(BLAKE3(prev_bytes ‖ canonical(object without "hash")))`, where `prev_bytes`
-//!   are the 32 bytes `prev` spells and `canonical` is defined below.
+//! - `key_version`: on a keyed line, the master key version whose audit key hashes it;
+//! - `hash`: `hex(H(prev_bytes ‖ canonical(object without "hash")))`, where `prev_bytes` are
+//!   the 32 bytes `prev` spells, `canonical` is defined below, and `H` is BLAKE3 keyed with
+//!   the audit key of `key_version` (`blake3::keyed_hash`), or plain BLAKE3 on an unkeyed
+//!   line.
 //!
 //! `canonical(v)` is JSON without any whitespace, object keys sorted by their UTF-8 bytes, and
 //! strings escaped only where JSON requires: `\"`, `\\`, `\b`, `\f`, `\n`, `\r`, `\t`, other
@@ -24,22 +30,56 @@
 //!
 //! A line is valid only if its bytes (without the `\n`) are exactly `canonical(object)`, `hash`
 //! included. With that rule every byte of the file is covered: changing, adding or removing any
-//! byte breaks a hash, the canonical form, the JSON, or the line structure.
+//! byte breaks a hash, the canonical form, the JSON, or the line structure. Without the key
+//! nobody can compute a keyed line's hash, so an edited line cannot be re-chained.
 //!
-//! # What [`verify`] detects, and what it cannot
+//! # Keyed and unkeyed (legacy) lines
 //!
-//! It walks the whole file and names each broken line (1-based) with the reason: a line edited
-//! (hash or canonical form wrong, or not an entry at all), lines deleted (a gap in `seq`), lines
-//! reordered or duplicated (`seq` going back), a line whose `prev` does not match the line
-//! before (that line was replaced, hash and all), and a torn last line (no `\n`).
+//! Logs written before keyed chains hold unkeyed lines. The first time a log whose last line
+//! is unkeyed is opened with keys, an `audit.keyed` line is appended: it is keyed, and its
+//! `prev` fixes the hash of the whole legacy part, which from then on cannot be edited and
+//! re-chained either. After a keyed line an unkeyed one is a problem ([`ProblemKind::Unkeyed`]),
+//! and so is a log verified with keys that holds no keyed line at all (re-chained whole).
+//! [`AuditLog::open`] (no keys) is for tests and benchmarks; it refuses a keyed log.
 //!
-//! Deleting lines *at the end* leaves a shorter but perfectly valid chain, and so does
-//! replacing the whole file with a freshly computed chain: nothing inside the file can tell.
-//! Both are detected only against a head recorded elsewhere: [`AuditLog::head`] returns the
-//! current [`ChainHead`] (`<lines>:<hash>`); the service should log it at start-up and
-//! periodically (and after each backup), and [`verify`] checks a given head is still in the
-//! file. The chain is not keyed, so it proves integrity relative to such a head, not who wrote
-//! the file.
+//! # Segments and retention
+//!
+//! The configured path is the active segment. A writer opened with `roll_monthly` seals it
+//! when an entry's month (UTC) is later than that of the active segment's first line: it is
+//! renamed `<file name>.<seq of its first line, 20 digits>` (names sort in chain order), and
+//! the new active segment starts with an `audit.segment` line whose `seq` and `prev` continue
+//! the previous head (also in its `previous` parameter). [`AuditLog::remove_segments_before`]
+//! removes whole sealed segments whose last line is older than a cutoff, oldest first, moves
+//! the anchor's `first` before it deletes, and records an `audit.retention` line. The oldest
+//! kept segment then starts with a keyed segment line: a provable cut, not an error. A
+//! single-file log from before segments is simply the first segment.
+//!
+//! # What [`verify_with`] detects, and the anchor
+//!
+//! It walks every kept segment, oldest first, and names each broken line (file and 1-based
+//! line number) with the reason: a line edited (hash or canonical form wrong, or not an entry
+//! at all), lines deleted (a gap in `seq`, also across files, or a first line that is neither
+//! seq 0 nor a segment line), lines reordered or duplicated (`seq` going back), a line whose
+//! `prev` does not match the line before (that line was replaced, hash and all), a torn last
+//! line (no `\n`), an unkeyed line where keyed ones are due, and an `audit.gap` line no
+//! `audit.gap_acknowledged` line names.
+//!
+//! Deleting lines *at the end*, or whole segments *at the start*, leaves a shorter but valid
+//! chain: nothing inside the files can tell. Both are detected against the [`Anchor`] kept
+//! outside the log (the service: in the store, after every line, through [`AnchorSink`]):
+//! the log must still hold the anchored head with the same hash ([`ProblemKind::Truncated`],
+//! [`ProblemKind::HeadMismatch`]) and must start no later than the anchor's oldest kept seq
+//! ([`ProblemKind::OutsideRetention`]). A writer's lines reach the sink after they are on
+//! disk, so an anchor can only lag the log (a crash in between), never lead it.
+//!
+//! # Writers
+//!
+//! Appends are serialised within a process by the log's mutex and across processes by an
+//! exclusive `flock` on `<file name>.lock`: the service and a command (`restore`, `keygen
+//! --rotate`, `token revoke`, `audit acknowledge`) can write at the same time. Before each line
+//! a writer takes in the lines others appended since its last one, if they continue its
+//! chain; a file that shrank, was replaced, or holds lines that do not continue it is
+//! [`AuditError::Changed`]. Only the long-running writer rolls segments.
 //!
 //! # Crash recovery
 //!
@@ -55,8 +95,8 @@
 //! Entries name connections only by pseudonym (`v<version>-<32 hex digits>`), and callers
 //! never put an EAN in a route or parameter; as a safety net [`AuditLog::append`] refuses an
 //! entry whose subjects are not pseudonyms or whose text holds a free-standing run of 18
-//! digits. Tokens appear by id only, never the secret. EANs appear only in a [`Report`] after
-//! [`Report::map_eans`] was given a CRM list explicitly.
+//! digits. Tokens appear by id only, never the secret; operators by login name. EANs appear
+//! only in a [`Report`] after [`Report::map_eans`] was given a CRM list explicitly.
 //!
 //! # Who and what, never a reading value
 //!
@@ -70,8 +110,12 @@
 
 mod chain;
 mod entry;
+mod keys;
 mod log;
+pub mod metrics;
 mod report;
+mod segments;
+mod tail;
 mod verify;
 
 #[cfg(test)]
@@ -81,11 +125,13 @@ use std::path::PathBuf;
 
 pub use chain::{ChainHead, ChainHeadParseError, GENESIS_HASH};
 pub use entry::{Actor, AuditEntry, CORRECTION_PARAMS, Outcome, action, holds_ean_like};
-pub use log::AuditLog;
+pub use keys::ChainKeys;
+pub use log::{Anchor, AnchorSink, AuditLog, LogOptions, Removed};
 pub use report::{
-    ActorKind, ActorReport, CsvRow, EanMapping, EanSubject, Integrity, Report, report,
+    ActorKind, ActorReport, CsvRow, EanMapping, EanSubject, Integrity, Report, report, report_with,
 };
-pub use verify::{Problem, ProblemKind, VerifyReport, verify};
+pub use segments::segments;
+pub use verify::{Problem, ProblemKind, VerifyReport, verify, verify_with};
 
 /// The longest line read or written (4 MiB): far above any real entry, and a bound on the
 /// memory a hostile file can make us use.
@@ -108,9 +154,13 @@ pub enum AuditError {
     )]
     Corrupt { path: PathBuf, reason: String },
     #[error(
-        "audit log {path} was changed by another writer since it was opened; open one AuditLog per file and share it"
+        "audit log {path} was changed behind this writer's back (shortened, replaced, or lines that do not continue the chain); run `meterstand audit verify`"
     )]
     Changed { path: PathBuf },
+    #[error(
+        "audit log {path} is keyed; it can be appended to only with the chain keys (as the service and `meterstand` commands do)"
+    )]
+    Keyed { path: PathBuf },
     #[error(
         "audit log {path} stopped after a failed write that could not be undone; reopen it to recover"
     )]

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::AuditError;
 use crate::chain::ChainHead;
 use crate::entry::{Actor, AuditEntry, Outcome, rfc3339};
+use crate::keys::ChainKeys;
+use crate::log::Anchor;
 use crate::verify::{Problem, walk};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -18,6 +20,7 @@ use crate::verify::{Problem, walk};
 pub enum ActorKind {
     Token,
     System,
+    Operator,
     Unauthenticated,
 }
 
@@ -27,7 +30,8 @@ pub enum ActorKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActorReport {
     pub kind: ActorKind,
-    /// The token id, or the system component; absent for unauthenticated calls.
+    /// The token id, the system component or the operator's login name; absent for
+    /// unauthenticated calls.
     pub id: Option<String>,
     pub roles: Vec<String>,
     pub calls: u64,
@@ -52,8 +56,9 @@ pub struct EanMapping {
     pub unmapped: Vec<String>,
 }
 
-/// Whether the log the report was read from is intact: the same walk as `verify`, without a
-/// recorded head. A report from a broken log is still produced, and says so here.
+/// Whether the log the report was read from is intact: the same walk as `verify_with`, with
+/// the anchor when one was given. A report from a broken log is still produced, and says so
+/// here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Integrity {
     pub ok: bool,
@@ -110,10 +115,23 @@ struct Acc {
     subjects: BTreeSet<String>,
 }
 
-/// Reads the log at `path` and reports what was accessed in `[from, to)`, by every actor or
-/// only by the token `token`.
+/// [`report_with`] for an unkeyed log, without an anchor.
 pub fn report(
     path: &Path,
+    from: Timestamp,
+    to: Timestamp,
+    token: Option<&str>,
+) -> Result<Report, AuditError> {
+    report_with(path, &ChainKeys::unkeyed(), None, from, to, token)
+}
+
+/// Reads every kept segment of the log at `path` and reports what was accessed in
+/// `[from, to)`, by every actor or only by the token `token`; the integrity verdict is the
+/// walk's, against `anchor` if given.
+pub fn report_with(
+    path: &Path,
+    keys: &ChainKeys,
+    anchor: Option<&Anchor>,
     from: Timestamp,
     to: Timestamp,
     token: Option<&str>,
@@ -126,13 +144,14 @@ pub fn report(
     }
     let mut actors: BTreeMap<(ActorKind, Option<String>), Acc> = BTreeMap::new();
     let mut entries = 0u64;
-    let verified = walk(path, None, |_, entry: AuditEntry| {
+    let verified = walk(path, keys, anchor, |_, entry: AuditEntry| {
         if entry.time < from || entry.time >= to {
             return;
         }
         let (key, role) = match entry.actor {
             Actor::Token { token_id, role } => ((ActorKind::Token, Some(token_id)), role),
             Actor::System { component } => ((ActorKind::System, Some(component)), None),
+            Actor::Operator { user } => ((ActorKind::Operator, Some(user)), None),
             Actor::Unauthenticated => ((ActorKind::Unauthenticated, None), None),
         };
         if let Some(wanted) = token

@@ -143,7 +143,7 @@ fn the_hash_rule_is_what_the_documentation_says() {
     let expected =
         without_hash.replacen(r#""outcome""#, &format!(r#""hash":"{hash}","outcome""#), 1) + "\n";
 
-    let (line, raw) = encode_line(&entry, 0, &GENESIS_HASH).expect("encode");
+    let (line, raw) = encode_line(&entry, 0, &GENESIS_HASH, &ChainKeys::unkeyed()).expect("encode");
     assert_eq!(String::from_utf8(line).expect("utf-8"), expected);
     assert_eq!(hex::encode(raw), hash);
 }
@@ -215,7 +215,7 @@ fn a_rehashed_edit_breaks_the_next_link() {
         crate::chain::parse_hash(prev).expect("hash")
     };
     let forged = export("po-1", &pseudonym(999), at(2));
-    let (line, _) = encode_line(&forged, 2, &prev).expect("encode");
+    let (line, _) = encode_line(&forged, 2, &prev, &ChainKeys::unkeyed()).expect("encode");
     all[2] = line;
     write_lines(&f.path, &all);
     let report = verify(&f.path, None).expect("verify");
@@ -380,18 +380,32 @@ fn concurrent_appends_keep_the_chain() {
     assert_eq!(report.lines, 320);
 }
 
+/// Two writers (the service and a command) take turns through the lock file: each takes the
+/// other's lines into its chain. A file shortened behind a writer's back is refused.
 #[test]
-fn a_second_writer_is_refused() {
+fn a_second_writer_takes_turns_and_a_shortened_file_is_refused() {
     let f = fixture();
     let a = AuditLog::open(&f.path).expect("open");
     let b = AuditLog::open(&f.path).expect("open");
     a.append(&export("po-1", &pseudonym(1), at(0)))
         .expect("append");
-    let err = b
-        .append(&export("po-1", &pseudonym(2), at(1)))
+    b.append(&export("po-1", &pseudonym(2), at(1)))
+        .expect("b takes a's line in");
+    let head = a
+        .append(&export("po-1", &pseudonym(3), at(2)))
+        .expect("a takes b's line in");
+    assert_eq!(head.lines, 3);
+    assert_eq!(b.refresh().expect("refresh"), head);
+    assert!(verify(&f.path, Some(&head)).expect("verify").is_ok());
+
+    let mut all = lines(&f.path);
+    all.pop();
+    write_lines(&f.path, &all);
+    let err = a
+        .append(&export("po-1", &pseudonym(4), at(3)))
         .expect_err("refused");
     assert!(matches!(err, AuditError::Changed { .. }), "{err}");
-    assert!(verify(&f.path, None).expect("verify").is_ok());
+    assert!(matches!(a.refresh(), Err(AuditError::Changed { .. })));
 }
 
 #[test]
@@ -485,7 +499,8 @@ fn older_correction_lines_with_values_still_verify_and_report() {
     let mut bytes = Vec::new();
     let mut prev = GENESIS_HASH;
     for seq in 0..2u32 {
-        let (line, hash) = encode_line(&older(seq), u64::from(seq), &prev).expect("encode");
+        let (line, hash) =
+            encode_line(&older(seq), u64::from(seq), &prev, &ChainKeys::unkeyed()).expect("encode");
         bytes.extend_from_slice(&line);
         prev = hash;
     }
@@ -522,6 +537,8 @@ fn older_correction_lines_with_values_still_verify_and_report() {
 }
 
 mod access_report;
+mod keyed;
+mod segments;
 
 #[derive(Debug, Clone)]
 enum Tamper {

@@ -3,13 +3,17 @@
 //! `store.path` (service stopped): it refuses when the subject journal does not reach back
 //! to the backup, keeps every statistics period the replaced store had frozen, replays the
 //! erasures, consent changes and objections journalled since the backup was taken, and
-//! proves it opens.
+//! proves it opens. A restore is audited (`store.restore`: which backup, which journal
+//! entries were replayed), and its line anchored in the restored store; the audit log must
+//! open before anything is touched.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use meterstand_audit::{AuditEntry, AuditLog, LogOptions, Outcome, action};
+use meterstand_store::backups::BackupRecord;
 use meterstand_store::journal::SubjectJournal;
 use meterstand_store::{ReadingStore, SystemClock};
 use meterstand_store_rocks::{RocksStore, StoreConfig};
@@ -87,7 +91,52 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<u64> {
     Ok(files)
 }
 
-pub fn restore(args: RestoreArgs, config: &Config) -> anyhow::Result<()> {
+/// Restores, and writes the `store.restore` line (outcome `error` when it fails after the
+/// audit log opened).
+pub fn restore(
+    args: RestoreArgs,
+    config: &Config,
+    env: &std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    let keys = crate::audit::load_chain_keys(config, env)?;
+    let log = AuditLog::open_with(
+        &config.api.audit_log,
+        LogOptions {
+            keys,
+            roll_monthly: false,
+        },
+    )
+    .with_context(|| {
+        format!(
+            "opening api.audit_log {} (a restore is audited)",
+            config.api.audit_log.display()
+        )
+    })?;
+    let restored = restore_store(&args, config, &log);
+    if restored.is_err() {
+        let line = AuditEntry::operator(action::STORE_RESTORE, Outcome::Error)
+            .with_param("backup", backup_label(&args.from));
+        if let Err(e) = log.append(&line) {
+            eprintln!("warning: the failed restore could not be audited: {e}");
+        }
+    }
+    restored
+}
+
+/// The backup's directory name for the audit line, unless it looks like it holds an EAN.
+fn backup_label(from: &Path) -> String {
+    let name = from
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if meterstand_audit::holds_ean_like(&name) {
+        "(withheld: the name looks like an EAN)".into()
+    } else {
+        name
+    }
+}
+
+fn restore_store(args: &RestoreArgs, config: &Config, log: &AuditLog) -> anyhow::Result<()> {
     let target = config.store.path.clone();
     if !args.from.join("CURRENT").is_file() {
         bail!(
@@ -198,11 +247,30 @@ pub fn restore(args: RestoreArgs, config: &Config) -> anyhow::Result<()> {
     std::fs::rename(&staging, &target)
         .with_context(|| format!("moving the restored store to {}", target.display()))?;
     // Opening replays the journal: erasures, consent changes and objections after the backup.
-    let store = RocksStore::open(store_config, Arc::new(SystemClock))
-        .with_context(|| format!("the restored store at {} does not open", target.display()))?;
+    let store = Arc::new(
+        RocksStore::open(store_config, Arc::new(SystemClock))
+            .with_context(|| format!("the restored store at {} does not open", target.display()))?,
+    );
     for line in store.replayed() {
         println!("re-applied {line}");
     }
+    // Which backup, and which journal entries were replayed onto it; anchored in the store
+    // now in place (its own anchor is the backup's, older than the log).
+    let record = BackupRecord::read(&args.from).ok().flatten();
+    let line = AuditEntry::operator(action::STORE_RESTORE, Outcome::Ok)
+        .with_param("backup", backup_label(&args.from))
+        .with_param(
+            "taken",
+            record.map(|r| r.taken).unwrap_or_else(|| "unknown".into()),
+        )
+        .with_param("journal_from", from.to_string())
+        .with_param("journal_to", store.journal_watermark()?.to_string())
+        .with_param("replayed", store.replayed().len().to_string())
+        .with_param("journal_gap_accepted", args.accept_journal_gap.to_string())
+        .with_param("frozen_periods_kept", carried.to_string());
+    log.attach_anchor(Arc::new(crate::audit::anchor::StoreAnchor(store.clone())))?;
+    log.append(&line)
+        .context("writing the restore's audit line")?;
     let sizes = store.refresh_size_metrics()?;
     store.close()?;
     if let Some(aside) = aside.filter(|_| !args.keep_previous) {

@@ -11,6 +11,21 @@ const EAN_CONTEXT: &str = "meterstand 2026-11-27 connection EAN pseudonym v1";
 const METER_CONTEXT: &str = "meterstand 2026-11-27 meter id pseudonym v1";
 // Retired with the analysts' per-connection series (never reuse it for another purpose):
 // "meterstand 2026-12-01 analyst series id v1".
+/// The audit log's keyed hash chain (`meterstand-audit`): not an identifier, but the same
+/// derivation, so that one master key ring is the only secret.
+const AUDIT_CONTEXT: &str = "meterstand 2026-12-20 audit log chain key v1";
+
+/// The audit purpose key of every master key version, oldest first: the audit log chains
+/// its lines with keyed BLAKE3 under the current one, so that whoever can edit the log but
+/// has no master key cannot re-chain it (docs/design.md, "Audit log").
+pub fn audit_keys(ring: &KeyRing) -> Vec<(KeyVersion, Zeroizing<[u8; 32]>)> {
+    ring.versions()
+        .filter_map(|v| {
+            let master = ring.key(v)?;
+            Some((v, Zeroizing::new(blake3::derive_key(AUDIT_CONTEXT, master))))
+        })
+        .collect()
+}
 
 /// A keyed pseudonym: key version and 16 bytes of keyed BLAKE3. Its text form is
 /// `v<version>-<32 hex digits>`, its binary form 2 bytes of version (big endian) then the hash,
@@ -206,6 +221,23 @@ mod tests {
         assert_eq!(old.ean(&ean).version, 1);
         let all = new.ean_all_versions(&ean);
         assert_eq!(all, vec![new.ean(&ean), old.ean(&ean)]);
+    }
+
+    #[test]
+    fn the_audit_key_is_its_own_purpose_per_version() {
+        let mut ring = ring();
+        let one = audit_keys(&ring);
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].0, 1);
+        assert_eq!(*one[0].1, blake3::derive_key(AUDIT_CONTEXT, &[7u8; 32]));
+        assert_ne!(*one[0].1, blake3::derive_key(EAN_CONTEXT, &[7u8; 32]));
+        assert_ne!(*one[0].1, blake3::derive_key(METER_CONTEXT, &[7u8; 32]));
+        assert_ne!(*one[0].1, [7u8; 32]);
+        ring.rotate().expect("rotate");
+        let two = audit_keys(&ring);
+        assert_eq!(two.iter().map(|(v, _)| *v).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(*two[0].1, *one[0].1);
+        assert_ne!(*two[1].1, *two[0].1);
     }
 
     #[test]

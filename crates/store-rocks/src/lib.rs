@@ -6,6 +6,7 @@
 //! thread) → `writer` (the one thread that mutates) → this facade. `fault` and `metrics`
 //! are leaves any of them use. Layout and reasons: `DESIGN.md` beside this crate.
 
+mod anchor;
 mod engine;
 mod fault;
 pub mod layout;
@@ -18,6 +19,7 @@ mod sync;
 mod units;
 mod writer;
 
+pub use anchor::read_audit_anchor;
 pub use engine::{Compression, StoreConfig, ingest_share};
 pub use fault::{FAULT_ENV, FaultPoint};
 pub use maintenance::SWEEP_PAUSE_ENV;
@@ -32,8 +34,9 @@ use meterstand_pseudonym::Pseudonym;
 use meterstand_store::backups::{self, BackupRecord};
 use meterstand_store::journal::{self, JournalOp, SubjectJournal, SubjectOps};
 use meterstand_store::{
-    BackupInfo, Clock, ErasureReceipt, FrozenPeriod, IngestItem, Member, PendingPeriod, PeriodKey,
-    ReadingStore, ReadingWriter, StoreError, SubjectExport, SubjectState, TierCounts, WriteOutcome,
+    AuditAnchor, BackupInfo, Clock, ErasureReceipt, FrozenPeriod, IngestItem, Member,
+    PendingPeriod, PeriodKey, ReadingStore, ReadingWriter, StoreError, SubjectExport, SubjectState,
+    TierCounts, WriteOutcome,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -80,7 +83,7 @@ impl RocksStore {
             .map(SubjectJournal::open)
             .transpose()?;
         let shared = Arc::new(engine::open_shared(config, clock)?);
-        units::load(&shared, stats::frozen_units(&shared)?)?;
+        stats::load_units(&shared)?;
         shared.faults.arm_from_env();
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let writer_shared = shared.clone();
@@ -317,7 +320,7 @@ impl ReadingStore for RocksStore {
     }
 
     fn subject_state(&self, all: &[Pseudonym]) -> Result<SubjectState, StoreError> {
-        Ok(subjects::state_of(&self.shared, all))
+        Ok(self.shared.subject_state(all))
     }
 
     fn knows(&self, p: Pseudonym) -> Result<bool, StoreError> {
@@ -468,6 +471,14 @@ impl ReadingStore for RocksStore {
             Some(journal) => journal.prune(seq),
             None => Ok(()),
         }
+    }
+
+    fn audit_anchor(&self) -> Result<Option<AuditAnchor>, StoreError> {
+        anchor::get(&self.shared)
+    }
+
+    fn set_audit_anchor(&self, anchor: &AuditAnchor) -> Result<(), StoreError> {
+        anchor::set(&self.shared, anchor)
     }
 }
 

@@ -613,6 +613,33 @@ pub fn one_state_holds_across_three_key_versions<B: Backend>(mut b: B) {
     );
 }
 
+/// The audit log's anchor: none at first, then the last one recorded, replaced whole (the
+/// oldest kept seq may move forward while the head does, docs/design.md "Audit log").
+pub fn the_audit_anchor_is_the_last_one_recorded(mut b: impl Backend) {
+    let clock = ManualClock::new(ts("2026-12-02T00:00:00Z"));
+    let store = b.open(&clock);
+    assert_eq!(store.audit_anchor().expect("read"), None);
+    let first = crate::AuditAnchor {
+        lines: 44,
+        hash: [0xa4; 32],
+        first: 0,
+    };
+    store.set_audit_anchor(&first).expect("write");
+    assert_eq!(store.audit_anchor().expect("read"), Some(first));
+    let later = crate::AuditAnchor {
+        lines: 45,
+        hash: [0x5b; 32],
+        first: 12,
+    };
+    store.set_audit_anchor(&later).expect("write");
+    assert_eq!(store.audit_anchor().expect("read"), Some(later));
+    assert_eq!(
+        crate::AuditAnchor::from_bytes(&later.to_bytes()),
+        Some(later)
+    );
+    assert_eq!(crate::AuditAnchor::from_bytes(&later.to_bytes()[1..]), None);
+}
+
 /// Declares one `#[test]` per conformance function for a backend fixture expression.
 #[macro_export]
 macro_rules! conformance_tests {
@@ -637,6 +664,7 @@ macro_rules! conformance_tests {
             corrections_replace_the_reading_in_every_tier,
             corrections_are_gated_and_late_for_frozen_periods,
             corrections_marks_go_with_their_readings,
+            the_audit_anchor_is_the_last_one_recorded,
         );
     };
     (@each $fixture:expr; $($name:ident,)*) => {

@@ -141,6 +141,15 @@ pub trait ReadingStore: Send + Sync + 'static {
     /// Drops the journal entries up to `seq` (inclusive): no kept backup needs them any
     /// more. A store without a journal has nothing to prune.
     fn prune_journal(&self, seq: u64) -> Result<(), StoreError>;
+
+    /// The audit log's anchor as last recorded (`None`: never), see [`AuditAnchor`].
+    fn audit_anchor(&self) -> Result<Option<AuditAnchor>, StoreError>;
+
+    /// Records the audit log's anchor in place of the last one. Not synced by itself (the
+    /// next synced write or the close makes it durable): a crash may lose the latest, which
+    /// leaves the log longer than its anchor (allowed), never shorter. A backup carries the
+    /// anchor of its moment.
+    fn set_audit_anchor(&self, anchor: &AuditAnchor) -> Result<(), StoreError>;
 }
 
 /// Ingest's side: the durable write, async because it waits for a group commit.

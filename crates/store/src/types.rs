@@ -233,6 +233,44 @@ impl SubjectExport {
     }
 }
 
+/// The audit log's head kept outside the log (docs/design.md, "Audit log"): how many lines
+/// its chain has (`lines`, the last line's seq + 1), the last line's hash, and the seq of the
+/// oldest line retention keeps. The store keeps it; `meterstand-audit` says what it means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditAnchor {
+    pub lines: u64,
+    pub hash: [u8; 32],
+    pub first: u64,
+}
+
+impl AuditAnchor {
+    /// The stored form: a format byte (1), `lines` and `first` big-endian, the hash.
+    pub const LEN: usize = 1 + 8 + 8 + 32;
+
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[0] = 1;
+        out[1..9].copy_from_slice(&self.lines.to_be_bytes());
+        out[9..17].copy_from_slice(&self.first.to_be_bytes());
+        out[17..].copy_from_slice(&self.hash);
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Option<AuditAnchor> {
+        let bytes: &[u8; Self::LEN] = bytes.try_into().ok()?;
+        if bytes[0] != 1 {
+            return None;
+        }
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(&bytes[17..]);
+        Some(AuditAnchor {
+            lines: u64::from_be_bytes(bytes[1..9].try_into().ok()?),
+            first: u64::from_be_bytes(bytes[9..17].try_into().ok()?),
+            hash,
+        })
+    }
+}
+
 /// What a backup wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BackupInfo {
