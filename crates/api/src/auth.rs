@@ -15,7 +15,9 @@ use sha2::{Digest, Sha256};
 use crate::ApiState;
 use crate::error::ApiError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A token's role; in the config `analyst`, `privacy_officer`, `crm` or `operator`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Role {
     Analyst,
     PrivacyOfficer,
@@ -147,6 +149,49 @@ impl TokenTable {
     pub fn ids(&self) -> impl Iterator<Item = &str> {
         self.by_hash.values().map(|i| i.id.as_str())
     }
+
+    /// Every entry: the token's SHA-256 and who it is.
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8; 32], &Identity)> {
+        self.by_hash.iter()
+    }
+
+    /// The entries `keep` accepts, the others dropped: the table a failed reload leaves in
+    /// force (only tokens still in the file).
+    pub fn retain(&self, mut keep: impl FnMut(&[u8; 32], &Identity) -> bool) -> TokenTable {
+        TokenTable {
+            by_hash: self
+                .by_hash
+                .iter()
+                .filter(|(hash, identity)| keep(hash, identity))
+                .map(|(hash, identity)| (*hash, identity.clone()))
+                .collect(),
+        }
+    }
+
+    /// A short hash of the whole table (ids, roles and token hashes, in a fixed order): equal
+    /// for equal tables whatever the order of the config entries, different as soon as one
+    /// token is added, removed or changes role. Exported as
+    /// `meterstand_token_table_info{fingerprint}`, so that `meterstand token revoke` can
+    /// tell that the service runs exactly the table it wrote. 64 bits of SHA-256: a hash of
+    /// hashes, it reveals nothing about a token.
+    pub fn fingerprint(&self) -> String {
+        let mut entries: Vec<(&str, &str, &[u8; 32])> = self
+            .by_hash
+            .iter()
+            .map(|(hash, i)| (i.id.as_str(), i.role.as_str(), hash))
+            .collect();
+        entries.sort();
+        let mut digest = Sha256::new();
+        for (id, role, hash) in entries {
+            digest.update((id.len() as u64).to_be_bytes());
+            digest.update(id.as_bytes());
+            digest.update(role.as_bytes());
+            digest.update([0]);
+            digest.update(hash);
+        }
+        let full: [u8; 32] = digest.finalize().into();
+        hex::encode(&full[..8])
+    }
 }
 
 /// What the request presented in its `Authorization` header.
@@ -269,6 +314,33 @@ mod tests {
             "Bearer s3cret-token".parse().expect("header"),
         );
         assert!(Caller::from_headers(&headers, &table).identity().is_some());
+    }
+
+    #[test]
+    fn the_fingerprint_follows_the_table_not_the_order() {
+        let (a, b) = (hash_token("token-a"), hash_token("token-b"));
+        let ab = TokenTable::new([
+            ("a", Role::Analyst, a.as_str()),
+            ("b", Role::Crm, b.as_str()),
+        ])
+        .expect("table");
+        let ba = TokenTable::new([
+            ("b", Role::Crm, b.as_str()),
+            ("a", Role::Analyst, a.as_str()),
+        ])
+        .expect("table");
+        assert_eq!(ab.fingerprint(), ba.fingerprint());
+        assert_eq!(ab.fingerprint().len(), 16);
+        let only_b = ab.retain(|_, i| i.id != "a");
+        assert_eq!(only_b.ids().collect::<Vec<_>>(), ["b"]);
+        assert_ne!(only_b.fingerprint(), ab.fingerprint());
+        let other_role = TokenTable::new([
+            ("a", Role::Operator, a.as_str()),
+            ("b", Role::Crm, b.as_str()),
+        ])
+        .expect("table");
+        assert_ne!(other_role.fingerprint(), ab.fingerprint());
+        assert_ne!(TokenTable::default().fingerprint(), ab.fingerprint());
     }
 
     #[test]

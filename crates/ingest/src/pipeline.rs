@@ -10,16 +10,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use jiff::Timestamp;
-use meterstand_audit::AuditEntry;
-use meterstand_codec::{Format, Mode, Reject, decode, p1, parse_ingest_topic};
-use meterstand_model::{Register, TierSet};
-use meterstand_pseudonym::{Pseudonym, Pseudonymiser};
-use meterstand_store::{Correction, IngestItem, ReadingWriter, StoreError, WriteOutcome};
+use meterstand_codec::{Format, Mode, decode, p1, parse_ingest_topic};
+use meterstand_pseudonym::Pseudonymiser;
+use meterstand_store::{IngestItem, ReadingWriter, StoreError, WriteOutcome};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::{IngestConfig, IngestError, IngestStatus, metrics};
+
+mod corrections;
+
+use corrections::{CORRECTIONS_DISABLED, CorrectedReading, Refused, audit_corrections};
 
 /// One received message, as the MQTT session hands it on.
 pub(crate) struct Received<T> {
@@ -94,6 +96,9 @@ pub(crate) async fn run<W: BatchWriter, A: Acker>(
     received: mpsc::Receiver<Received<A::Token>>,
     shutdown: CancellationToken,
 ) -> Result<(), IngestError> {
+    // Every reject series exists from the start, this one too (the codec's are
+    // `metrics::init`'s).
+    metrics::REJECTED.with_label_values(&[CORRECTIONS_DISABLED]);
     let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
     let mut batcher = tokio::spawn(batch_loop(ctx.clone(), received, commit_tx, shutdown));
     let committed = commit_loop(ctx, writer, acker, commit_rx).await;
@@ -124,16 +129,6 @@ struct Batch<T> {
     /// Empty, and never allocated, in a batch without corrections.
     corrections: Vec<CorrectedReading>,
     rejected: u64,
-}
-
-/// One reading of a correction message: who and what, never the value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct CorrectedReading {
-    connection: Pseudonym,
-    register: Register,
-    time: Timestamp,
-    /// The tiers whose period starts at `time`.
-    tiers: TierSet,
 }
 
 impl<T> Batch<T> {
@@ -237,10 +232,14 @@ fn process(
     topic: &[u8],
     payload: &[u8],
     now: Timestamp,
-) -> Result<Processed, Reject> {
+) -> Result<Processed, Refused> {
     let config = &ctx.config;
-    let topic = std::str::from_utf8(topic).map_err(|_| Reject::BadTopic)?;
+    let topic = std::str::from_utf8(topic).map_err(|_| meterstand_codec::Reject::BadTopic)?;
     let (ean, format, mode) = parse_ingest_topic(&config.topic_prefix, topic)?;
+    // Refused before its payload is even decoded: nothing of it is applied or kept.
+    if mode == Mode::Correction && !config.corrections {
+        return Err(Refused::CorrectionsDisabled);
+    }
     let (decoded, between_boundaries) = match format {
         Format::P1 => {
             let telegram = p1::decode_telegram(payload, &config.calendar, &config.limits)?;
@@ -539,129 +538,6 @@ async fn finish_write<W: BatchWriter, T>(
         result = writer
             .write(Batch::<T>::rebuild_items(ctx, &batch.sources, batch.now))
             .await;
-    }
-}
-
-/// Writes the audit lines of a durably written batch's corrections, before any of its acks
-/// is released: one line per reading of a correction message (a reading in several tiers is
-/// one line) naming the subject's pseudonym, the register and the period (reading time and
-/// tiers) and how many stored tier entries this write replaced. Never the EAN, never the old
-/// or the new value: the audit log outlives retention and erasure.
-///
-/// Why every reading of a correction message, and not only the entries the store reports
-/// replaced: a correction whose line could not be written is not acknowledged (the caller
-/// fails the batch, ingest stops), so the broker redelivers it; the store then finds the
-/// corrected value already stored, a duplicate, and reports no replacement. The line comes
-/// from the message itself, so the redelivery writes it (with 0 replaced entries), and so
-/// does a redelivery after a crash between the store write and the audit line. No correction
-/// is acknowledged without its audit line; a line may appear twice (a crash after the line
-/// and before the ack), never not at all. A correction that changed nothing (the same value,
-/// a time not stored before, a tier the consent gate dropped) gets its line too, with the
-/// entries it replaced counted as 0 or fewer than its tiers.
-///
-/// A failed append is retried like a failed store write (`write_retries`, with backoff),
-/// continuing after the lines already written. Past that, the batch is not acknowledged and
-/// ingest stops with [`IngestError::Audit`].
-async fn audit_corrections(
-    ctx: &Context,
-    readings: &[CorrectedReading],
-    replaced: Vec<Correction>,
-) -> Result<(), IngestError> {
-    if readings.is_empty() && replaced.is_empty() {
-        return Ok(());
-    }
-    // One line per (subject, register, time), in arrival order, with the tier entries the
-    // store replaced; an entry the store reports that no message reading names (it should
-    // not happen) still gets a line of its own.
-    let mut lines: Vec<(CorrectedReading, u64)> = Vec::new();
-    let mut index = std::collections::HashMap::new();
-    for r in readings {
-        index
-            .entry((r.connection, r.register, r.time))
-            .or_insert_with(|| {
-                lines.push((*r, 0));
-                lines.len() - 1
-            });
-    }
-    let mut corrected = std::collections::HashSet::new();
-    for c in &replaced {
-        corrected.insert((c.connection, c.register, c.time));
-        let i = *index
-            .entry((c.connection, c.register, c.time))
-            .or_insert_with(|| {
-                lines.push((
-                    CorrectedReading {
-                        connection: c.connection,
-                        register: c.register,
-                        time: c.time,
-                        tiers: TierSet::EMPTY,
-                    },
-                    0,
-                ));
-                lines.len() - 1
-            });
-        let (line, n) = &mut lines[i];
-        line.tiers = line.tiers.with(c.tier);
-        *n += 1;
-    }
-    metrics::CORRECTED_READINGS.inc_by(corrected.len() as u64);
-    let Some(audit) = ctx.config.audit.clone() else {
-        return Ok(());
-    };
-    let entries: Arc<Vec<AuditEntry>> = Arc::new(
-        lines
-            .into_iter()
-            .map(|(r, n)| {
-                AuditEntry::correction(
-                    r.connection.to_string(),
-                    r.register.obis(),
-                    r.time,
-                    r.tiers.iter().map(|t| t.as_str()),
-                    n,
-                )
-            })
-            .collect(),
-    );
-    let total = entries.len();
-    let mut written = 0;
-    let mut backoff = Backoff::new(WRITE_BACKOFF.0, WRITE_BACKOFF.1);
-    let mut attempt = 1u32;
-    loop {
-        let (audit, batch) = (audit.clone(), entries.clone());
-        let (done, result) = tokio::task::spawn_blocking(move || {
-            let mut done = written;
-            for entry in &batch[written..] {
-                if let Err(e) = audit.append(entry) {
-                    return (done, Err(e));
-                }
-                done += 1;
-            }
-            (done, Ok(()))
-        })
-        .await
-        .map_err(|e| IngestError::task("audit write", &e))?;
-        written = done;
-        let error = match result {
-            Ok(()) => return Ok(()),
-            Err(e) => e,
-        };
-        if attempt > ctx.config.write_retries {
-            metrics::CORRECTION_AUDIT_FAILURES.inc_by((total - written) as u64);
-            return Err(IngestError::Audit {
-                lines: total - written,
-                attempts: attempt,
-                source: error,
-            });
-        }
-        let delay = backoff.next_delay();
-        tracing::warn!(
-            error = %error,
-            attempt,
-            retry_in_ms = delay.as_millis() as u64,
-            "cannot write the audit lines of corrections; retrying"
-        );
-        tokio::time::sleep(delay).await;
-        attempt += 1;
     }
 }
 

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use meterstand_pseudonym::KeyRing;
 
 use crate::config::Config;
-use crate::{audit, backup, client, config, demo, service, simulate};
+use crate::{access, audit, backup, client, config, demo, service, simulate};
 
 #[derive(Debug, Parser)]
 #[command(name = "meterstand", version, about = "Private-by-construction smart-meter reading store", long_about = None)]
@@ -89,16 +89,10 @@ enum TokenCommand {
         out: Option<PathBuf>,
     },
     /// Remove a token's entry from the config file given with --config (comments and other
-    /// entries stay) and, with --pid, send the running service SIGHUP so that it re-reads
-    /// its token table: the token is refused from the next request on.
-    Revoke {
-        /// The token's id.
-        #[arg(long)]
-        id: String,
-        /// The running service's process id (e.g. `systemctl show -p MainPID meterstand`).
-        #[arg(long)]
-        pid: Option<u32>,
-    },
+    /// entries stay; checked, then written atomically) and wait until the running service,
+    /// sent SIGHUP (--pid) or reloaded by you, confirms on /metrics that it runs the table
+    /// without it. Exits 1 unless confirmed (--no-wait: only edit the file).
+    Revoke(access::RevokeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,6 +103,9 @@ enum AuditCommand {
     /// Per token: calls, refused calls, rows and subjects (pseudonyms) in a window; with
     /// --eans, the affected subjects of a CRM list as EANs. JSON or CSV.
     Report(audit::ReportArgs),
+    /// Record that a gap the service found (an audit.gap line) was looked into: verify
+    /// and the chain-intact metric stop counting it. The acknowledgement is itself a line.
+    Acknowledge(audit::AcknowledgeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -189,13 +186,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: TokenCommand::New { role, id, out },
         } => client::new_token(&id, &role, out.as_deref()),
         Command::Token {
-            command: TokenCommand::Revoke { id, pid },
-        } => revoke_token(cli.config.as_deref(), &env, &id, pid),
+            command: TokenCommand::Revoke(args),
+        } => access::revoke(args, cli.config.as_deref(), &env),
         Command::Audit { command } => {
             let config = Config::load(cli.config.as_deref(), &env)?;
             match command {
-                AuditCommand::Verify(args) => audit::verify(args, &config),
+                AuditCommand::Verify(args) => audit::verify(args, &config, &env),
                 AuditCommand::Report(args) => audit::report(args, &config, &env),
+                AuditCommand::Acknowledge(args) => audit::acknowledge(args, &config, &env),
             }
         }
         Command::Backup(args) => {
@@ -204,7 +202,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Restore(args) => {
             let config = Config::load(cli.config.as_deref(), &env)?;
-            backup::restore(args, &config)
+            backup::restore(args, &config, &env)
         }
         Command::Subject { command } => {
             let listen = config_server(cli.config.as_deref())?;
@@ -214,7 +212,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 SubjectCommand::Object(args) => runtime()?.block_on(client::object(args, &listen)),
             }
         }
-        Command::Keygen { out, rotate } => keygen(&out, rotate),
+        Command::Keygen { out, rotate } => {
+            // A rotation is an operator's action: audited, so it needs the configuration.
+            let config = if rotate {
+                Some(Config::load(cli.config.as_deref(), &env)?)
+            } else {
+                None
+            };
+            keygen(&out, config.as_ref())
+        }
         Command::Config {
             command: ConfigCommand::Defaults,
         } => {
@@ -254,47 +260,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     done.map(|()| ExitCode::SUCCESS)
 }
 
-fn revoke_token(
-    config_file: Option<&std::path::Path>,
-    env: &BTreeMap<String, String>,
-    id: &str,
-    pid: Option<u32>,
-) -> anyhow::Result<()> {
-    let Some(path) = config_file else {
-        anyhow::bail!("give the service's config file with --config: the token is removed from it");
-    };
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let (revised, removed) = audit::remove_token_entry(&text, id);
-    if !removed {
-        anyhow::bail!(
-            "{} has no [[api.tokens]] entry with id {id:?}",
-            path.display()
-        );
-    }
-    std::fs::write(path, revised).with_context(|| format!("writing {}", path.display()))?;
-    // The revised file must still be a valid configuration before the service re-reads it.
-    Config::load(Some(path), env).context("the config without the token")?;
-    println!("removed token {id:?} from {}", path.display());
-    match pid {
-        Some(pid) => {
-            let status = std::process::Command::new("kill")
-                .args(["-HUP", &pid.to_string()])
-                .status()
-                .context("running kill -HUP")?;
-            anyhow::ensure!(status.success(), "kill -HUP {pid} failed");
-            println!("sent SIGHUP to {pid}: the token is refused from now on");
-        }
-        None => {
-            println!("send the service SIGHUP (systemctl reload meterstand) to refuse it at once")
-        }
-    }
-    Ok(())
-}
-
-fn keygen(out: &std::path::Path, rotate: bool) -> anyhow::Result<()> {
-    if rotate {
+/// `rotate`: the configuration whose audit log records the rotation.
+fn keygen(out: &std::path::Path, rotate: Option<&Config>) -> anyhow::Result<()> {
+    if let Some(config) = rotate {
         let mut ring = KeyRing::load(out)?;
+        // Under the keys the running service has (the new version is not its yet), and
+        // before the file changes: no rotation without its line.
+        let entry = meterstand_audit::AuditEntry::operator(
+            meterstand_audit::action::KEY_ROTATE,
+            meterstand_audit::Outcome::Ok,
+        )
+        .with_param(
+            "version",
+            ring.current_version()
+                .checked_add(1)
+                .context("no more key versions are available")?
+                .to_string(),
+        );
+        audit::operator_line_with(config, audit::chain_keys(&ring), &entry)?;
         let version = ring.rotate()?;
         ring.replace(out)?;
         println!(

@@ -3,6 +3,7 @@
 //! thin `main` over this library, so that end-to-end tests run the service in-process
 //! ([`service::Service::start`]) against the code they were compiled with.
 
+pub mod access;
 pub mod audit;
 pub mod backup;
 pub mod cli;

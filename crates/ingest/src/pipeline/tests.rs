@@ -81,7 +81,7 @@ fn pseudonymiser() -> Arc<Pseudonymiser> {
 }
 
 fn config(batch_max_messages: usize, batch_max_delay: Duration) -> IngestConfig {
-    let mut c = IngestConfig::new("mqtt://127.0.0.1:1883");
+    let mut c = IngestConfig::new(crate::BrokerUrl::mqtt("127.0.0.1", 1883));
     c.batch_max_messages = batch_max_messages;
     c.batch_max_delay = batch_max_delay;
     c.write_retries = 2;
@@ -528,6 +528,7 @@ impl Audited {
     fn start(&self) -> Harness {
         let mut c = config(10, Duration::from_millis(5));
         c.audit = Some(meterstand_audit::AuditLog::open(&self.audit_path()).expect("audit log"));
+        c.corrections = true;
         start(c, Arc::new(StoreWriter(self.store.clone())))
     }
 
@@ -612,7 +613,8 @@ async fn a_correction_at_a_day_boundary_replaces_every_tier_and_is_audited_witho
                 r#""params":{{"register":"1-0:1.8.1","tiers":"interval,day,month","time":"{midnight}"}}"#
             ),
             r#""rows":3,"#,
-            r#""actor":{"component":"ingest","kind":"system"}"#,
+            // The publisher role the broker's ACL grants the correction topics.
+            r#""actor":{"component":"mqtt/corrections","kind":"system"}"#,
         ],
     );
     assert!(!text.contains(ean(7).expose()), "the EAN is in {text}");
@@ -743,3 +745,5 @@ async fn a_p1_correction_topic_is_a_counted_reject() {
     h.shutdown.cancel();
     h.handle.await.expect("clean shutdown");
 }
+
+mod corrections;

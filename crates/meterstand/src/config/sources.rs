@@ -52,26 +52,78 @@ pub(super) fn origin_of(
     let Some((path, text)) = file else {
         return String::new();
     };
-    let mut current = "";
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if let Some(header) = line.strip_prefix('[') {
-            current = header
-                .trim_start_matches('[')
-                .split(']')
-                .next()
-                .unwrap_or("")
-                .trim();
-        } else if current == section
-            && line
-                .split('=')
-                .next()
-                .is_some_and(|k| k.trim() == leaf && line.contains('='))
-        {
-            return format!(" ({} line {})", path.display(), n + 1);
+    match line_of(text, key) {
+        Some(line) => format!(" ({} line {line})", path.display()),
+        None => String::new(),
+    }
+}
+
+/// The line (from 1) of `text` where `key` is set, the key as `serde_path_to_error` writes
+/// it (`api.listen`, `api.tokens[1].role`); `None` unless the file sets it (a value from the
+/// defaults has no line). Tables, inline tables, arrays of tables, arrays and dotted keys
+/// alike, as TOML parses them.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut node = Node::Item(doc.as_item());
+    let mut span = None;
+    for part in key.split('.') {
+        let (name, indices) = part.split_at(part.find('[').unwrap_or(part.len()));
+        let mut steps: Vec<Step> = Vec::new();
+        if !name.is_empty() {
+            steps.push(Step::Key(name));
+        }
+        for index in indices.split(['[', ']']).filter(|s| !s.is_empty()) {
+            steps.push(Step::Index(index.parse().ok()?));
+        }
+        for step in steps {
+            let (found, next) = node.step(step)?;
+            span = found.or(span);
+            node = next;
         }
     }
-    String::new()
+    let start = span?.start;
+    Some(text.get(..start)?.matches('\n').count() + 1)
+}
+
+/// A place in a parsed TOML document, on the way down a key path.
+#[derive(Clone, Copy)]
+enum Node<'a> {
+    Item(&'a toml_edit::Item),
+    Table(&'a toml_edit::Table),
+    Value(&'a toml_edit::Value),
+}
+
+#[derive(Clone, Copy)]
+enum Step<'k> {
+    Key(&'k str),
+    Index(usize),
+}
+
+impl<'a> Node<'a> {
+    /// The child a step leads to, with the span of what names it in the text (the key, the
+    /// array element, the `[[table]]` header).
+    fn step(self, step: Step<'_>) -> Option<(Option<std::ops::Range<usize>>, Node<'a>)> {
+        use toml_edit::{Item, Value};
+        match (self, step) {
+            (Node::Item(Item::Table(t)) | Node::Table(t), Step::Key(k)) => t
+                .get_key_value(k)
+                .map(|(key, item)| (key.span(), Node::Item(item))),
+            (
+                Node::Item(Item::Value(Value::InlineTable(t))) | Node::Value(Value::InlineTable(t)),
+                Step::Key(k),
+            ) => t
+                .get_key_value(k)
+                .map(|(key, item)| (key.span(), Node::Item(item))),
+            (Node::Item(Item::ArrayOfTables(tables)), Step::Index(i)) => {
+                tables.get(i).map(|t| (t.span(), Node::Table(t)))
+            }
+            (
+                Node::Item(Item::Value(Value::Array(values))) | Node::Value(Value::Array(values)),
+                Step::Index(i),
+            ) => values.get(i).map(|v| (v.span(), Node::Value(v))),
+            _ => None,
+        }
+    }
 }
 
 pub(super) fn merge(base: &mut toml::Table, overlay: toml::Table) {
@@ -102,5 +154,28 @@ pub(super) fn parse_env_value(existing: &toml::Value, raw: &str) -> Result<toml:
             .ok()
             .and_then(|mut t| t.remove("v"))
             .ok_or_else(|| format!("{raw:?} is not a TOML value (e.g. [\"month\"])")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_of;
+
+    #[test]
+    fn lines_are_found_through_tables_arrays_and_dotted_keys() {
+        let text = "# top\n[api]\nlisten = \"x\"\n\n[[api.tokens]]\nid = \"a\"\nrole = \"analyst\"\n\n[[api.tokens]]\nid = \"b\"\nrole = \"nobody\"\n\n[store]\nmemory = \"1GiB\"\nlog.level = \"x\"\ninline = { a = 1, b = [1, 2,\n 3] }\n";
+        assert_eq!(line_of(text, "api.listen"), Some(3));
+        assert_eq!(line_of(text, "api.tokens[1].role"), Some(11));
+        assert_eq!(line_of(text, "api.tokens[0].id"), Some(6));
+        assert_eq!(line_of(text, "store.memory"), Some(14));
+        assert_eq!(line_of(text, "store.log.level"), Some(15));
+        assert_eq!(line_of(text, "store.inline.b[2]"), Some(17));
+        // Not set in the file (a default): no line, even where its section is.
+        assert_eq!(line_of(text, "api.audit_log"), None);
+        assert_eq!(line_of(text, "api.tokens[2].id"), None);
+        assert_eq!(line_of(text, "retention.day"), None);
+        // A commented-out key is not a key.
+        assert_eq!(line_of("[api]\n# listen = 1\n", "api.listen"), None);
+        assert_eq!(line_of("[api\n", "api.listen"), None);
     }
 }
