@@ -1,5 +1,6 @@
-# Sourced by scripts/test and scripts/demo: installs what a fresh Debian machine lacks, or
-# says exactly what to install. Usage: ensure_prereqs [mosquitto] [promtool] [schemathesis]
+# Sourced by scripts/test, scripts/demo and scripts/package: installs what a fresh Debian
+# machine lacks, or says exactly what to install. Usage: ensure_prereqs [mosquitto]
+# [promtool] [schemathesis] [package] [package-checks]
 ensure_prereqs() {
   local need=()
   command -v cargo >/dev/null 2>&1 || { echo "error: Rust is not installed (https://rustup.rs)"; exit 1; }
@@ -16,6 +17,13 @@ ensure_prereqs() {
       promtool)
         # Debian ships promtool in the prometheus package (the server is not started).
         command -v promtool >/dev/null 2>&1 || need+=(prometheus) ;;
+      package)
+        # scripts/package: cargo-deb finds the package's dependencies with dpkg-shlibdeps.
+        command -v dpkg-shlibdeps >/dev/null 2>&1 || need+=(dpkg-dev) ;;
+      package-checks)
+        # The package's test: lintian checks the .deb, systemd-analyze the unit.
+        command -v lintian >/dev/null 2>&1 || need+=(lintian)
+        command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd) ;;
       schemathesis)
         st=1
         # The OpenAPI fuzz test runs schemathesis (PyPI) from a venv when python3 is here;
@@ -27,6 +35,16 @@ ensure_prereqs() {
   done
   install_packages "${need[@]}"
   [ "$st" -eq 0 ] || ensure_schemathesis
+}
+
+# cargo-deb (scripts/package), pinned, compiled once per machine in a target directory of its
+# own, so that the workspace's build (and RocksDB's) is not disturbed.
+CARGO_DEB_VERSION=3.8.0
+ensure_cargo_deb() {
+  cargo deb --version 2>/dev/null | grep -qxF "cargo-deb $CARGO_DEB_VERSION" && return 0
+  echo "installing cargo-deb $CARGO_DEB_VERSION from crates.io (a few minutes, once per machine)"
+  CARGO_TARGET_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/meterstand/tools" \
+    cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked
 }
 
 # schemathesis (the OpenAPI fuzz test) and pyarrow (a Parquet reader that is not ours, for the
