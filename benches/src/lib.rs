@@ -48,7 +48,7 @@ pub fn store_config(dir: &Path) -> StoreConfig {
 
 /// Ingest from the broker on `port`, with its share of `store`'s budget as the service gives it.
 pub fn ingest_config(port: u16, client_id: &str, store: &StoreConfig) -> IngestConfig {
-    let mut ic = IngestConfig::new(format!("mqtt://127.0.0.1:{port}"));
+    let mut ic = IngestConfig::new(meterstand_ingest::BrokerUrl::mqtt("127.0.0.1", port));
     ic.client_id = client_id.into();
     ic.max_unacked_bytes = usize::try_from(store.ingest_bytes()).unwrap_or(usize::MAX);
     ic
@@ -105,7 +105,7 @@ impl Readiness for Ready {
     fn store_open(&self) -> bool {
         true
     }
-    fn broker_connected(&self) -> bool {
+    fn broker_receiving(&self) -> bool {
         true
     }
 }

@@ -1,5 +1,6 @@
-//! Every call is audited: the layer here wraps each route, looks the bearer token up once,
-//! lets the handler note what it touched in a [`CallRecord`], and after the handler writes one
+//! Every call is checked and audited: the layer here wraps each route, looks the bearer token
+//! up once, refuses a caller the route table (`routes.rs`) does not allow, lets the handler
+//! note what it touched in a [`CallRecord`], and after the handler writes one
 //! line to the hash-chained log of `meterstand-audit`: token id and role (never the token),
 //! matched route template (never the path: it may hold an EAN), validated parameters,
 //! pseudonymous subjects, rows, status and client address. A refused call (401, 403) is an
@@ -22,17 +23,10 @@ use meterstand_pseudonym::Pseudonym;
 use parking_lot::Mutex;
 
 use crate::ApiState;
-use crate::auth::{Caller, Credential};
+use crate::auth::{Caller, Credential, Identity, Role};
 use crate::error::ApiError;
 use crate::metrics;
-
-/// Action of an authenticated `/metrics` scrape (not among the crate's fixed names: it reads
-/// no personal data, but who scrapes is worth knowing).
-pub const METRICS_READ: &str = "metrics.read";
-
-/// Action of `PUT` and `DELETE /v1/subjects/{ean}/objection` (the privacy officer records or
-/// withdraws an objection); the line's `objection` parameter says which.
-pub const SUBJECT_OBJECTION: &str = "subject.objection";
+use crate::routes::{self, Access, Route};
 
 /// What a handler read or changed, filled in as it goes and written by the audit layer.
 #[derive(Debug, Clone, Default)]
@@ -77,22 +71,16 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for CallRecord {
     }
 }
 
-/// The action a route stands for.
-fn action_of(route: &str) -> Option<&'static str> {
-    Some(match route {
-        "/v1/statistics" => action::STATISTICS_READ,
-        "/v1/aggregates" => action::AGGREGATES_READ,
-        // Retired (410), still audited as what was asked for, like `/v1/aggregates`.
-        "/v1/series" => action::SERIES_LIST,
-        "/v1/series/{id}" => action::SERIES_READ,
-        "/v1/connections/{ean}" => action::CONNECTION_PUT,
-        "/v1/subjects/{ean}/export" => action::SUBJECT_EXPORT,
-        "/v1/subjects/{ean}" => action::SUBJECT_ERASE,
-        "/v1/subjects/{ean}/objection" => SUBJECT_OBJECTION,
-        "/v1/backups" => action::BACKUP_CREATE,
-        "/metrics" => METRICS_READ,
-        _ => return None,
-    })
+/// The route table's access rule for `route`, applied to `caller`: `Err` with the 401 or
+/// 403 to answer instead of running the handler.
+fn check_access(st: &ApiState, route: Option<&Route>, caller: &Caller) -> Result<(), ApiError> {
+    let allowed: &[Role] = match route.map(|r| r.access) {
+        None | Some(Access::Anyone) => return Ok(()),
+        Some(Access::Metrics) if !st.config().metrics_require_token => return Ok(()),
+        Some(Access::Metrics) => &[Role::Operator],
+        Some(Access::Roles(roles)) => roles,
+    };
+    caller.require(allowed).map(|_| ())
 }
 
 /// The audit layer (see the module documentation).
@@ -104,7 +92,7 @@ pub(crate) async fn audit_calls(
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string());
+        .and_then(|m| routes::find(m.as_str(), req.method()));
     let remote = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -114,22 +102,17 @@ pub(crate) async fn audit_calls(
     req.extensions_mut().insert(caller.clone());
     req.extensions_mut().insert(record.clone());
 
-    let response = next.run(req).await;
+    let response = match check_access(&st, route, &caller) {
+        Ok(()) => next.run(req).await,
+        Err(refused) => refused.into_response(),
+    };
 
     let status = response.status();
     let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
     if refused {
-        let reason = match (&caller.0, status) {
-            (Credential::None, _) => "no_token",
-            (Credential::Unknown, _) => "unknown_token",
-            (Credential::Known(_), StatusCode::FORBIDDEN) => "wrong_role",
-            // A known token refused with 401 does not happen; count it as unknown.
-            (Credential::Known(_), _) => "unknown_token",
-        };
-        metrics::AUTH_REFUSED.with_label_values(&[reason]).inc();
+        count_refusal(&caller, status);
     }
-    let action = route.as_deref().and_then(action_of);
-    let Some(action) = action else {
+    let Some(route) = route.filter(|r| r.action.is_some()) else {
         return response;
     };
     let identity = caller.identity();
@@ -137,73 +120,104 @@ pub(crate) async fn audit_calls(
         // An answer to no one in particular (e.g. `/metrics` with tokens not required).
         return response;
     }
-    let route = route.unwrap_or_default();
-    let actor = match identity {
-        Some(i) => Actor::token(i.id.clone(), i.role.as_str()),
-        None => Actor::Unauthenticated,
-    };
-    let mut entry = if refused {
-        AuditEntry::refused(actor, route.as_str(), status.as_u16())
-    } else {
-        let noted = std::mem::take(&mut *record.0.lock());
-        let mut entry = AuditEntry::call(actor, action, route.as_str(), status.as_u16());
-        for (name, value) in noted.params {
-            entry = entry.with_param(name, value);
-        }
-        for p in &noted.subjects {
-            entry = entry.with_subject(p.to_string());
-        }
-        if let Some(rows) = noted.rows {
-            entry.rows = Some(rows);
-        }
-        entry
-    };
-    if let Some(addr) = remote {
-        entry = entry.with_remote(addr.to_string());
+    let entry = entry_for(route, identity, &record, status, remote);
+    let (subjects, rows) = (entry.subjects.len(), entry.rows);
+    if let Err(failed) = write(&st, entry).await {
+        return failed;
     }
-    let outcome = entry.outcome.as_str();
-    let entry_action = if refused {
-        action::AUTH_REFUSED
-    } else {
-        action
-    };
-    let subjects = entry.subjects.len();
-    let rows = entry.rows;
-
-    let log = st.audit_log().clone();
-    let written = tokio::task::spawn_blocking(move || log.append(&entry)).await;
-    match written {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            // The error names fields, never their values (see meterstand-audit).
-            tracing::error!(error = %e, action = entry_action, "cannot write the audit log");
-            return ApiError::internal().into_response();
-        }
-        Err(e) => {
-            tracing::error!(error = %e, action = entry_action, "audit task failed");
-            return ApiError::internal().into_response();
-        }
-    }
-    metrics::AUDIT_ENTRIES
-        .with_label_values(&[entry_action, outcome])
-        .inc();
-
     if let Some(identity) = identity {
         if let Some(addr) = remote {
             st.addresses().note(&identity.id, addr.ip());
         }
         if status.is_success() {
-            if subjects > 0 && metrics::SUBJECT_OPERATION_NAMES.contains(&action) {
-                metrics::SUBJECT_OPERATIONS
-                    .with_label_values(&[identity.id.as_str(), action])
-                    .inc();
-            }
-            if let (Some(rows), action::STATISTICS_READ) = (rows, action) {
-                metrics::ROWS_RETURNED
-                    .with_label_values(&[identity.id.as_str()])
-                    .inc_by(rows);
-            }
+            count_success(route, identity, subjects, rows);
         }
     }
     response
+}
+
+fn count_refusal(caller: &Caller, status: StatusCode) {
+    let reason = match (&caller.0, status) {
+        (Credential::None, _) => "no_token",
+        (Credential::Unknown, _) => "unknown_token",
+        (Credential::Known(_), StatusCode::FORBIDDEN) => "wrong_role",
+        // A known token refused with 401 does not happen; count it as unknown.
+        (Credential::Known(_), _) => "unknown_token",
+    };
+    metrics::AUTH_REFUSED.with_label_values(&[reason]).inc();
+}
+
+/// The call's line: a refusal, or the route's action with what the handler noted.
+fn entry_for(
+    route: &Route,
+    identity: Option<&Identity>,
+    record: &CallRecord,
+    status: StatusCode,
+    remote: Option<SocketAddr>,
+) -> AuditEntry {
+    let actor = match identity {
+        Some(i) => Actor::token(i.id.clone(), i.role.as_str()),
+        None => Actor::Unauthenticated,
+    };
+    let mut entry = match route.action {
+        Some(action) if !matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
+            let noted = std::mem::take(&mut *record.0.lock());
+            let mut entry = AuditEntry::call(actor, action, route.path, status.as_u16());
+            for (name, value) in noted.params {
+                entry = entry.with_param(name, value);
+            }
+            for p in &noted.subjects {
+                entry = entry.with_subject(p.to_string());
+            }
+            entry.rows = noted.rows;
+            entry
+        }
+        _ => AuditEntry::refused(actor, route.path, status.as_u16()),
+    };
+    if let Some(addr) = remote {
+        entry = entry.with_remote(addr.to_string());
+    }
+    entry
+}
+
+/// Appends `entry` on a blocking thread; the 500 to answer instead when it cannot be
+/// written (no unaudited answer leaves).
+async fn write(st: &ApiState, entry: AuditEntry) -> Result<(), Response> {
+    let action = entry.action.clone();
+    let outcome = entry.outcome.as_str();
+    let log = st.audit_log().clone();
+    match tokio::task::spawn_blocking(move || log.append(&entry)).await {
+        Ok(Ok(_)) => {
+            metrics::AUDIT_ENTRIES
+                .with_label_values(&[action.as_str(), outcome])
+                .inc();
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            // The error names fields, never their values (see meterstand-audit).
+            tracing::error!(error = %e, action, "cannot write the audit log");
+            Err(ApiError::internal().into_response())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, action, "audit task failed");
+            Err(ApiError::internal().into_response())
+        }
+    }
+}
+
+/// The per-token counters of a successful call.
+fn count_success(route: &Route, identity: &Identity, subjects: usize, rows: Option<u64>) {
+    let Some(action) = route.action else {
+        return;
+    };
+    if subjects > 0 && route.subject_operation {
+        metrics::SUBJECT_OPERATIONS
+            .with_label_values(&[identity.id.as_str(), action])
+            .inc();
+    }
+    if let (Some(rows), action::STATISTICS_READ) = (rows, action) {
+        metrics::ROWS_RETURNED
+            .with_label_values(&[identity.id.as_str()])
+            .inc_by(rows);
+    }
 }

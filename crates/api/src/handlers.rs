@@ -1,5 +1,6 @@
-//! The `/v1` endpoints. Each checks the caller's role first, then reads its input (a body
-//! only now, size- and time-limited), then takes a place among the requests served at once,
+//! The `/v1` endpoints. The caller's role is checked before any of them runs (the route
+//! table, `routes.rs`); each then reads its input (a body only now, size- and
+//! time-limited), then takes a place among the requests served at once,
 //! then asks the store on a blocking thread. What a call touched is noted in its
 //! [`CallRecord`]; the audit layer writes the line whatever the outcome.
 
@@ -16,7 +17,6 @@ use meterstand_statistics::GroupBy;
 
 use crate::ApiState;
 use crate::audit::CallRecord;
-use crate::auth::{Caller, Role};
 use crate::dto::*;
 use crate::error::{ApiError, ErrorBody};
 use crate::input::{self, QueryParams, RawQuery};
@@ -121,11 +121,9 @@ fn period_query(
 )]
 pub async fn statistics(
     State(st): State<ApiState>,
-    caller: Caller,
     record: CallRecord,
     q: RawQuery,
 ) -> Result<Response, ApiError> {
-    caller.require(&[Role::Analyst])?;
     let q = QueryParams::parse(q, &StatisticsParams::NAMES)?;
     let PeriodQuery {
         tier,
@@ -193,8 +191,7 @@ pub async fn statistics(
 /// Retired: per-query suppression could be combined into answers about one household.
 /// Analysts read `/v1/statistics`, the one safe way to ask. Left out of `/openapi.json` (it
 /// is no longer part of the interface); old clients get 410 and the way forward.
-pub async fn aggregates(caller: Caller) -> Result<Response, ApiError> {
-    caller.require(&[Role::Analyst])?;
+pub async fn aggregates() -> Result<Response, ApiError> {
     Err(ApiError::new(
         StatusCode::GONE,
         "retired",
@@ -205,8 +202,7 @@ pub async fn aggregates(caller: Caller) -> Result<Response, ApiError> {
 /// Retired with the per-connection series: an analyst reads aggregates only, and a series,
 /// however pseudonymous, is one household's consumption. Answers 410 to every role (whoever
 /// still calls it learns where to go); left out of `/openapi.json` like `/v1/aggregates`.
-pub async fn series(caller: Caller) -> Result<Response, ApiError> {
-    caller.require(&Role::ALL)?;
+pub async fn series() -> Result<Response, ApiError> {
     Err(ApiError::new(
         StatusCode::GONE,
         "retired",
@@ -259,13 +255,11 @@ fn connection_from(body: &[u8]) -> Result<Connection, ApiError> {
 )]
 pub async fn put_connection(
     State(st): State<ApiState>,
-    caller: Caller,
     record: CallRecord,
     ean: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    caller.require(&[Role::Crm])?;
     let ean = parse_ean(&path_segment(ean).map_err(|_| bad_ean())?)?;
     let p = st.pseudonymiser().ean(&ean);
     // Current pseudonym first, then the older key versions': a lowered consent reaches
@@ -306,13 +300,11 @@ pub async fn put_connection(
 )]
 pub async fn export(
     State(st): State<ApiState>,
-    caller: Caller,
     record: CallRecord,
     ean: Result<Path<String>, PathRejection>,
     q: RawQuery,
 ) -> Result<Response, ApiError> {
     {
-        caller.require(&[Role::PrivacyOfficer])?;
         let ean = parse_ean(&path_segment(ean).map_err(|_| bad_ean())?)?;
         let current = st.pseudonymiser().ean(&ean);
         let q = QueryParams::parse(q, &ExportParams::NAMES)?;
@@ -352,93 +344,96 @@ pub async fn export(
         };
         match format {
             Format::Json => Ok(axum::Json(response).into_response()),
-            Format::Csv => csv_response(|w| {
-                w.write_record([
-                    "record",
-                    "pseudonym",
-                    "tier",
-                    "obis",
-                    "time",
-                    "value",
-                    "unit",
-                    "consent",
-                    "postcode4",
-                    "profile",
-                    "corrected_at",
-                    "objection",
-                    "erased",
-                    "sealed_before",
-                ])?;
-                let p = response.pseudonym.as_str();
-                if let Some(c) = &response.connection {
-                    w.write_record([
-                        "connection",
-                        p,
-                        "",
-                        "",
-                        "",
-                        "",
-                        "",
-                        &c.consent,
-                        c.postcode4.as_deref().unwrap_or(""),
-                        c.profile.as_deref().unwrap_or(""),
-                        "",
-                        "",
-                        "",
-                        "",
-                    ])?;
-                }
-                // The privacy state, always: "no objection" is an answer too.
-                let flag = |b: bool| if b { "true" } else { "false" };
-                w.write_record([
-                    "state",
-                    p,
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    flag(response.objection),
-                    flag(response.erased),
-                    response.sealed_before.as_deref().unwrap_or(""),
-                ])?;
-                for m in &response.meters {
-                    w.write_record(["meter", m, "", "", "", "", "", "", "", "", "", "", "", ""])?;
-                }
-                for (tier, rows) in [
-                    ("interval", &response.readings.interval),
-                    ("day", &response.readings.day),
-                    ("month", &response.readings.month),
-                ] {
-                    for r in rows {
-                        w.write_record([
-                            "reading",
-                            p,
-                            tier,
-                            &r.obis,
-                            &r.time,
-                            &r.value,
-                            &r.unit,
-                            "",
-                            "",
-                            "",
-                            r.corrected_at.as_deref().unwrap_or(""),
-                            "",
-                            "",
-                            "",
-                        ])?;
-                    }
-                }
-                Ok(())
-            }),
+            Format::Csv => csv_response(|w| export_csv(w, &response)),
             // Not in Format::EXPORT, so refused above, before anything was read.
             Format::Parquet => Err(ApiError::bad_request("format must be json or csv")),
         }
     }
+}
+
+/// The export as CSV rows: the connection, the privacy state, the meters, the readings.
+fn export_csv(w: &mut csv::Writer<Vec<u8>>, response: &ExportResponse) -> Result<(), csv::Error> {
+    w.write_record([
+        "record",
+        "pseudonym",
+        "tier",
+        "obis",
+        "time",
+        "value",
+        "unit",
+        "consent",
+        "postcode4",
+        "profile",
+        "corrected_at",
+        "objection",
+        "erased",
+        "sealed_before",
+    ])?;
+    let p = response.pseudonym.as_str();
+    if let Some(c) = &response.connection {
+        w.write_record([
+            "connection",
+            p,
+            "",
+            "",
+            "",
+            "",
+            "",
+            &c.consent,
+            c.postcode4.as_deref().unwrap_or(""),
+            c.profile.as_deref().unwrap_or(""),
+            "",
+            "",
+            "",
+            "",
+        ])?;
+    }
+    // The privacy state, always: "no objection" is an answer too.
+    let flag = |b: bool| if b { "true" } else { "false" };
+    w.write_record([
+        "state",
+        p,
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        flag(response.objection),
+        flag(response.erased),
+        response.sealed_before.as_deref().unwrap_or(""),
+    ])?;
+    for m in &response.meters {
+        w.write_record(["meter", m, "", "", "", "", "", "", "", "", "", "", "", ""])?;
+    }
+    for (tier, rows) in [
+        ("interval", &response.readings.interval),
+        ("day", &response.readings.day),
+        ("month", &response.readings.month),
+    ] {
+        for r in rows {
+            w.write_record([
+                "reading",
+                p,
+                tier,
+                &r.obis,
+                &r.time,
+                &r.value,
+                &r.unit,
+                "",
+                "",
+                "",
+                r.corrected_at.as_deref().unwrap_or(""),
+                "",
+                "",
+                "",
+            ])?;
+        }
+    }
+    Ok(())
 }
 
 /// Erasure (GDPR Art. 17): removes what may be removed, physically, and returns a receipt.
@@ -455,11 +450,9 @@ pub async fn export(
 )]
 pub async fn erase(
     State(st): State<ApiState>,
-    caller: Caller,
     record: CallRecord,
     ean: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    caller.require(&[Role::PrivacyOfficer])?;
     let ean = parse_ean(&path_segment(ean).map_err(|_| bad_ean())?)?;
     let current = st.pseudonymiser().ean(&ean);
     let all = st.pseudonymiser().ean_all_versions(&ean);
@@ -474,12 +467,10 @@ pub async fn erase(
 /// of every key version, and answers with the subject's state as the store now holds it.
 async fn set_objection(
     st: ApiState,
-    caller: Caller,
     record: CallRecord,
     ean: Result<Path<String>, PathRejection>,
     objected: bool,
 ) -> Result<Response, ApiError> {
-    caller.require(&[Role::PrivacyOfficer])?;
     let ean = parse_ean(&path_segment(ean).map_err(|_| bad_ean())?)?;
     let current = st.pseudonymiser().ean(&ean);
     // Current pseudonym first, then the older key versions': the objection holds for what
@@ -522,11 +513,10 @@ async fn set_objection(
 )]
 pub async fn object(
     State(st): State<ApiState>,
-    caller: Caller,
     record: CallRecord,
     ean: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    set_objection(st, caller, record, ean, true).await
+    set_objection(st, record, ean, true).await
 }
 
 /// Withdraws the subject's objection. What was stored while it held stays out of the
@@ -544,11 +534,10 @@ pub async fn object(
 )]
 pub async fn withdraw_objection(
     State(st): State<ApiState>,
-    caller: Caller,
     record: CallRecord,
     ean: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    set_objection(st, caller, record, ean, false).await
+    set_objection(st, record, ean, false).await
 }
 
 mod backup;

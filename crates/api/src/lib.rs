@@ -17,6 +17,7 @@ pub mod metrics;
 mod openapi;
 mod params;
 mod parquet;
+mod routes;
 mod server;
 pub mod tls;
 
@@ -28,14 +29,13 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
 use meterstand_model::Calendar;
 use meterstand_pseudonym::Pseudonymiser;
 use meterstand_store::ReadingStore;
 use parking_lot::RwLock;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub use audit::{CallRecord, METRICS_READ, SUBJECT_OBJECTION};
+pub use audit::CallRecord;
 pub use auth::{
     Caller, Credential, Identity, Role, TokenError, TokenTable, hash_token, parse_hash,
 };
@@ -43,13 +43,15 @@ pub use error::{ApiError, ErrorBody};
 pub use meterstand_audit::{AuditEntry, AuditError, AuditLog};
 pub use openapi::openapi_json;
 pub use params::MaxRange;
+pub use routes::{METRICS_READ, SUBJECT_OBJECTION};
 pub use server::{serve, serve_tls, serve_with};
 pub use tls::{Tls, TlsError, TlsFiles};
 
 /// What the server reads to answer readiness.
 pub trait Readiness: Send + Sync + 'static {
     fn store_open(&self) -> bool;
-    fn broker_connected(&self) -> bool;
+    /// Connected to the broker with every subscription acknowledged.
+    fn broker_receiving(&self) -> bool;
     /// Called before `/metrics` renders, to refresh gauges that are sampled, not counted.
     fn refresh_gauges(&self) {}
 }
@@ -76,6 +78,10 @@ pub struct ApiConfig {
     /// Client addresses remembered per token for
     /// `meterstand_api_token_new_address_total`; the oldest is forgotten first.
     pub addresses_per_token: usize,
+    /// Connections open at once (`api.max_connections`, resolved by the service from its
+    /// file limit): a new one beyond it displaces the oldest idle one, or is closed at once
+    /// when all are serving a request (see `server.rs`).
+    pub max_connections: usize,
     /// Backups are children of this directory, named by the request (`[backup] dir`).
     pub backup_dir: std::path::PathBuf,
     /// How many backups are kept (`[backup] keep`): the oldest go first, and the subject
@@ -93,6 +99,7 @@ impl Default for ApiConfig {
             metrics_require_token: true,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            max_connections: 1024,
             backup_dir: std::path::PathBuf::from("/var/backups/meterstand"),
             backup_keep: 7,
             addresses_per_token: 64,
@@ -126,6 +133,8 @@ struct Inner {
     backend: Arc<dyn ReadingStore>,
     pseudonymiser: Arc<Pseudonymiser>,
     tokens: RwLock<Arc<TokenTable>>,
+    /// Token tables run so far (`meterstand_token_table_generation`).
+    generation: std::sync::atomic::AtomicU64,
     audit: AuditLog,
     calendar: Calendar,
     config: ApiConfig,
@@ -144,12 +153,14 @@ impl ApiState {
         let permits = Arc::new(Semaphore::new(parts.config.max_concurrent.max(1)));
         metrics::init();
         parts.tokens.ids().for_each(metrics::init_token);
+        metrics::token_table_loaded(1, &parts.tokens.fingerprint());
         ApiState {
             inner: Arc::new(Inner {
                 readiness: parts.readiness,
                 backend: parts.backend,
                 pseudonymiser: parts.pseudonymiser,
                 tokens: RwLock::new(Arc::new(parts.tokens)),
+                generation: std::sync::atomic::AtomicU64::new(1),
                 audit: parts.audit,
                 calendar: parts.calendar,
                 addresses: metrics::AddressBook::new(parts.config.addresses_per_token),
@@ -161,11 +172,24 @@ impl ApiState {
 
     /// Replaces the token table of the running server (e.g. re-read on SIGHUP). Requests
     /// that start afterwards see only the new table: a revoked token is refused at once.
-    pub fn replace_tokens(&self, tokens: TokenTable) {
+    /// Returns the new table's generation (1 is the table the server started with).
+    pub fn replace_tokens(&self, tokens: TokenTable) -> u64 {
         tokens.ids().for_each(metrics::init_token);
         let count = tokens.ids().count();
-        *self.inner.tokens.write() = Arc::new(tokens);
-        tracing::info!(tokens = count, "api token table replaced");
+        let fingerprint = tokens.fingerprint();
+        let mut current = self.inner.tokens.write();
+        *current = Arc::new(tokens);
+        let generation = self
+            .inner
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        // Published while the new table is in force and before the write lock is released,
+        // so that whoever reads this fingerprint is refused a token outside it.
+        metrics::token_table_loaded(generation, &fingerprint);
+        drop(current);
+        tracing::info!(tokens = count, generation, %fingerprint, "api token table replaced");
+        generation
     }
 
     /// The current token table.
@@ -182,7 +206,9 @@ impl ApiState {
     pub(crate) fn pseudonymiser(&self) -> &Pseudonymiser {
         &self.inner.pseudonymiser
     }
-    pub(crate) fn audit_log(&self) -> &AuditLog {
+    /// The audit log every call is written to (the binary writes its operator lines, such
+    /// as token reloads, to the same chain).
+    pub fn audit_log(&self) -> &AuditLog {
         &self.inner.audit
     }
     pub(crate) fn addresses(&self) -> &metrics::AddressBook {
@@ -230,23 +256,7 @@ impl ApiState {
 }
 
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_endpoint))
-        .route("/openapi.json", get(openapi))
-        .route("/v1/statistics", get(handlers::statistics))
-        .route("/v1/aggregates", get(handlers::aggregates))
-        .route("/v1/series", get(handlers::series))
-        .route("/v1/series/{id}", get(handlers::series))
-        .route("/v1/connections/{ean}", put(handlers::put_connection))
-        .route("/v1/subjects/{ean}/export", get(handlers::export))
-        .route("/v1/subjects/{ean}", delete(handlers::erase))
-        .route(
-            "/v1/subjects/{ean}/objection",
-            put(handlers::object).delete(handlers::withdraw_objection),
-        )
-        .route("/v1/backups", post(handlers::backup))
+    routes::router()
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -283,17 +293,17 @@ async fn not_found() -> ApiError {
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "operator",
     responses((status = 200, description = "The process is alive")))]
-async fn healthz() -> impl IntoResponse {
+pub(crate) async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
-/// Readiness: the store is open and the broker connected.
+/// Readiness: the store is open, the broker connected and every subscription acknowledged.
 #[utoipa::path(get, path = "/readyz", tag = "operator",
-    responses((status = 200, description = "Ready"), (status = 503, description = "Store closed or broker disconnected")))]
-async fn readyz(State(state): State<ApiState>) -> impl IntoResponse {
+    responses((status = 200, description = "Ready"), (status = 503, description = "Store closed, broker disconnected or not yet subscribed")))]
+pub(crate) async fn readyz(State(state): State<ApiState>) -> impl IntoResponse {
     let readiness = &state.inner.readiness;
     let store = readiness.store_open();
-    let broker = readiness.broker_connected();
+    let broker = readiness.broker_receiving();
     let status = if store && broker {
         StatusCode::OK
     } else {
@@ -302,7 +312,7 @@ async fn readyz(State(state): State<ApiState>) -> impl IntoResponse {
     (
         status,
         axum::Json(
-            serde_json::json!({"store_open": store, "broker_connected": broker, "ready": store && broker}),
+            serde_json::json!({"store_open": store, "broker_receiving": broker, "ready": store && broker}),
         ),
     )
 }
@@ -316,12 +326,8 @@ async fn readyz(State(state): State<ApiState>) -> impl IntoResponse {
         (status = 403, description = "Role is not operator", body = ErrorBody),
         (status = 500, description = "The audit line could not be written", body = ErrorBody),
     ))]
-async fn metrics_endpoint(State(state): State<ApiState>, caller: Caller) -> Response {
-    if state.config().metrics_require_token
-        && let Err(e) = caller.require(&[Role::Operator])
-    {
-        return e.into_response();
-    }
+pub(crate) async fn metrics_endpoint(State(state): State<ApiState>) -> Response {
+    // Who may read it is checked before (routes.rs, `Access::Metrics`).
     let readiness = state.inner.readiness.clone();
     let _ = tokio::task::spawn_blocking(move || readiness.refresh_gauges()).await;
     (
@@ -334,6 +340,6 @@ async fn metrics_endpoint(State(state): State<ApiState>, caller: Caller) -> Resp
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operator",
     responses((status = 200, description = "The OpenAPI 3.1 document of this API")))]
-async fn openapi() -> Response {
+pub(crate) async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
 }

@@ -8,9 +8,9 @@ use std::net::IpAddr;
 use std::sync::LazyLock;
 
 use axum::http::Method;
-use meterstand_telemetry::metric::{counter_vec, histogram_vec};
+use meterstand_telemetry::metric::{counter, counter_vec, gauge, gauge_vec, histogram_vec};
 use parking_lot::Mutex;
-use prometheus::{HistogramVec, IntCounterVec};
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
@@ -70,50 +70,65 @@ pub static TOKEN_NEW_ADDRESS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
-/// Every route with its method, for exporting each series from the start.
-pub const ROUTES: [(&str, &str); 14] = [
-    ("/healthz", "GET"),
-    ("/readyz", "GET"),
-    ("/metrics", "GET"),
-    ("/openapi.json", "GET"),
-    ("/v1/statistics", "GET"),
-    // Retired (410): counted, so that whoever still calls them shows.
-    ("/v1/aggregates", "GET"),
-    ("/v1/series", "GET"),
-    ("/v1/series/{id}", "GET"),
-    ("/v1/connections/{ean}", "PUT"),
-    ("/v1/subjects/{ean}/export", "GET"),
-    ("/v1/subjects/{ean}", "DELETE"),
-    ("/v1/subjects/{ean}/objection", "PUT"),
-    ("/v1/subjects/{ean}/objection", "DELETE"),
-    ("/v1/backups", "POST"),
-];
+pub static HTTP_CONNECTIONS_OPEN: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "meterstand_http_connections_open",
+        "HTTP connections open now (at most api.max_connections).",
+    )
+});
+
+pub static HTTP_CONNECTIONS_REFUSED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "meterstand_http_connections_refused_total",
+        "Connections closed at once on arrival: api.max_connections were open, all serving a request.",
+    )
+});
+
+pub static HTTP_CONNECTIONS_EVICTED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "meterstand_http_connections_evicted_total",
+        "Idle connections (no request yet, or between requests) closed at once to make room for a \
+         new one when api.max_connections were open.",
+    )
+});
+
+pub static TOKEN_TABLE_GENERATION: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "meterstand_token_table_generation",
+        "Token tables this process has run: 1 from the start, one more at every reload that \
+         replaced the table (in full, or reduced after a failed reload).",
+    )
+});
+
+pub static TOKEN_TABLE_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "meterstand_token_table_info",
+        "1 for the fingerprint of the token table in force (a hash of its ids, roles and token \
+         hashes; `meterstand token revoke` compares it with the file it wrote).",
+        &["fingerprint"],
+    )
+});
+
+pub static TOKEN_RELOAD_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "meterstand_token_reload_failures_total",
+        "Token table reloads (SIGHUP) whose config could not be read or was invalid: only tokens \
+         still in the file were kept, none added.",
+    )
+});
+
+/// Publishes the table now in force: its generation and its fingerprint, alone.
+pub fn token_table_loaded(generation: u64, fingerprint: &str) {
+    TOKEN_TABLE_GENERATION.set(i64::try_from(generation).unwrap_or(i64::MAX));
+    TOKEN_TABLE_INFO.reset();
+    TOKEN_TABLE_INFO.with_label_values(&[fingerprint]).set(1);
+}
+
 const STATUSES: [&str; 11] = [
     "200", "400", "401", "403", "404", "408", "410", "413", "415", "500", "503",
 ];
-pub const AUDIT_ACTIONS: [&str; 11] = [
-    meterstand_audit::action::STATISTICS_READ,
-    meterstand_audit::action::AGGREGATES_READ,
-    meterstand_audit::action::SERIES_LIST,
-    meterstand_audit::action::SERIES_READ,
-    meterstand_audit::action::CONNECTION_PUT,
-    meterstand_audit::action::SUBJECT_EXPORT,
-    meterstand_audit::action::SUBJECT_ERASE,
-    crate::audit::SUBJECT_OBJECTION,
-    meterstand_audit::action::BACKUP_CREATE,
-    meterstand_audit::action::AUTH_REFUSED,
-    crate::audit::METRICS_READ,
-];
 pub const AUDIT_OUTCOMES: [&str; 5] = ["ok", "denied", "invalid", "not_found", "error"];
 pub const REFUSAL_REASONS: [&str; 3] = ["no_token", "unknown_token", "wrong_role"];
-/// The operations counted per token in `meterstand_api_subject_operations_total`.
-pub const SUBJECT_OPERATION_NAMES: [&str; 4] = [
-    meterstand_audit::action::CONNECTION_PUT,
-    meterstand_audit::action::SUBJECT_EXPORT,
-    meterstand_audit::action::SUBJECT_ERASE,
-    crate::audit::SUBJECT_OBJECTION,
-];
-
 /// The method as a label: one of the methods HTTP defines, or `other`, so that a client
 /// sending made-up methods cannot create series.
 pub fn method_label(method: &Method) -> &'static str {
@@ -133,13 +148,17 @@ pub fn method_label(method: &Method) -> &'static str {
 
 /// Registers every series at zero.
 pub fn init() {
-    for (route, method) in ROUTES {
+    for route in &crate::routes::ROUTES {
         for status in STATUSES {
-            REQUESTS.with_label_values(&[route, method, status]);
+            REQUESTS.with_label_values(&[route.path, route.method.as_str(), status]);
         }
-        DURATION.with_label_values(&[route]);
+        DURATION.with_label_values(&[route.path]);
     }
-    for action in AUDIT_ACTIONS {
+    let audited = crate::routes::actions();
+    for action in audited
+        .iter()
+        .chain([&meterstand_audit::action::AUTH_REFUSED])
+    {
         for outcome in AUDIT_OUTCOMES {
             AUDIT_ENTRIES.with_label_values(&[action, outcome]);
         }
@@ -147,12 +166,16 @@ pub fn init() {
     for reason in REFUSAL_REASONS {
         AUTH_REFUSED.with_label_values(&[reason]);
     }
+    LazyLock::force(&HTTP_CONNECTIONS_OPEN);
+    LazyLock::force(&HTTP_CONNECTIONS_REFUSED);
+    LazyLock::force(&HTTP_CONNECTIONS_EVICTED);
+    LazyLock::force(&TOKEN_RELOAD_FAILURES);
 }
 
 /// Registers the per-token series of `id` at zero, so that alert rules on `increase()` see
 /// the first event.
 pub fn init_token(id: &str) {
-    for operation in SUBJECT_OPERATION_NAMES {
+    for operation in crate::routes::subject_operations() {
         SUBJECT_OPERATIONS.with_label_values(&[id, operation]);
     }
     ROWS_RETURNED.with_label_values(&[id]);

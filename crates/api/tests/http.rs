@@ -1,6 +1,8 @@
 //! The API over HTTP: a real server on 127.0.0.1:0 over the in-memory store (held to the
 //! RocksDB engine's behaviour by the store's conformance suite), driven by a real HTTP client.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,26 +10,16 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use jiff::civil::date;
-use meterstand_api::{
-    ApiConfig, ApiParts, ApiState, AuditLog, Readiness, Role, TokenTable, hash_token,
-};
+use meterstand_api::{ApiConfig, ApiState, Role, TokenTable, hash_token};
 use meterstand_model::{Calendar, Connection, ConsentLevel, Ean, Reading, Register, TieredReading};
-use meterstand_pseudonym::{KeyRing, Pseudonymiser};
-use meterstand_store::{IngestItem, ManualClock, MemStore, ReadingStore, ReadingWriter};
+use meterstand_pseudonym::Pseudonymiser;
+use meterstand_store::{IngestItem, MemStore, ReadingStore, ReadingWriter};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-struct AlwaysReady;
-impl Readiness for AlwaysReady {
-    fn store_open(&self) -> bool {
-        true
-    }
-    fn broker_connected(&self) -> bool {
-        true
-    }
-}
+use common::{Fixture, token, token_table};
 
 struct Server {
     addr: SocketAddr,
@@ -42,28 +34,11 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
-fn token(role: Role) -> String {
-    format!("test-token-{}", role.as_str())
-}
-
 fn ean(n: u64) -> Ean {
     meterstand_testkit::ean_from(6, n)
 }
 
 const NOW: &str = "2026-11-20T12:00:00Z";
-
-fn token_table(tag: &str, roles: &[Role]) -> TokenTable {
-    let hashes: Vec<(String, Role, String)> = roles
-        .iter()
-        .map(|r| (format!("{}-{tag}", r.as_str()), *r, hash_token(&token(*r))))
-        .collect();
-    TokenTable::new(
-        hashes
-            .iter()
-            .map(|(id, r, h)| (id.as_str(), *r, h.as_str())),
-    )
-    .expect("tokens")
-}
 
 impl Server {
     async fn start(config: ApiConfig) -> Server {
@@ -72,46 +47,21 @@ impl Server {
 
     /// `tag` makes the token ids (`analyst-<tag>`) unique to one test, so that per-token
     /// metrics are not shared with tests running alongside.
-    async fn start_tagged(mut config: ApiConfig, tag: &str) -> Server {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let dir = tempfile::tempdir().expect("tempdir");
-        config.backup_dir = dir.path().join("backups");
-        let clock = Arc::new(ManualClock::new(NOW.parse().expect("now")));
-        let store = Arc::new(MemStore::new(clock));
-        let pseudonymiser = Arc::new(Pseudonymiser::new(&KeyRing::generate().expect("key")));
-        let tokens = token_table(tag, &Role::ALL);
-        let audit = dir.path().join("audit").join("audit.jsonl");
-        let backend: Arc<dyn ReadingStore> = store.clone();
-        let state = ApiState::new(ApiParts {
-            readiness: Arc::new(AlwaysReady),
-            backend,
-            pseudonymiser: pseudonymiser.clone(),
-            tokens,
-            audit: AuditLog::open(&audit).expect("audit"),
-            calendar: Calendar::amsterdam(),
-            config,
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
+    async fn start_tagged(config: ApiConfig, tag: &str) -> Server {
+        let f = Fixture::new(config, NOW.parse().expect("now"), tag);
         let stop = CancellationToken::new();
-        let s = stop.clone();
-        let served = state.clone();
-        tokio::spawn(async move {
-            let _ = meterstand_api::serve(listener, served, s).await;
-        });
+        let addr = f.serve(None, stop.clone()).await;
         Server {
             addr,
-            state,
+            state: f.state,
             tag: tag.to_string(),
             http: reqwest::Client::new(),
-            store,
-            pseudonymiser,
-            audit,
+            store: f.store,
+            pseudonymiser: f.ps,
+            audit: f.audit,
             calendar: Calendar::amsterdam(),
             stop,
-            _dir: dir,
+            _dir: f.dir,
         }
     }
 

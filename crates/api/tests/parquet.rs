@@ -143,15 +143,17 @@ fn foreign_reader() -> Option<(PathBuf, &'static str)> {
             }
         }
     }
-    println!(
-        "foreign Parquet reader skipped: neither pyarrow nor duckdb imports under {} \
-         (pip install pyarrow into one to use it); checking with the parquet crate's \
-         SerializedFileReader only",
-        pythons
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(" or ")
+    meterstand_testkit::tool_missing(
+        "the foreign Parquet reader check",
+        &format!(
+            "neither pyarrow nor duckdb imports under {} (scripts/test installs pyarrow into \
+             its venv); checking with the parquet crate's SerializedFileReader only",
+            pythons
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ),
     );
     None
 }

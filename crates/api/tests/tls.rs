@@ -6,32 +6,15 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meterstand_api::{
-    ApiConfig, ApiParts, ApiState, AuditLog, Readiness, Role, TlsFiles, TokenTable, hash_token,
-};
-use meterstand_model::Calendar;
-use meterstand_pseudonym::{KeyRing, Pseudonymiser};
-use meterstand_store::{ManualClock, MemStore, ReadingStore};
+mod common;
+
+use common::{Fixture, token};
+use meterstand_api::{ApiConfig, Role, TlsFiles};
 use meterstand_testkit::{TestCa, https_client};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-
-struct AlwaysReady;
-impl Readiness for AlwaysReady {
-    fn store_open(&self) -> bool {
-        true
-    }
-    fn broker_connected(&self) -> bool {
-        true
-    }
-}
-
-fn token(role: Role) -> String {
-    format!("tls-test-token-{}", role.as_str())
-}
 
 struct Server {
     addr: SocketAddr,
@@ -48,49 +31,20 @@ impl Drop for Server {
 }
 
 async fn start(files: TlsFiles, header_timeout: Duration) -> Server {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let hashes: Vec<(String, Role, String)> = Role::ALL
-        .iter()
-        .map(|r| (r.as_str().to_string(), *r, hash_token(&token(*r))))
-        .collect();
-    let tokens = TokenTable::new(hashes.iter().map(|(i, r, h)| (i.as_str(), *r, h.as_str())))
-        .expect("tokens");
-    let audit = dir.path().join("audit.jsonl");
-    let store: Arc<dyn ReadingStore> = Arc::new(MemStore::new(Arc::new(ManualClock::new(
-        "2026-11-20T12:00:00Z".parse().expect("now"),
-    ))));
-    let state = ApiState::new(ApiParts {
-        readiness: Arc::new(AlwaysReady),
-        backend: store,
-        pseudonymiser: Arc::new(Pseudonymiser::new(&KeyRing::generate().expect("key"))),
-        tokens,
-        audit: AuditLog::open(&audit).expect("audit"),
-        calendar: Calendar::amsterdam(),
-        config: ApiConfig {
-            header_timeout,
-            backup_dir: dir.path().join("backups"),
-            ..ApiConfig::default()
-        },
-    });
+    let config = ApiConfig {
+        header_timeout,
+        ..ApiConfig::default()
+    };
+    let f = Fixture::new(config, "2026-11-20T12:00:00Z".parse().expect("now"), "tls");
     let tls = meterstand_api::Tls::load(files).expect("tls config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let stop = CancellationToken::new();
-    tokio::spawn(meterstand_api::serve_tls(
-        listener,
-        state,
-        tls.clone(),
-        stop.clone(),
-    ));
+    let addr = f.serve(Some(tls.clone()), stop.clone()).await;
     Server {
         addr,
         tls,
-        audit,
+        audit: f.audit,
         stop,
-        _dir: dir,
+        _dir: f.dir,
     }
 }
 

@@ -347,45 +347,54 @@ impl Parser {
                     let value = value_in(v, Unit::Kwh)?;
                     return set_once(&mut self.electricity[i], value);
                 }
-                match channel_obis(obis) {
-                    Some((channel, b"24.1.0")) => {
-                        let [d] = groups(body).ok_or(Reject::BadTelegram)?;
-                        set_once(&mut self.device[channel], device_type(d)?)
+                self.channel_line(obis, body, calendar)
+            }
+        }
+    }
+
+    /// A line of an M-Bus channel (gas, or another kind of meter): its device type, a
+    /// DSMR 4/5 or e-MUCS gas reading, or the header of a DSMR 2.2/3 one.
+    fn channel_line(
+        &mut self,
+        obis: &[u8],
+        body: &[u8],
+        calendar: &Calendar,
+    ) -> Result<(), Reject> {
+        match channel_obis(obis) {
+            Some((channel, b"24.1.0")) => {
+                let [d] = groups(body).ok_or(Reject::BadTelegram)?;
+                set_once(&mut self.device[channel], device_type(d)?)
+            }
+            // DSMR 4/5 gas, and e-MUCS's 24.2.3 (temperature-corrected volume).
+            Some((channel, b"24.2.1" | b"24.2.3")) => {
+                let [t, v] = groups(body).ok_or(Reject::BadTelegram)?;
+                let time = flagged_time(t)?;
+                match split_unit(v) {
+                    Some((number, b"m3")) => {
+                        set_once(&mut self.gas[channel], (time, milli(number)?))
                     }
-                    // DSMR 4/5 gas, and e-MUCS's 24.2.3 (temperature-corrected volume).
-                    Some((channel, b"24.2.1" | b"24.2.3")) => {
-                        let [t, v] = groups(body).ok_or(Reject::BadTelegram)?;
-                        let time = flagged_time(t)?;
-                        match split_unit(v) {
-                            Some((number, b"m3")) => {
-                                set_once(&mut self.gas[channel], (time, milli(number)?))
-                            }
-                            // Heat in GJ and the like: another kind of meter on this channel.
-                            _ => {
-                                self.not_gas[channel] = true;
-                                Ok(())
-                            }
-                        }
-                    }
-                    // DSMR 2.2/3: `(time)(00)(60)(1)(0-n:24.2.1)(m3)`, value on the next line.
-                    // The `(1)` would be the count of values that follow; it is not trusted:
-                    // exactly one value line is taken.
-                    Some((channel, b"24.3.0")) => {
-                        let [t, _, _, _, register, unit] =
-                            groups(body).ok_or(Reject::BadTelegram)?;
-                        let gas =
-                            matches!(channel_obis(register), Some((_, b"24.2.1"))) && unit == b"m3";
-                        self.pending = if gas {
-                            Pending::Gas(channel, local_time(t, calendar)?)
-                        } else {
-                            self.not_gas[channel] = true;
-                            Pending::Skip
-                        };
+                    // Heat in GJ and the like: another kind of meter on this channel.
+                    _ => {
+                        self.not_gas[channel] = true;
                         Ok(())
                     }
-                    _ => Ok(()),
                 }
             }
+            // DSMR 2.2/3: `(time)(00)(60)(1)(0-n:24.2.1)(m3)`, value on the next line.
+            // The `(1)` would be the count of values that follow; it is not trusted:
+            // exactly one value line is taken.
+            Some((channel, b"24.3.0")) => {
+                let [t, _, _, _, register, unit] = groups(body).ok_or(Reject::BadTelegram)?;
+                let gas = matches!(channel_obis(register), Some((_, b"24.2.1"))) && unit == b"m3";
+                self.pending = if gas {
+                    Pending::Gas(channel, local_time(t, calendar)?)
+                } else {
+                    self.not_gas[channel] = true;
+                    Pending::Skip
+                };
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use meterstand_codec::Limits;
 use meterstand_model::Calendar;
 
-use crate::IngestError;
+use crate::{BrokerUrl, IngestError};
 
 /// Client certificate and CA files for `mqtts://`.
 #[derive(Debug, Clone, Default)]
@@ -17,17 +17,19 @@ pub struct TlsFiles {
     pub client_key: Option<PathBuf>,
 }
 
-/// The MQTT protocol version ingest speaks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// The MQTT protocol version ingest speaks (`broker.protocol`: `"5"` or `"3.1.1"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MqttVersion {
     /// MQTT 5: the broker learns our Maximum Packet Size (it never sends us a bigger packet)
     /// and our Receive Maximum (it never has more unacknowledged messages out to us).
     #[default]
+    #[serde(rename = "5")]
     V5,
     /// MQTT 3.1.1, for brokers without MQTT 5, such as the embedded rumqttd. The client then
     /// accepts packets up to the MQTT maximum (256 MB) so that an oversize message is a
     /// counted reject rather than a connection dropped and redelivered forever; set the
     /// broker's own message size limit to keep such packets away.
+    #[serde(rename = "3.1.1")]
     V311,
 }
 
@@ -40,12 +42,10 @@ const MAX_P1_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// Ingest settings. `Debug` redacts the broker password.
 #[derive(Clone)]
 pub struct IngestConfig {
-    /// `mqtt://host:port` or `mqtts://host:port`.
-    pub url: String,
+    /// The broker, parsed once (config, simulator and ingest share [`BrokerUrl`]).
+    pub url: BrokerUrl,
     pub client_id: String,
     pub topic_prefix: String,
-    /// Subscribe through `$share/{group}/…` so several instances split the load.
-    pub share_group: Option<String>,
     pub username: Option<String>,
     pub password: Option<String>,
     pub tls: TlsFiles,
@@ -66,8 +66,10 @@ pub struct IngestConfig {
     /// loop stops reading from the broker (TCP holds it back) until acks free some. The
     /// service gives it `store.memory`'s ingest share.
     pub max_unacked_bytes: usize,
-    /// A failed store write is retried this many times (with backoff) before ingest stops
-    /// with an error.
+    /// A failed store write is retried this many times (with backoff from 50 ms to 5 s)
+    /// before ingest stops with an error and the process exits for its supervisor to restart
+    /// it (`ingest.write_retries`): a disk that is briefly full or slow is ridden out, a
+    /// store that stays broken is not hidden.
     pub write_retries: u32,
     /// How long after a quarter-hour boundary a P1 telegram still gives that boundary's
     /// electricity reading (`[p1] boundary_window`).
@@ -78,6 +80,12 @@ pub struct IngestConfig {
     /// (pseudonym, register, time, tiers; never a value); `None`: corrections are stored
     /// and counted but not audited (tests).
     pub audit: Option<meterstand_audit::AuditLog>,
+    /// Whether `{prefix}/{ean}/correction/*` messages replace stored values
+    /// (`ingest.corrections`, off by default). Off, each is a counted reject
+    /// (`corrections_disabled`), acknowledged and never applied: a correction rewrites
+    /// billing values, so it is taken only where the broker's ACL lets only the metering
+    /// company's correction account publish there (docs/operations.md, "The broker").
+    pub corrections: bool,
 }
 
 impl fmt::Debug for IngestConfig {
@@ -86,7 +94,6 @@ impl fmt::Debug for IngestConfig {
             .field("url", &self.url)
             .field("client_id", &self.client_id)
             .field("topic_prefix", &self.topic_prefix)
-            .field("share_group", &self.share_group)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("tls", &self.tls)
@@ -102,17 +109,17 @@ impl fmt::Debug for IngestConfig {
             .field("keep_alive", &self.keep_alive)
             .field("calendar", &self.calendar)
             .field("audit", &self.audit.as_ref().map(|a| a.path()))
+            .field("corrections", &self.corrections)
             .finish()
     }
 }
 
 impl IngestConfig {
-    pub fn new(url: impl Into<String>) -> IngestConfig {
+    pub fn new(url: BrokerUrl) -> IngestConfig {
         IngestConfig {
-            url: url.into(),
+            url,
             client_id: "meterstand-ingest".into(),
             topic_prefix: "meters".into(),
-            share_group: None,
             username: None,
             password: None,
             tls: TlsFiles::default(),
@@ -128,51 +135,73 @@ impl IngestConfig {
             keep_alive: Duration::from_secs(30),
             calendar: Calendar::amsterdam(),
             audit: None,
+            corrections: false,
         }
     }
 
-    /// The subscriptions: every payload format under the prefix, and the correction topics,
-    /// shared when configured.
+    /// The subscriptions: every payload format under the prefix, and the correction topics.
+    /// One instance holds every connection: readings, consent and the day's boundary
+    /// readings of one connection must meet in one store (docs/design.md, "Scaling out").
     pub fn topics(&self) -> Vec<String> {
         ["json", "bincode", "p1", "correction/+"]
             .iter()
-            .map(|f| match &self.share_group {
-                Some(g) => format!("$share/{g}/{}/+/{f}", self.topic_prefix),
-                None => format!("{}/+/{f}", self.topic_prefix),
-            })
+            .map(|f| format!("{}/+/{f}", self.topic_prefix))
             .collect()
     }
 
-    /// Checks the bounds `start` relies on; the error names the key, the value and the limit.
+    /// Checks the bounds `start` relies on: the one place ingest's settings are validated
+    /// (the service's config check calls it too). The error names the key, the value and
+    /// what is allowed.
     pub fn validate(&self) -> Result<(), IngestError> {
-        let bad = |key: &'static str, value: String, allowed: &str| IngestError::Config {
-            key,
-            value,
-            allowed: allowed.into(),
+        let bad = |key: &'static str, value: &dyn std::fmt::Display, allowed: &str| {
+            Err(IngestError::Config {
+                key,
+                value: value.to_string(),
+                allowed: allowed.into(),
+            })
         };
-        if !(1..=MAX_RECEIVE_MAXIMUM).contains(&self.max_unacked) {
-            return Err(bad(
-                "ingest.max_unacked",
-                self.max_unacked.to_string(),
-                "1 to 65535 (the MQTT 5 Receive Maximum)",
-            ));
+        let topic_ok = |s: &str| {
+            !s.is_empty()
+                && !s.contains(['+', '#', '$'])
+                && !s.starts_with('/')
+                && !s.ends_with('/')
+        };
+        if self.client_id.is_empty() || self.client_id.len() > 64 {
+            return bad("broker.client_id", &self.client_id, "1 to 64 characters");
         }
-        if self.batch_max_messages == 0 {
-            return Err(bad("ingest.batch_max_messages", "0".into(), "at least 1"));
+        if !topic_ok(&self.topic_prefix) {
+            let allowed = "a topic without wildcards, $, or leading/trailing /";
+            return bad("broker.topic_prefix", &self.topic_prefix, allowed);
+        }
+        let payload = self.limits.max_payload_bytes;
+        if !(256..=16 << 20).contains(&payload) {
+            return bad("ingest.max_payload_bytes", &payload, "256 to 16777216");
+        }
+        let readings = self.limits.max_readings;
+        if !(1..=100_000).contains(&readings) {
+            return bad("ingest.max_readings_per_message", &readings, "1 to 100000");
+        }
+        if !(1..=100_000).contains(&self.batch_max_messages) {
+            return bad(
+                "ingest.batch_max_messages",
+                &self.batch_max_messages,
+                "1 to 100000",
+            );
+        }
+        if self.batch_max_delay > Duration::from_secs(10) {
+            let delay = format!("{:?}", self.batch_max_delay);
+            return bad("ingest.batch_max_delay", &delay, "at most 10s");
+        }
+        if !(1..=MAX_RECEIVE_MAXIMUM).contains(&self.max_unacked) {
+            let allowed = "1 to 65535 (the MQTT 5 Receive Maximum)";
+            return bad("ingest.max_unacked", &self.max_unacked, allowed);
+        }
+        if self.write_retries > 100 {
+            return bad("ingest.write_retries", &self.write_retries, "0 to 100");
         }
         if self.p1_boundary_window.is_zero() || self.p1_boundary_window > MAX_P1_WINDOW {
-            return Err(bad(
-                "p1.boundary_window",
-                format!("{:?}", self.p1_boundary_window),
-                "more than 0 s and at most 15 min",
-            ));
-        }
-        if self.topic_prefix.is_empty() || self.topic_prefix.contains(['+', '#']) {
-            return Err(bad(
-                "broker.topic_prefix",
-                self.topic_prefix.clone(),
-                "a non-empty topic without wildcards",
-            ));
+            let window = format!("{:?}", self.p1_boundary_window);
+            return bad("p1.boundary_window", &window, "more than 0 and at most 15m");
         }
         Ok(())
     }
@@ -203,7 +232,7 @@ mod tests {
 
     #[test]
     fn debug_redacts_the_password() {
-        let mut c = IngestConfig::new("mqtt://127.0.0.1:1883");
+        let mut c = IngestConfig::new(BrokerUrl::mqtt("127.0.0.1", 1883));
         c.username = Some("ingest".into());
         c.password = Some("s3cret-broker-pass".into());
         let shown = format!("{c:?}");
@@ -216,7 +245,7 @@ mod tests {
 
     #[test]
     fn subscribes_to_every_format_including_p1() {
-        let mut c = IngestConfig::new("mqtt://127.0.0.1:1883");
+        let c = IngestConfig::new(BrokerUrl::mqtt("127.0.0.1", 1883));
         assert_eq!(
             c.topics(),
             [
@@ -226,17 +255,11 @@ mod tests {
                 "meters/+/correction/+"
             ]
         );
-        c.share_group = Some("g".into());
-        assert!(
-            c.topics()
-                .iter()
-                .all(|t| t.starts_with("$share/g/meters/+/"))
-        );
     }
 
     #[test]
     fn validate_names_the_key() {
-        let mut c = IngestConfig::new("mqtt://127.0.0.1:1883");
+        let mut c = IngestConfig::new(BrokerUrl::mqtt("127.0.0.1", 1883));
         assert!(c.validate().is_ok());
         c.max_unacked = 70_000;
         let e = c.validate().expect_err("over the MQTT 5 limit").to_string();

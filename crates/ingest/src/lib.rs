@@ -21,7 +21,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use meterstand_pseudonym::Pseudonymiser;
@@ -32,12 +32,11 @@ pub use backoff::Backoff;
 #[cfg(feature = "embedded-broker")]
 pub use broker::{EmbeddedBroker, EmbeddedBrokerError};
 pub use config::{IngestConfig, MqttVersion, TlsFiles};
+pub use mqtt::tls_transport_from_pem;
 pub use url::{BrokerUrl, BrokerUrlError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("broker url {0:?}: expected mqtt://host:port or mqtts://host:port")]
-    Url(String),
     #[error("cannot read TLS file {path}: {source}")]
     TlsFile {
         path: PathBuf,
@@ -91,6 +90,9 @@ impl IngestError {
 #[derive(Debug, Default)]
 pub struct IngestStatus {
     pub connected: AtomicBool,
+    /// Every subscription of the current connection is acknowledged by the broker: from
+    /// here on, what is published reaches ingest.
+    pub subscribed: AtomicBool,
     pub messages: AtomicU64,
     pub rejected: AtomicU64,
     pub acked: AtomicU64,
@@ -99,6 +101,11 @@ pub struct IngestStatus {
 }
 
 impl IngestStatus {
+    /// Connected and subscribed: what `/readyz` reports as the broker's part.
+    pub fn is_receiving(&self) -> bool {
+        self.connected.load(Ordering::SeqCst) && self.subscribed.load(Ordering::SeqCst)
+    }
+
     pub fn totals(&self) -> WriteOutcome {
         self.outcome.lock().clone()
     }

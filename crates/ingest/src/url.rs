@@ -12,6 +12,27 @@ pub struct BrokerUrl {
     pub port: u16,
 }
 
+impl BrokerUrl {
+    /// Plain MQTT to `host:port` (tests, benches, the embedded broker).
+    pub fn mqtt(host: impl Into<String>, port: u16) -> BrokerUrl {
+        BrokerUrl {
+            tls: false,
+            host: host.into(),
+            port,
+        }
+    }
+
+    /// Whether the host is this machine: a loopback IP address (127.0.0.0/8, `::1`, or IPv4
+    /// loopback mapped into IPv6) or the name `localhost` (which resolves to loopback). The
+    /// only place plain MQTT may go without `broker.allow_plaintext`.
+    pub fn is_loopback(&self) -> bool {
+        match self.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.to_canonical().is_loopback(),
+            Err(_) => self.host.eq_ignore_ascii_case("localhost"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("expected mqtt://host[:port] or mqtts://host[:port]")]
 pub struct BrokerUrlError;

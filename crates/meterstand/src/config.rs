@@ -8,13 +8,38 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use meterstand_ingest::BrokerUrl;
-use meterstand_model::{ConsentLevel, Tier, TierSet};
+use meterstand_ingest::{BrokerUrl, MqttVersion};
+use meterstand_model::{Calendar, ConsentLevel, Tier, TierSet};
+use meterstand_store_rocks::Compression;
+use meterstand_telemetry::LogFormat;
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
 const ENV_PREFIX: &str = "METERSTAND__";
 pub const KEY_FILE_ENV: &str = "METERSTAND_KEY_FILE";
+
+/// Keys that are unset unless given (`Option` fields, absent from `config/default.toml`):
+/// the environment may set them although the defaults do not hold them.
+const OPTIONAL_KEYS: [(&str, &str); 8] = [
+    ("broker", "username"),
+    ("broker", "password"),
+    ("broker", "ca_file"),
+    ("broker", "client_cert"),
+    ("broker", "client_key"),
+    ("api", "tls_cert"),
+    ("api", "tls_key"),
+    ("api", "client_ca"),
+];
+
+/// An optional value: absent, or `""` as earlier configurations wrote "unset", is `None`.
+fn unset_if_empty<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: From<String>,
+{
+    let text = Option::<String>::deserialize(d)?;
+    Ok(text.filter(|t| !t.is_empty()).map(T::from))
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,26 +66,46 @@ pub struct BrokerConfig {
     pub url: BrokerUrl,
     pub client_id: String,
     pub topic_prefix: String,
-    pub share_group: String,
-    pub username: String,
-    pub password: String,
-    pub ca_file: String,
-    pub client_cert: String,
-    pub client_key: String,
+    /// Broker login; unset: none.
+    #[serde(
+        default,
+        deserialize_with = "unset_if_empty",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub username: Option<String>,
+    /// Secret: redacted by `config check`.
+    #[serde(
+        default,
+        deserialize_with = "unset_if_empty",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub password: Option<String>,
+    /// PEM CA that signed an `mqtts://` broker's certificate.
+    #[serde(
+        default,
+        deserialize_with = "unset_if_empty",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for a broker that asks for one.
+    #[serde(
+        default,
+        deserialize_with = "unset_if_empty",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub client_cert: Option<PathBuf>,
+    #[serde(
+        default,
+        deserialize_with = "unset_if_empty",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub client_key: Option<PathBuf>,
     #[serde(with = "humantime_serde_compat")]
     pub keep_alive: Duration,
-    pub protocol: MqttProtocol,
-}
-
-/// MQTT protocol version spoken to the broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MqttProtocol {
-    /// MQTT 5: the broker learns our packet size limit and ack window.
-    #[serde(rename = "5")]
-    V5,
-    /// MQTT 3.1.1, for brokers without MQTT 5 (the embedded broker speaks only this).
-    #[serde(rename = "3.1.1")]
-    V311,
+    /// The embedded broker speaks 3.1.1 whatever this says.
+    pub protocol: MqttVersion,
+    /// Plain `mqtt://` to a broker off loopback is refused unless this is true.
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,6 +126,11 @@ pub struct IngestSection {
     #[serde(with = "humantime_serde_compat")]
     pub batch_max_delay: Duration,
     pub max_unacked: usize,
+    /// Whether correction topics replace stored values; off, they are counted rejects.
+    pub corrections: bool,
+    /// A failed store write is retried this many times before ingest stops and the process
+    /// exits for its supervisor (see `IngestConfig::write_retries`).
+    pub write_retries: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -155,25 +205,6 @@ pub struct BackupSection {
     pub keep: usize,
 }
 
-/// Block compression of the stored tiers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    Zstd,
-    Lz4,
-    None,
-}
-
-impl From<Compression> for meterstand_store_rocks::Compression {
-    fn from(c: Compression) -> Self {
-        match c {
-            Compression::Zstd => meterstand_store_rocks::Compression::Zstd,
-            Compression::Lz4 => meterstand_store_rocks::Compression::Lz4,
-            Compression::None => meterstand_store_rocks::Compression::None,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysSection {
@@ -187,6 +218,9 @@ pub struct ApiSection {
     pub audit_log: PathBuf,
     pub max_body_bytes: usize,
     pub max_concurrent: usize,
+    /// Connections open at once; 0: sized from the file limit at start
+    /// ([`crate::access::max_connections`]).
+    pub max_connections: usize,
     #[serde(with = "humantime_serde_compat")]
     pub max_range_interval: Duration,
     #[serde(with = "humantime_serde_compat")]
@@ -198,12 +232,27 @@ pub struct ApiSection {
     pub header_timeout: Duration,
     #[serde(with = "humantime_serde_compat")]
     pub body_timeout: Duration,
-    /// HTTPS certificate chain (PEM); empty: plain HTTP.
-    pub tls_cert: String,
+    /// HTTPS certificate chain (PEM); unset: plain HTTP.
+    #[serde(
+        default,
+        deserialize_with = "unset_if_empty",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tls_cert: Option<PathBuf>,
     /// Its private key (PEM, not group or world readable); given with `tls_cert`.
-    pub tls_key: String,
-    /// CA certificates (PEM) that client certificates must chain to; empty: none asked.
-    pub client_ca: String,
+    #[serde(
+        default,
+        deserialize_with = "unset_if_empty",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to; unset: none asked.
+    #[serde(
+        default,
+        deserialize_with = "unset_if_empty",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub client_ca: Option<PathBuf>,
     /// Plain HTTP on an address off loopback is refused unless this is true.
     pub allow_plaintext: bool,
     pub tokens: Vec<TokenEntry>,
@@ -215,7 +264,7 @@ pub struct ApiSection {
 #[serde(deny_unknown_fields)]
 pub struct TokenEntry {
     pub id: String,
-    pub role: String,
+    pub role: meterstand_api::Role,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hash: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -243,6 +292,10 @@ pub struct RetentionSection {
     #[serde(with = "humantime_serde_compat")]
     pub sweep_interval: Duration,
     pub erasure_hold: Vec<Tier>,
+    /// The audit log: whole segments (a month each) older than this are removed by the
+    /// sweep; the breach and accountability window.
+    #[serde(with = "humantime_serde_compat")]
+    pub audit: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -261,7 +314,8 @@ pub struct StatisticsSection {
 #[serde(deny_unknown_fields)]
 pub struct PrivacySection {
     pub min_group_size: u32,
-    pub timezone: String,
+    /// Day and month boundaries: an IANA time zone, parsed once here.
+    pub timezone: Calendar,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -271,13 +325,6 @@ pub struct LogSection {
     pub level: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Plain,
-    Json,
-}
-
 impl std::fmt::Debug for BrokerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BrokerConfig")
@@ -285,21 +332,14 @@ impl std::fmt::Debug for BrokerConfig {
             .field("url", &self.url)
             .field("client_id", &self.client_id)
             .field("topic_prefix", &self.topic_prefix)
-            .field("share_group", &self.share_group)
             .field("username", &self.username)
-            .field(
-                "password",
-                &if self.password.is_empty() {
-                    ""
-                } else {
-                    "<redacted>"
-                },
-            )
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("ca_file", &self.ca_file)
             .field("client_cert", &self.client_cert)
             .field("client_key", &self.client_key)
             .field("keep_alive", &self.keep_alive)
             .field("protocol", &self.protocol)
+            .field("allow_plaintext", &self.allow_plaintext)
             .finish()
     }
 }
@@ -399,14 +439,27 @@ impl Config {
                     var: var.clone(),
                     message: format!("unknown section [{section}]"),
                 })?;
-            let existing = table.get(key).ok_or_else(|| ConfigError::Env {
-                var: var.clone(),
-                message: format!("unknown key {section}.{key}"),
-            })?;
-            let parsed = parse_env_value(existing, value).map_err(|message| ConfigError::Env {
-                var: var.clone(),
-                message,
-            })?;
+            let optional = OPTIONAL_KEYS.contains(&(section.as_str(), key.as_str()));
+            let parsed = match table.get(key) {
+                // An optional key (unset by default) takes the text; empty unsets it.
+                None if optional && value.is_empty() => {
+                    table.remove(key);
+                    continue;
+                }
+                None if optional => toml::Value::String(value.clone()),
+                None => {
+                    return Err(ConfigError::Env {
+                        var: var.clone(),
+                        message: format!("unknown key {section}.{key}"),
+                    });
+                }
+                Some(existing) => {
+                    parse_env_value(existing, value).map_err(|message| ConfigError::Env {
+                        var: var.clone(),
+                        message,
+                    })?
+                }
+            };
             table.insert(key.clone(), parsed);
         }
         let config: Config =
@@ -436,12 +489,12 @@ impl Config {
         Ok(config)
     }
 
-    /// The HTTPS files, when `api.tls_cert` is set.
+    /// The HTTPS files, when `api.tls_cert` and `api.tls_key` are set.
     pub fn tls_files(&self) -> Option<meterstand_api::TlsFiles> {
-        (!self.api.tls_cert.is_empty()).then(|| meterstand_api::TlsFiles {
-            cert: PathBuf::from(&self.api.tls_cert),
-            key: PathBuf::from(&self.api.tls_key),
-            client_ca: (!self.api.client_ca.is_empty()).then(|| PathBuf::from(&self.api.client_ca)),
+        Some(meterstand_api::TlsFiles {
+            cert: self.api.tls_cert.clone()?,
+            key: self.api.tls_key.clone()?,
+            client_ca: self.api.client_ca.clone(),
         })
     }
 
@@ -455,10 +508,10 @@ impl Config {
                 std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
             });
         }
-        let scheme = if self.api.tls_cert.is_empty() {
-            "http"
-        } else {
+        let scheme = if self.api.tls_cert.is_some() {
             "https"
+        } else {
+            "http"
         };
         format!("{scheme}://{addr}")
     }
@@ -467,7 +520,7 @@ impl Config {
     pub fn token_table(&self) -> anyhow::Result<meterstand_api::TokenTable> {
         let mut entries = Vec::new();
         for t in &self.api.tokens {
-            let role: meterstand_api::Role = t.role.parse().map_err(anyhow::Error::msg)?;
+            let role = t.role;
             let hash = match &t.file {
                 None => t.hash.clone(),
                 Some(path) => {
@@ -488,6 +541,11 @@ impl Config {
             min_group_size: self.privacy.min_group_size,
             max_body_bytes: self.api.max_body_bytes,
             max_concurrent: self.api.max_concurrent,
+            // Sized from the file limit in force now (`Service::start` raises it first).
+            max_connections: crate::access::max_connections(
+                self.api.max_connections,
+                crate::access::file_limit(),
+            ),
             max_range: meterstand_api::MaxRange {
                 interval: self.api.max_range_interval,
                 day: self.api.max_range_day,
@@ -556,8 +614,8 @@ impl Config {
     /// The effective configuration as TOML, secrets redacted.
     pub fn redacted_toml(&self) -> String {
         let mut shown = self.clone();
-        if !shown.broker.password.is_empty() {
-            shown.broker.password = "<redacted>".into();
+        if shown.broker.password.is_some() {
+            shown.broker.password = Some("<redacted>".into());
         }
         for t in &mut shown.api.tokens {
             if !t.hash.is_empty() {

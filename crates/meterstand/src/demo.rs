@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use meterstand_api::dto::StatisticsResponse;
+use meterstand_ingest::BrokerUrl;
 use meterstand_model::{Calendar, ConsentLevel};
 use meterstand_pseudonym::KeyRing;
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use rumqttc::{AsyncClient, QoS};
 
 use crate::client::Client;
 use crate::config::Config;
@@ -41,118 +42,236 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// What the demo set up before the service starts: its directory, broker, configuration,
+/// the history's local dates and a token per role.
+struct Setup {
+    dir: std::path::PathBuf,
+    broker: BrokerUrl,
+    config: Config,
+    env: BTreeMap<String, String>,
+    calendar: Calendar,
+    /// First day of the history and the day after its last.
+    range: (jiff::civil::Date, jiff::civil::Date),
+    token_dir: std::path::PathBuf,
+    tokens: BTreeMap<&'static str, String>,
+}
+
+impl Setup {
+    fn new(
+        args: &DemoArgs,
+        config_file: Option<&Path>,
+        mut env: BTreeMap<String, String>,
+    ) -> anyhow::Result<Setup> {
+        let dir = match &args.dir {
+            Some(d) => d.clone(),
+            None => tempfile_dir()?,
+        };
+        let key_file = dir.join("keys").join("master.key");
+        std::fs::create_dir_all(key_file.parent().context("key dir")?)?;
+        if !key_file.exists() {
+            KeyRing::generate()?.create(&key_file)?;
+        }
+        let broker = BrokerUrl::mqtt("127.0.0.1", free_port()?);
+        env.insert("METERSTAND__BROKER__EMBEDDED".into(), "true".into());
+        env.insert("METERSTAND__BROKER__URL".into(), broker.to_string());
+        env.insert(
+            "METERSTAND__STORE__PATH".into(),
+            dir.join("data").display().to_string(),
+        );
+        env.insert("METERSTAND_KEY_FILE".into(), key_file.display().to_string());
+        env.entry("METERSTAND__LOG__LEVEL".into())
+            .or_insert_with(|| "warn,rumqttd=off".into());
+        // Statistics within seconds rather than days: a day is frozen once `settle` has
+        // passed since it ended and `quiet` since its last write. The shortest settle
+        // allowed, and a quiet long enough that a day is not frozen while the history is
+        // still arriving.
+        env.entry("METERSTAND__STATISTICS__SETTLE".into())
+            .or_insert_with(|| "1m".into());
+        env.entry("METERSTAND__STATISTICS__QUIET".into())
+            .or_insert_with(|| "5s".into());
+        let mut config = Config::load(config_file, &env)?;
+        let calendar = config.privacy.timezone.clone();
+        let range = history_range(
+            &calendar,
+            config.statistics.settle,
+            args.days,
+            jiff::Timestamp::now(),
+        )?;
+        if std::net::TcpListener::bind(config.api.listen).is_err() {
+            config.api.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        }
+        // One token per role, in files beside the data, so the API can be tried by hand.
+        let token_dir = dir.join("tokens");
+        std::fs::create_dir_all(&token_dir)?;
+        let mut tokens = BTreeMap::new();
+        for role in meterstand_api::Role::ALL {
+            let token = crate::client::generate_token()?;
+            crate::client::write_private(
+                &token_dir.join(format!("{}.token", role.as_str())),
+                format!("{token}\n").as_bytes(),
+                false,
+            )?;
+            config.api.tokens.push(crate::config::TokenEntry {
+                id: format!("demo-{}", role.as_str()),
+                role,
+                hash: meterstand_api::hash_token(&token),
+                file: None,
+            });
+            tokens.insert(role.as_str(), token);
+        }
+        config.api.metrics_require_token = false;
+        config.api.audit_log = dir.join("audit.jsonl");
+        config.store.journal = dir.join("subject-journal.jsonl");
+        config.backup.dir = dir.join("backups");
+        Ok(Setup {
+            dir,
+            broker,
+            config,
+            env,
+            calendar,
+            range,
+            token_dir,
+            tokens,
+        })
+    }
+    /// The simulator's arguments for the demo's history.
+    fn simulation(&self, args: &DemoArgs) -> SimulateArgs {
+        SimulateArgs {
+            broker: self.broker.clone(),
+            ca_file: None,
+            prefix: self.config.broker.topic_prefix.clone(),
+            meters: args.meters,
+            from: Some(self.range.0),
+            days: args.days,
+            // Bincode, not JSON: the embedded broker keeps the messages it delivered in
+            // memory (rumqttd's log segments), so the history's bytes are much of the demo's
+            // memory (the default week: a peak of about 180 MB rather than 280 MB with JSON).
+            format: "bincode".into(),
+            quarters_per_message: 96,
+            rate: 0,
+            seed: 1,
+            quiet: false,
+        }
+    }
+}
+
 pub async fn run(
     args: DemoArgs,
     config_file: Option<&Path>,
     env: BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
-    let temp;
-    let dir = match &args.dir {
-        Some(d) => d.clone(),
-        None => {
-            temp = tempfile_dir()?;
-            temp.clone()
-        }
-    };
-    let key_file = dir.join("keys").join("master.key");
-    std::fs::create_dir_all(key_file.parent().context("key dir")?)?;
-    if !key_file.exists() {
-        KeyRing::generate()?.create(&key_file)?;
-    }
-    let mut env = env;
-    let broker = format!("mqtt://127.0.0.1:{}", free_port()?);
-    env.insert("METERSTAND__BROKER__EMBEDDED".into(), "true".into());
-    env.insert("METERSTAND__BROKER__URL".into(), broker.clone());
-    env.insert(
-        "METERSTAND__STORE__PATH".into(),
-        dir.join("data").display().to_string(),
-    );
-    env.insert("METERSTAND_KEY_FILE".into(), key_file.display().to_string());
-    env.entry("METERSTAND__LOG__LEVEL".into())
-        .or_insert_with(|| "warn,rumqttd=off".into());
-    // Statistics within seconds rather than days: a day is frozen once `settle` has passed
-    // since it ended and `quiet` since its last write. The shortest settle allowed, and a
-    // quiet long enough that a day is not frozen while the history is still arriving.
-    env.entry("METERSTAND__STATISTICS__SETTLE".into())
-        .or_insert_with(|| "1m".into());
-    env.entry("METERSTAND__STATISTICS__QUIET".into())
-        .or_insert_with(|| "5s".into());
-    let mut config = Config::load(config_file, &env)?;
-    let calendar = Calendar::new(&config.privacy.timezone).context("privacy.timezone")?;
-    let (from, to) = history_range(
-        &calendar,
-        config.statistics.settle,
-        args.days,
-        jiff::Timestamp::now(),
-    )?;
-    if std::net::TcpListener::bind(config.api.listen).is_err() {
-        config.api.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    }
-    // One token per role, in files beside the data, so the API can be tried by hand.
-    let token_dir = dir.join("tokens");
-    std::fs::create_dir_all(&token_dir)?;
-    let mut tokens = BTreeMap::new();
-    for role in ["crm", "analyst", "privacy_officer", "operator"] {
-        let token = crate::client::generate_token()?;
-        crate::client::write_private(
-            &token_dir.join(format!("{role}.token")),
-            format!("{token}\n").as_bytes(),
-            false,
-        )?;
-        config.api.tokens.push(crate::config::TokenEntry {
-            id: format!("demo-{role}"),
-            role: role.into(),
-            hash: meterstand_api::hash_token(&token),
-            file: None,
-        });
-        tokens.insert(role, token);
-    }
-    config.api.metrics_require_token = false;
-    config.api.audit_log = dir.join("audit.jsonl");
-    config.store.journal = dir.join("subject-journal.jsonl");
-    config.backup.dir = dir.join("backups");
-    crate::service::init_logging(&config)?;
-
+    let setup = Setup::new(&args, config_file, env)?;
+    let (config, (from, to)) = (&setup.config, setup.range);
+    crate::service::init_logging(config)?;
     println!(
-        "meterstand demo: embedded broker on {broker}, data in {}",
-        dir.display()
+        "meterstand demo: embedded broker on {}, data in {}",
+        setup.broker,
+        setup.dir.display()
     );
-    let service = Service::start(&config, &env).await?;
-    let connected = tokio::time::timeout(Duration::from_secs(20), async {
-        while !service
+    let service = Service::start(config, &setup.env).await?;
+    // Subscribed, not just connected: the embedded broker drops what is published before
+    // the subscription exists.
+    wait_for(Duration::from_secs(20), || service.status.is_receiving())
+        .await
+        .context("the service did not subscribe at the embedded broker within 20 s")?;
+
+    let sim = setup.simulation(&args);
+    let api_base = format!("http://{}", service.api_addr);
+    let population = simulate::population(&sim);
+    register(&api_base, &setup.tokens["crm"], &population).await?;
+    let last = to.checked_sub(jiff::Span::new().days(1))?;
+    let (days, dates) = match args.days {
+        1 => ("1 day".to_string(), from.to_string()),
+        n => (format!("{n} days"), format!("{from} to {last}")),
+    };
+    println!(
+        "publishing {days} of their readings ({dates}, a message per connection per day) to the embedded broker"
+    );
+
+    let report = simulate::run(sim.clone()).await?;
+    let bad = publish_bad_messages(&setup.broker, &config.broker.topic_prefix).await?;
+    let expected = report.messages + bad;
+    let acked = || {
+        service
             .status
-            .connected
+            .acked
             .load(std::sync::atomic::Ordering::SeqCst)
-        {
+    };
+    wait_for(Duration::from_secs(120), || acked() >= expected)
+        .await
+        .with_context(|| {
+            format!(
+                "ingest acknowledged only {} of {expected} messages",
+                acked()
+            )
+        })?;
+    let analyst = Client::with_token(api_base, setup.tokens["analyst"].clone())?;
+    let quiet = config.statistics.quiet;
+    println!(
+        "waiting for the statistics freeze: a day is frozen statistics.settle ({}) after it ends and statistics.quiet ({}) after its last write",
+        humantime::format_duration(config.statistics.settle),
+        humantime::format_duration(quiet),
+    );
+    // The freeze looks every `quiet` (1 to 60 s); a backlog is frozen in slices.
+    let within = Duration::from_secs(120 + u64::from(args.days)) + 2 * quiet;
+    let waited = wait_for_freeze(&analyst, (from, to), u64::from(args.days), within).await?;
+    println!(
+        "{} frozen {:.1} s after the last reading was stored",
+        if args.days == 1 {
+            "the day"
+        } else {
+            "the days"
+        },
+        waited.as_secs_f64()
+    );
+    print_summary(
+        &service,
+        config,
+        &setup.calendar,
+        (from, to),
+        report.readings,
+        &analyst,
+    )
+    .await?;
+    let sample = population.first().map(|m| m.ean.expose().to_string());
+    print_where_to_look(
+        &setup,
+        service.api_addr,
+        sample.as_deref().unwrap_or_default(),
+    );
+
+    if args.exit {
+        return service.shutdown().await;
+    }
+    println!("\nserving until Ctrl-C");
+    crate::service::wait_for_signal().await;
+    service.shutdown().await
+}
+
+/// Polls `done` every 50 ms; `Err` when it did not hold within `within`.
+async fn wait_for(within: Duration, done: impl Fn() -> bool) -> anyhow::Result<()> {
+    tokio::time::timeout(within, async {
+        while !done() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
-    .await;
-    if connected.is_err() {
-        bail!("the service did not connect to the embedded broker within 20 s");
-    }
+    .await
+    .map_err(|_| anyhow::anyhow!("timed out after {within:?}"))
+}
 
-    let sim = SimulateArgs {
-        broker: broker.clone(),
-        prefix: config.broker.topic_prefix.clone(),
-        meters: args.meters,
-        from: Some(from),
-        days: args.days,
-        // Bincode, not JSON: the embedded broker keeps the messages it delivered in memory
-        // (rumqttd's log segments), so the history's bytes are much of the demo's memory
-        // (the default week: a peak of about 180 MB rather than 280 MB with JSON).
-        format: "bincode".into(),
-        quarters_per_message: 96,
-        rate: 0,
-        seed: 1,
-        quiet: false,
-    };
-    // The CRM's part, through the API: each connection's consent, postcode and profile.
-    let api_base = format!("http://{}", service.api_addr);
-    let population = simulate::population(&sim);
-    let crm = std::sync::Arc::new(Client::with_token(api_base.clone(), tokens["crm"].clone())?);
+/// The CRM's part, through the API: each connection's consent, postcode and profile, 16
+/// calls at a time.
+async fn register(
+    api_base: &str,
+    crm_token: &str,
+    population: &[meterstand_model::sim::SimMeter],
+) -> anyhow::Result<()> {
+    let crm = std::sync::Arc::new(Client::with_token(
+        api_base.to_string(),
+        crm_token.to_string(),
+    )?);
     let mut pending = tokio::task::JoinSet::new();
-    for m in &population {
+    for m in population {
         if pending.len() >= 16
             && let Some(done) = pending.join_next().await
         {
@@ -181,102 +300,35 @@ pub async fn run(
     };
     println!(
         "registered {} connections through PUT /v1/connections (consent: {} off, {} standard, {} daily, {} interval; day statistics count the daily and interval ones)",
-        args.meters,
+        population.len(),
         consents(&[ConsentLevel::Off]),
         consents(&[ConsentLevel::Standard]),
         consents(&[ConsentLevel::Daily]),
         consents(&[ConsentLevel::Interval]),
     );
-    let last = to.checked_sub(jiff::Span::new().days(1))?;
-    let (days, dates) = match args.days {
-        1 => ("1 day".to_string(), from.to_string()),
-        n => (format!("{n} days"), format!("{from} to {last}")),
-    };
-    println!(
-        "publishing {days} of their readings ({dates}, a message per connection per day) to the embedded broker"
-    );
+    Ok(())
+}
 
-    let report = simulate::run(sim.clone()).await?;
-    let bad = publish_bad_messages(&broker, &config.broker.topic_prefix).await?;
-    let expected = report.messages + bad;
-    let done = tokio::time::timeout(Duration::from_secs(120), async {
-        while service
-            .status
-            .acked
-            .load(std::sync::atomic::Ordering::SeqCst)
-            < expected
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    if done.is_err() {
-        bail!(
-            "ingest acknowledged only {} of {expected} messages",
-            service
-                .status
-                .acked
-                .load(std::sync::atomic::Ordering::SeqCst)
-        );
-    }
-    let analyst = Client::with_token(api_base, tokens["analyst"].clone())?;
-    let quiet = config.statistics.quiet;
-    println!(
-        "waiting for the statistics freeze: a day is frozen statistics.settle ({}) after it ends and statistics.quiet ({}) after its last write",
-        humantime::format_duration(config.statistics.settle),
-        humantime::format_duration(quiet),
-    );
-    // The freeze looks every `quiet` (1 to 60 s); a backlog is frozen in slices.
-    let within = Duration::from_secs(120 + u64::from(args.days)) + 2 * quiet;
-    let waited = wait_for_freeze(&analyst, (from, to), u64::from(args.days), within).await?;
-    println!(
-        "{} frozen {:.1} s after the last reading was stored",
-        if args.days == 1 {
-            "the day"
-        } else {
-            "the days"
-        },
-        waited.as_secs_f64()
-    );
-    print_summary(
-        &service,
-        &config,
-        &calendar,
-        (from, to),
-        report.readings,
-        &analyst,
-    )
-    .await?;
-    let sample = population
-        .first()
-        .map(|m| m.ean.expose().to_string())
-        .unwrap_or_default();
-    let api = service.api_addr;
-    let t = token_dir.display();
+/// Ready-to-paste commands for the API, the broker and the audit log.
+fn print_where_to_look(setup: &Setup, api: std::net::SocketAddr, sample_ean: &str) {
+    let t = setup.token_dir.display();
+    let (from, to) = setup.range;
     println!("\n== where to look");
     println!("api        http://{api}/openapi.json");
     println!(
         "metrics    http://{api}/metrics   readiness http://{api}/readyz   health http://{api}/healthz"
     );
     println!(
-        "statistics curl -H \"Authorization: Bearer $(cat {t}/analyst.token)\" 'http://{api}/v1/statistics?from={}&to={}&group_by=postcode4,profile&format=csv'",
-        from, to
+        "statistics curl -H \"Authorization: Bearer $(cat {t}/analyst.token)\" 'http://{api}/v1/statistics?from={from}&to={to}&group_by=postcode4,profile&format=csv'"
     );
     println!(
-        "export     meterstand subject export --ean {sample} --server http://{api} --token-file {t}/privacy_officer.token"
+        "export     meterstand subject export --ean {sample_ean} --server http://{api} --token-file {t}/privacy_officer.token"
     );
     println!(
         "broker     {} (publish to {}/<ean>/json)",
-        sim.broker, sim.prefix
+        setup.broker, setup.config.broker.topic_prefix
     );
-    println!("audit log  {}", dir.join("audit.jsonl").display());
-
-    if args.exit {
-        return service.shutdown().await;
-    }
-    println!("\nserving until Ctrl-C");
-    crate::service::wait_for_signal().await;
-    service.shutdown().await
+    println!("audit log  {}", setup.config.api.audit_log.display());
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
@@ -286,10 +338,9 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 }
 
 /// One of each kind of bad input, to show that rejects are counted, not lost or looping.
-async fn publish_bad_messages(broker: &str, prefix: &str) -> anyhow::Result<u64> {
-    let (host, port) = simulate::broker_host_port(broker)?;
-    let (client, mut eventloop) =
-        AsyncClient::new(MqttOptions::new("meterstand-demo-bad", host, port), 16);
+async fn publish_bad_messages(broker: &BrokerUrl, prefix: &str) -> anyhow::Result<u64> {
+    let options = simulate::publisher_options("meterstand-demo-bad", broker, None)?;
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
     let good_ean = meterstand_model::Ean::from_body(87_199_999_999_999_999).context("ean")?;
     let mut bad_check = good_ean.expose().to_string();
     bad_check.replace_range(17.., if bad_check.ends_with('0') { "1" } else { "0" });
@@ -419,6 +470,12 @@ async fn print_summary(
     published: u64,
     analyst: &Client,
 ) -> anyhow::Result<()> {
+    print_ingested(service, published);
+    print_statistics(config, calendar, range, analyst).await
+}
+
+/// What ingest stored, dropped by consent and rejected.
+fn print_ingested(service: &Service, published: u64) {
     let totals = service.status.totals();
     println!("\n== ingested");
     println!("published readings       {published}");
@@ -446,7 +503,15 @@ async fn print_summary(
         }
     }
     println!();
+}
 
+/// The analyst's view: import per day, and by area on the last day.
+async fn print_statistics(
+    config: &Config,
+    calendar: &Calendar,
+    range: Range,
+    analyst: &Client,
+) -> anyhow::Result<()> {
     let kwh = |wh: u64| wh as f64 / 1000.0;
     let day_of = |period_start: &str| -> String {
         period_start

@@ -4,21 +4,18 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
-use meterstand_api::{ApiParts, ApiState, AuditLog, Readiness};
+use meterstand_api::{ApiParts, ApiState, Readiness};
 use meterstand_codec::Limits;
 use meterstand_ingest::{
     EmbeddedBroker, Ingest, IngestConfig, IngestError, IngestHandle, IngestStatus, MqttVersion,
     TlsFiles,
 };
-use meterstand_model::Calendar;
 use meterstand_pseudonym::{KeyRing, Pseudonymiser};
 use meterstand_store::{ReadingStore, RetentionPolicy, SystemClock};
 use meterstand_store_rocks::{RocksStore, StoreConfig};
-use meterstand_telemetry::LogFormat;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,11 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 
 pub fn init_logging(config: &Config) -> anyhow::Result<()> {
-    let format = match config.log.format {
-        crate::config::LogFormat::Json => LogFormat::Json,
-        crate::config::LogFormat::Plain => LogFormat::Plain,
-    };
-    meterstand_telemetry::init_logging(format, &config.log.level)?;
+    meterstand_telemetry::init_logging(config.log.format, &config.log.level)?;
     Ok(())
 }
 
@@ -46,28 +39,25 @@ pub fn store_config(config: &Config) -> anyhow::Result<StoreConfig> {
             erasure_hold: config.erasure_hold(),
             ..RetentionPolicy::default()
         },
-        compression: config.store.compression.into(),
-        time_zone: config.privacy.timezone.clone(),
+        compression: config.store.compression,
+        calendar: config.privacy.timezone.clone(),
         sync: true,
         journal: Some(config.store.journal.clone()),
         memory: config.store.memory.0,
     })
 }
 
-pub fn ingest_config(config: &Config) -> anyhow::Result<IngestConfig> {
-    let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
-    let path = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
-    Ok(IngestConfig {
-        url: config.broker.url.to_string(),
+pub fn ingest_config(config: &Config) -> IngestConfig {
+    IngestConfig {
+        url: config.broker.url.clone(),
         client_id: config.broker.client_id.clone(),
         topic_prefix: config.broker.topic_prefix.clone(),
-        share_group: opt(&config.broker.share_group),
-        username: opt(&config.broker.username),
-        password: opt(&config.broker.password),
+        username: config.broker.username.clone(),
+        password: config.broker.password.clone(),
         tls: TlsFiles {
-            ca_file: path(&config.broker.ca_file),
-            client_cert: path(&config.broker.client_cert),
-            client_key: path(&config.broker.client_key),
+            ca_file: config.broker.ca_file.clone(),
+            client_cert: config.broker.client_cert.clone(),
+            client_key: config.broker.client_key.clone(),
         },
         limits: Limits {
             max_payload_bytes: config.ingest.max_payload_bytes,
@@ -85,18 +75,19 @@ pub fn ingest_config(config: &Config) -> anyhow::Result<IngestConfig> {
         .unwrap_or(usize::MAX),
         keep_alive: config.broker.keep_alive,
         // The embedded broker (rumqttd) speaks MQTT 3.1.1 only.
-        mqtt_version: match config.broker.protocol {
-            _ if config.broker.embedded => MqttVersion::V311,
-            crate::config::MqttProtocol::V5 => MqttVersion::V5,
-            crate::config::MqttProtocol::V311 => MqttVersion::V311,
+        mqtt_version: if config.broker.embedded {
+            MqttVersion::V311
+        } else {
+            config.broker.protocol
         },
         session_expiry: None,
-        write_retries: 5,
+        write_retries: config.ingest.write_retries,
         p1_boundary_window: config.p1.boundary_window,
-        calendar: Calendar::new(&config.privacy.timezone).context("privacy.timezone")?,
+        calendar: config.privacy.timezone.clone(),
         // `Service::start` passes the API's audit log, for the correction lines.
         audit: None,
-    })
+        corrections: config.ingest.corrections,
+    }
 }
 
 struct ServiceReadiness {
@@ -108,8 +99,8 @@ impl Readiness for ServiceReadiness {
     fn store_open(&self) -> bool {
         self.store.is_healthy()
     }
-    fn broker_connected(&self) -> bool {
-        self.ingest.connected.load(Ordering::SeqCst)
+    fn broker_receiving(&self) -> bool {
+        self.ingest.is_receiving()
     }
     fn refresh_gauges(&self) {
         if let Err(e) = self.store.refresh_size_metrics() {
@@ -148,6 +139,8 @@ impl std::fmt::Debug for Service {
 impl Service {
     pub async fn start(config: &Config, env: &BTreeMap<String, String>) -> anyhow::Result<Service> {
         config.preflight(env)?;
+        // Before anything opens files: `api.max_connections` is sized from the raised limit.
+        let file_limit = crate::access::raise_file_limit();
         let key_file = config.key_file(env);
         let ring = KeyRing::load(&key_file).with_context(|| {
             format!(
@@ -157,6 +150,7 @@ impl Service {
         })?;
         let tokens = config.token_table()?;
         let pseudonymiser = Arc::new(Pseudonymiser::new(&ring));
+        let audit_keys = crate::audit::chain_keys(&ring);
         drop(ring);
 
         let store_config = store_config(config)?;
@@ -174,17 +168,16 @@ impl Service {
             tracing::info!(%listen, "embedded mqtt broker started");
         }
 
-        let audit = AuditLog::open(&config.api.audit_log)
-            .with_context(|| format!("opening api.audit_log {}", config.api.audit_log.display()))?;
-        // The chain head, so that lines removed from the end can be detected later
-        // (`meterstand audit verify --head`).
-        match audit.head() {
-            Ok(head) => tracing::info!(%head, "audit log opened"),
-            Err(e) => tracing::warn!(error = %e, "cannot read the audit chain head"),
-        }
+        // Keyed, in monthly segments, compared with the head the store anchored (a removed
+        // tail becomes an audit.gap line), then anchored in the store after every line.
+        let (audit, anchored) = crate::audit::anchor::open_for_service(
+            &config.api.audit_log,
+            audit_keys.clone(),
+            store.clone(),
+        )?;
         let status = Arc::new(IngestStatus::default());
         let intake = CancellationToken::new();
-        let mut ingest_config = ingest_config(config)?;
+        let mut ingest_config = ingest_config(config);
         // Corrections from the metering company are audited in the same chain.
         ingest_config.audit = Some(audit.clone());
         let ingest = Ingest::start(
@@ -197,6 +190,18 @@ impl Service {
 
         let background = CancellationToken::new();
         let tracker = TaskTracker::new();
+        // The audit log: verified in full against the start-up anchor, then its head logged
+        // and its retention applied every few minutes.
+        tracker.spawn(crate::audit::anchor::watch(
+            crate::audit::anchor::Watch {
+                log: audit.clone(),
+                keys: audit_keys,
+                anchored,
+                retention: config.retention.audit,
+                every: crate::audit::anchor::WATCH_EVERY,
+            },
+            background.clone(),
+        ));
         let tls = match config.tls_files() {
             Some(files) => {
                 Some(meterstand_api::Tls::load(files).context("loading the HTTPS certificate")?)
@@ -207,6 +212,12 @@ impl Service {
             .await
             .with_context(|| format!("binding api.listen {}", config.api.listen))?;
         let api_addr = listener.local_addr()?;
+        let api_config = config.api_config();
+        tracing::info!(
+            file_limit,
+            max_connections = api_config.max_connections,
+            "http connection cap"
+        );
         let state = ApiState::new(ApiParts {
             readiness: Arc::new(ServiceReadiness {
                 store: store.clone(),
@@ -216,8 +227,8 @@ impl Service {
             pseudonymiser,
             tokens,
             audit,
-            calendar: Calendar::new(&config.privacy.timezone).context("privacy.timezone")?,
-            config: config.api_config(),
+            calendar: config.privacy.timezone.clone(),
+            config: api_config,
         });
         let http_stop = CancellationToken::new();
         let api = state.clone();
@@ -268,7 +279,7 @@ impl Service {
             .statistics
             .quiet
             .clamp(Duration::from_secs(1), Duration::from_secs(60));
-        let calendar = Calendar::new(&config.privacy.timezone).context("privacy.timezone")?;
+        let calendar = config.privacy.timezone.clone();
         let (freeze_store, freeze_stop) = (store.clone(), background.clone());
         tracker.spawn(async move {
             let mut next = Duration::ZERO;
@@ -356,17 +367,14 @@ impl Service {
     }
 
     /// Re-reads the token table from the configuration (SIGHUP, `token revoke`): a token no
-    /// longer listed is refused from the next request on.
+    /// longer listed is refused from the next request on. Fails closed, counted and audited
+    /// ([`crate::access::reload_tokens`]).
     pub fn reload_tokens(
         &self,
         config_file: Option<&std::path::Path>,
         env: &BTreeMap<String, String>,
-    ) -> anyhow::Result<usize> {
-        let config = Config::load(config_file, env)?;
-        let table = config.token_table()?;
-        let count = config.api.tokens.len();
-        self.api.replace_tokens(table);
-        Ok(count)
+    ) -> crate::access::Reload {
+        crate::access::reload_tokens(&self.api, config_file, env)
     }
 }
 
@@ -405,9 +413,11 @@ pub async fn run_until_signal(
         tokio::select! {
             _ = &mut stop => break,
             _ = hangup.recv() => {
-                match service.reload_tokens(config_file.as_deref(), &env) {
-                    Ok(n) => tracing::info!(tokens = n, "token table re-read"),
-                    Err(e) => tracing::error!(error = %e, "cannot re-read the token table; the old one stays"),
+                let r = service.reload_tokens(config_file.as_deref(), &env);
+                let removed = r.removed.join(",");
+                match &r.failure {
+                    None => tracing::info!(tokens = r.tokens, generation = r.generation, %removed, "token table re-read"),
+                    Some(e) => tracing::error!(error = %e, tokens = r.tokens, generation = r.generation, %removed, "cannot re-read the token table; only tokens still in the file are kept"),
                 }
                 match service.reload_tls() {
                     Ok(true) => tracing::info!("https certificate re-read"),

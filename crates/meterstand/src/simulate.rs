@@ -7,15 +7,20 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use jiff::Timestamp;
 use meterstand_codec::{Format, WirePayload, WireReading, encode, p1};
+use meterstand_ingest::{BrokerUrl, tls_transport_from_pem};
 use meterstand_model::sim::SimMeter;
 use meterstand_model::{Calendar, MeterId, Reading, Register};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimulateArgs {
-    /// Broker to publish to.
+    /// Broker to publish to: mqtt://host[:port], or mqtts:// with --ca-file (IPv6 in
+    /// brackets: mqtt://[::1]:1883).
     #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
-    pub broker: String,
+    pub broker: BrokerUrl,
+    /// PEM CA that signed an mqtts:// broker's certificate.
+    #[arg(long)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Topic prefix: messages go to {prefix}/{ean}/{format}.
     #[arg(long, default_value = "meters")]
     pub prefix: String,
@@ -53,19 +58,20 @@ pub struct SimulateReport {
     pub readings: u64,
 }
 
-pub fn broker_host_port(url: &str) -> anyhow::Result<(String, u16)> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .with_context(|| format!("--broker {url:?}: expected mqtt://host:port"))?;
-    let (host, port) = rest
-        .trim_end_matches('/')
-        .rsplit_once(':')
-        .unwrap_or((rest, "1883"));
-    Ok((
-        host.to_string(),
-        port.parse()
-            .with_context(|| format!("--broker {url:?}: bad port"))?,
-    ))
+/// MQTT 3.1.1 options for publishing to `broker` (the same parser and TLS setup as
+/// ingest's): mqtts:// needs the CA that signed the broker's certificate.
+pub fn publisher_options(
+    client_id: impl Into<String>,
+    broker: &BrokerUrl,
+    ca_file: Option<&std::path::Path>,
+) -> anyhow::Result<MqttOptions> {
+    let mut options = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    if broker.tls {
+        let path = ca_file.context("an mqtts:// broker needs --ca-file")?;
+        let ca = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        options.set_transport(tls_transport_from_pem(ca, None));
+    }
+    Ok(options)
 }
 
 /// The simulated population of these arguments.
@@ -95,20 +101,13 @@ pub fn p1_telegram(
     p1::encode_dsmr5(meter, t, &electricity, *last_gas)
 }
 
-pub async fn run(args: SimulateArgs) -> anyhow::Result<SimulateReport> {
-    if args.quarters_per_message == 0 || args.quarters_per_message > 2976 {
-        bail!("--quarters-per-message must be 1 to 2976 (a month)");
-    }
-    let calendar = Calendar::amsterdam();
-    let format = match args.format.as_str() {
-        "bincode" => Format::Bincode,
-        "p1" => Format::P1,
-        _ => Format::Json,
-    };
-    let today = calendar.date_of(Timestamp::now());
+/// The simulated range: local midnight of `--from` (default: `--days` before today) to
+/// local midnight `--days` later, which must not lie in the future.
+fn simulated_range(args: &SimulateArgs, calendar: &Calendar) -> anyhow::Result<(Timestamp, i64)> {
     let from = match args.from {
         Some(d) => d,
-        None => today
+        None => calendar
+            .date_of(Timestamp::now())
             .checked_sub(jiff::Span::new().days(i64::from(args.days)))
             .context("--days too large")?,
     };
@@ -120,33 +119,98 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<SimulateReport> {
     if end > Timestamp::now() {
         bail!("the simulated range ends in the future; pick an earlier --from");
     }
+    Ok((start, (end.as_second() - start.as_second()) / 900))
+}
 
-    let (host, port) = broker_host_port(&args.broker)?;
-    let mut options = MqttOptions::new(
-        format!("meterstand-simulate-{}", std::process::id()),
-        host,
-        port,
-    );
-    options.set_keep_alive(Duration::from_secs(30));
-    options.set_inflight(1000);
-    options.set_max_packet_size(1 << 20, 16 << 20);
-    let (client, mut eventloop) = AsyncClient::new(options, 1000);
-    let (acked_tx, mut acked_rx) = tokio::sync::watch::channel(0u64);
-    let poller = tokio::spawn(async move {
-        let mut acked = 0u64;
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    acked += 1;
-                    let _ = acked_tx.send(acked);
+/// A QoS 1 publisher whose poll loop counts the broker's PUBACKs.
+struct AckedPublisher {
+    client: AsyncClient,
+    acked: tokio::sync::watch::Receiver<u64>,
+    poller: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl AckedPublisher {
+    fn connect(args: &SimulateArgs) -> anyhow::Result<AckedPublisher> {
+        let mut options = publisher_options(
+            format!("meterstand-simulate-{}", std::process::id()),
+            &args.broker,
+            args.ca_file.as_deref(),
+        )?;
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_inflight(1000);
+        options.set_max_packet_size(1 << 20, 16 << 20);
+        let (client, mut eventloop) = AsyncClient::new(options, 1000);
+        let (acked_tx, acked) = tokio::sync::watch::channel(0u64);
+        let poller = tokio::spawn(async move {
+            let mut acked = 0u64;
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        acked += 1;
+                        let _ = acked_tx.send(acked);
+                    }
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(anyhow::anyhow!("broker connection failed: {e}")),
                 }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
-                Ok(_) => {}
-                Err(e) => return Err(anyhow::anyhow!("broker connection failed: {e}")),
             }
-        }
-    });
+        });
+        Ok(AckedPublisher {
+            client,
+            acked,
+            poller,
+        })
+    }
 
+    /// Waits for `target` PubAcks (the broker has taken responsibility for each message),
+    /// then disconnects.
+    async fn finish(mut self, target: u64) -> anyhow::Result<()> {
+        let waited = tokio::time::timeout(
+            Duration::from_secs(300),
+            self.acked.wait_for(|a| *a >= target),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        if !waited {
+            bail!(
+                "the broker acknowledged only {} of {} messages within 5 minutes",
+                *self.acked.borrow(),
+                target
+            );
+        }
+        self.client.disconnect().await?;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.poller).await;
+        Ok(())
+    }
+}
+
+fn progress_bar(hidden: bool, total: u64) -> indicatif::ProgressBar {
+    let progress = if hidden {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(total)
+    };
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} messages {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    progress
+}
+
+pub async fn run(args: SimulateArgs) -> anyhow::Result<SimulateReport> {
+    if args.quarters_per_message == 0 || args.quarters_per_message > 2976 {
+        bail!("--quarters-per-message must be 1 to 2976 (a month)");
+    }
+    let calendar = Calendar::amsterdam();
+    let format = match args.format.as_str() {
+        "bincode" => Format::Bincode,
+        "p1" => Format::P1,
+        _ => Format::Json,
+    };
+    let (start, quarters) = simulated_range(&args, &calendar)?;
+    let publisher = AckedPublisher::connect(&args)?;
     let mut meters = population(&args);
     let meter_ids = meters
         .iter()
@@ -156,24 +220,12 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<SimulateReport> {
     // P1: the last hourly gas reading of each meter, repeated in every telegram as a real
     // meter does until the next one.
     let mut last_gas: Vec<Option<(Timestamp, u64)>> = vec![None; meters.len()];
-    let quarters = (end.as_second() - start.as_second()) / 900;
     let step = if format == Format::P1 {
         1
     } else {
         i64::from(args.quarters_per_message)
     };
-    let total_messages = (quarters / step + 1) as u64 * args.meters;
-    let progress = if args.quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        indicatif::ProgressBar::new(total_messages)
-    };
-    progress.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} messages {per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let progress = progress_bar(args.quiet, (quarters / step + 1) as u64 * args.meters);
     let started = Instant::now();
     let mut report = SimulateReport::default();
     // Chunks of quarter-hours; the first chunk also carries the start boundary itself.
@@ -197,7 +249,10 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<SimulateReport> {
                 encode(format, &payload)
             };
             let topic = format!("{}/{}/{}", args.prefix, m.ean.expose(), format.as_str());
-            client.publish(topic, QoS::AtLeastOnce, false, body).await?;
+            publisher
+                .client
+                .publish(topic, QoS::AtLeastOnce, false, body)
+                .await?;
             report.messages += 1;
             report.readings += readings.len() as u64;
             progress.inc(1);
@@ -210,25 +265,9 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<SimulateReport> {
         }
         q = chunk_end;
     }
-    // Wait for every PubAck: the broker has taken responsibility for each message.
-    let target = report.messages;
-    let waited = tokio::time::timeout(
-        Duration::from_secs(300),
-        acked_rx.wait_for(|a| *a >= target),
-    )
-    .await
-    .map(|r| r.is_ok())
-    .unwrap_or(false);
+    let finished = publisher.finish(report.messages).await;
     progress.finish_and_clear();
-    if !waited {
-        bail!(
-            "the broker acknowledged only {} of {} messages within 5 minutes",
-            *acked_rx.borrow(),
-            target
-        );
-    }
-    client.disconnect().await?;
-    let _ = tokio::time::timeout(Duration::from_secs(5), poller).await;
+    finished?;
     if !args.quiet {
         eprintln!(
             "published {} messages with {} readings in {:.1}s",
@@ -244,6 +283,28 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<SimulateReport> {
 mod tests {
     use super::*;
     use meterstand_codec::{Limits, decode};
+
+    /// The simulator reads the broker address with the service's own parser: IPv6 in
+    /// brackets, and mqtts:// only with the CA that signed the broker's certificate.
+    #[test]
+    fn publishes_to_any_broker_address_the_service_accepts() {
+        let url: BrokerUrl = "mqtt://[::1]:1884".parse().expect("url");
+        let options = publisher_options("sim", &url, None).expect("options");
+        assert_eq!(options.broker_address(), ("::1".to_string(), 1884));
+        let tls: BrokerUrl = "mqtts://broker.example".parse().expect("url");
+        let e = publisher_options("sim", &tls, None).expect_err("no CA");
+        assert!(e.to_string().contains("--ca-file"), "{e}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").expect("ca");
+        let options = publisher_options("sim", &tls, Some(&ca)).expect("with CA");
+        assert_eq!(
+            options.broker_address(),
+            ("broker.example".to_string(), 8883)
+        );
+        assert!(matches!(options.transport(), rumqttc::Transport::Tls(_)));
+        assert!("http://x".parse::<BrokerUrl>().is_err());
+    }
 
     /// A simulated telegram decodes to the very readings the simulator drew, gas included
     /// on the hour and repeated (idempotently) after it.

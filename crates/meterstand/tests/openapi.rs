@@ -70,9 +70,12 @@ fn day_readings(start: Timestamp, days: i64, n: u64) -> Vec<Reading> {
 #[test]
 fn every_role_fuzzed_from_the_openapi_document_gets_documented_answers() {
     let Some(fuzzer) = schemathesis() else {
-        eprintln!(
-            "skipped: schemathesis not found (scripts/test installs it from PyPI when python3 \
-             is present; or set {SCHEMATHESIS_ENV})"
+        meterstand_testkit::tool_missing(
+            "the OpenAPI fuzz test",
+            &format!(
+                "schemathesis not found (scripts/test installs it from PyPI when python3 is \
+                 present; or set {SCHEMATHESIS_ENV})"
+            ),
         );
         return;
     };

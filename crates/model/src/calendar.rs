@@ -25,6 +25,21 @@ pub enum CalendarError {
     OutOfRange,
 }
 
+/// A calendar is written as its IANA zone name (`"Europe/Amsterdam"`), so that a
+/// configuration deserialises straight into one and names a bad zone where it stands.
+impl serde::Serialize for Calendar {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.tz.iana_name().unwrap_or("UTC"))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Calendar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Calendar, D::Error> {
+        let name = String::deserialize(d)?;
+        Calendar::new(&name).map_err(|e| serde::de::Error::custom(format!("{name:?}: {e}")))
+    }
+}
+
 impl Calendar {
     pub fn new(time_zone: &str) -> Result<Calendar, CalendarError> {
         let tz = TimeZone::get(time_zone).map_err(|_| CalendarError::UnknownTimeZone)?;

@@ -80,98 +80,131 @@ fn members_of<'a>(elements: impl Iterator<Item = &'a Element>) -> usize {
 /// Runs every check over `figures` (empty figures are ignored, duplicates are merged).
 pub fn attack(figures: &[Figure], k: u32) -> Vec<Finding> {
     let k = usize::try_from(k.max(1)).unwrap_or(usize::MAX);
-    let small = |n: usize| n > 0 && n < k;
+    let known = Known::new(figures);
+    let mut findings = known.differences(k);
+    findings.extend(known.rows_minus_families(k));
+    findings.extend(known.small_atoms(k));
+    findings
+}
 
-    // Distinct figures (a frozen row seen twice is one figure).
-    let mut distinct: Vec<&Figure> = Vec::new();
-    let mut seen: HashSet<&BTreeSet<Element>> = HashSet::new();
-    for f in figures {
-        if !f.elements.is_empty() && seen.insert(&f.elements) {
-            distinct.push(f);
-        }
-    }
-    let mut index: HashMap<Element, Vec<usize>> = HashMap::new();
-    for (i, f) in distinct.iter().enumerate() {
-        for e in &f.elements {
-            index.entry(*e).or_default().push(i);
-        }
-    }
+/// Whether `n` members are isolated: some, fewer than k.
+fn small(n: usize, k: usize) -> bool {
+    n > 0 && n < k
+}
 
-    let mut findings = Vec::new();
+/// The distinct figures an attacker holds, and which of them each element lies in.
+struct Known<'a> {
+    distinct: Vec<&'a Figure>,
+    index: HashMap<Element, Vec<usize>>,
+}
 
-    // Pairwise differences of figures that meet.
-    let mut pairs: BTreeSet<(usize, usize)> = BTreeSet::new();
-    for ids in index.values() {
-        for (x, &i) in ids.iter().enumerate() {
-            for &j in &ids[x + 1..] {
-                pairs.insert((i.min(j), i.max(j)));
+impl<'a> Known<'a> {
+    fn new(figures: &'a [Figure]) -> Known<'a> {
+        // Distinct figures (a frozen row seen twice is one figure).
+        let mut distinct: Vec<&Figure> = Vec::new();
+        let mut seen: HashSet<&BTreeSet<Element>> = HashSet::new();
+        for f in figures {
+            if !f.elements.is_empty() && seen.insert(&f.elements) {
+                distinct.push(f);
             }
         }
-    }
-    for (i, j) in pairs {
-        let (a, b) = (&distinct[i].elements, &distinct[j].elements);
-        let n = members_of(a.symmetric_difference(b));
-        if small(n) {
-            findings.push(Finding {
-                kind: FindingKind::Difference,
-                labels: vec![distinct[i].label.clone(), distinct[j].label.clone()],
-                members: n,
-            });
+        let mut index: HashMap<Element, Vec<usize>> = HashMap::new();
+        for (i, f) in distinct.iter().enumerate() {
+            for e in &f.elements {
+                index.entry(*e).or_default().push(i);
+            }
         }
+        Known { distinct, index }
     }
 
-    // A figure minus the figures of one other family that meet it.
-    for (i, a) in distinct.iter().enumerate() {
-        let mut met: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
-        for e in &a.elements {
-            for &j in &index[e] {
-                if j != i && distinct[j].family != a.family {
-                    met.entry(distinct[j].family.as_str())
-                        .or_default()
-                        .insert(j);
+    /// Pairwise differences of figures that meet.
+    fn differences(&self, k: usize) -> Vec<Finding> {
+        let mut pairs: BTreeSet<(usize, usize)> = BTreeSet::new();
+        for ids in self.index.values() {
+            for (x, &i) in ids.iter().enumerate() {
+                for &j in &ids[x + 1..] {
+                    pairs.insert((i.min(j), i.max(j)));
                 }
             }
         }
-        for (family, parts) in met {
-            let union: BTreeSet<Element> = parts
-                .iter()
-                .flat_map(|&j| distinct[j].elements.iter().copied())
-                .collect();
-            let total: usize = parts.iter().map(|&j| distinct[j].elements.len()).sum();
-            if total != union.len() {
-                continue; // not disjoint: not a plain sum of sets
-            }
-            let n = members_of(a.elements.symmetric_difference(&union));
-            if small(n) {
+        let mut findings = Vec::new();
+        for (i, j) in pairs {
+            let (a, b) = (&self.distinct[i].elements, &self.distinct[j].elements);
+            let n = members_of(a.symmetric_difference(b));
+            if small(n, k) {
                 findings.push(Finding {
-                    kind: FindingKind::RowMinusFamily,
+                    kind: FindingKind::Difference,
                     labels: vec![
-                        a.label.clone(),
-                        format!("sum of {} of {family}", parts.len()),
+                        self.distinct[i].label.clone(),
+                        self.distinct[j].label.clone(),
                     ],
                     members: n,
                 });
             }
         }
+        findings
     }
 
-    // Atoms: pairs grouped by the exact set of figures they lie in.
-    let mut atoms: HashMap<&[usize], BTreeSet<MemberId>> = HashMap::new();
-    for (e, ids) in &index {
-        atoms.entry(ids.as_slice()).or_default().insert(e.0);
+    /// A figure minus the figures of one other family that meet it.
+    fn rows_minus_families(&self, k: usize) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        for (i, a) in self.distinct.iter().enumerate() {
+            let mut met: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
+            for e in &a.elements {
+                for &j in &self.index[e] {
+                    if j != i && self.distinct[j].family != a.family {
+                        met.entry(self.distinct[j].family.as_str())
+                            .or_default()
+                            .insert(j);
+                    }
+                }
+            }
+            for (family, parts) in met {
+                let union: BTreeSet<Element> = parts
+                    .iter()
+                    .flat_map(|&j| self.distinct[j].elements.iter().copied())
+                    .collect();
+                let total: usize = parts.iter().map(|&j| self.distinct[j].elements.len()).sum();
+                if total != union.len() {
+                    continue; // not disjoint: not a plain sum of sets
+                }
+                let n = members_of(a.elements.symmetric_difference(&union));
+                if small(n, k) {
+                    findings.push(Finding {
+                        kind: FindingKind::RowMinusFamily,
+                        labels: vec![
+                            a.label.clone(),
+                            format!("sum of {} of {family}", parts.len()),
+                        ],
+                        members: n,
+                    });
+                }
+            }
+        }
+        findings
     }
-    let mut small_atoms: Vec<Finding> = atoms
-        .into_iter()
-        .filter(|(_, m)| small(m.len()))
-        .map(|(ids, m)| Finding {
-            kind: FindingKind::SmallAtom,
-            labels: ids.iter().map(|&i| distinct[i].label.clone()).collect(),
-            members: m.len(),
-        })
-        .collect();
-    small_atoms.sort_by(|a, b| a.labels.cmp(&b.labels));
-    findings.extend(small_atoms);
-    findings
+
+    /// Atoms: elements grouped by the exact set of figures they lie in.
+    fn small_atoms(&self, k: usize) -> Vec<Finding> {
+        let mut atoms: HashMap<&[usize], BTreeSet<MemberId>> = HashMap::new();
+        for (e, ids) in &self.index {
+            atoms.entry(ids.as_slice()).or_default().insert(e.0);
+        }
+        let mut small_atoms: Vec<Finding> = atoms
+            .into_iter()
+            .filter(|(_, m)| small(m.len(), k))
+            .map(|(ids, m)| Finding {
+                kind: FindingKind::SmallAtom,
+                labels: ids
+                    .iter()
+                    .map(|&i| self.distinct[i].label.clone())
+                    .collect(),
+                members: m.len(),
+            })
+            .collect();
+        small_atoms.sort_by(|a, b| a.labels.cmp(&b.labels));
+        small_atoms
+    }
 }
 
 #[cfg(test)]

@@ -123,6 +123,13 @@ pub fn partition(contributions: &[Contribution], k: u32) -> Partition {
     }
 
     rows.sort_by(|a, b| (a.area, &a.profile).cmp(&(b.area, &b.profile)));
+    close_remainder(&mut rows, rest, k);
+    published(rows)
+}
+
+/// What is left under k after the regions: the smallest rows join it until it holds k, and
+/// it becomes the remainder row (or, with nothing left to add, is not published).
+fn close_remainder<'a>(rows: &mut Vec<Pending<'a>>, mut rest: Vec<&'a Contribution>, k: usize) {
     while !rest.is_empty() && rest.len() < k {
         let smallest = rows
             .iter()
@@ -140,7 +147,10 @@ pub fn partition(contributions: &[Contribution], k: u32) -> Partition {
             members: rest,
         });
     }
+}
 
+/// The rows as published: each with its sorted member ids, count and consumption.
+fn published(rows: Vec<Pending<'_>>) -> Partition {
     let mut out = Partition::default();
     for pending in rows {
         let mut ids: Vec<MemberId> = pending.members.iter().map(|c| c.member).collect();

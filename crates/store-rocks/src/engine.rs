@@ -1,7 +1,7 @@
 //! Opening the database: column families and their options, the retention horizons the
-//! compaction filters read, and the state every other module shares ([`Shared`]). The
-//! bottom of the crate: it depends on nothing else here but the key layout (and the types
-//! of the in-memory registry it holds, `subjects` and `units`, which it does not call).
+//! compaction filters read, and the state every other module shares ([`Shared`]). Above
+//! the crate's pure leaves only (`layout`, `subjects`, `units`, `metrics`, `fault`); every
+//! other module builds on it (docs/design.md, "Shape of the code").
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -56,8 +56,10 @@ pub(crate) fn tier_cf_name(tier: Tier) -> &'static str {
     tier.as_str()
 }
 
-/// Block compression of the tier column families.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Block compression of the tier column families (`store.compression`: `zstd`, `lz4` or
+/// `none`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Compression {
     None,
     Lz4,
@@ -71,8 +73,8 @@ pub struct StoreConfig {
     pub default_consent: ConsentLevel,
     pub retention: RetentionPolicy,
     pub compression: Compression,
-    /// Time zone of day and month boundaries.
-    pub time_zone: String,
+    /// Day and month boundaries in the configured time zone.
+    pub calendar: Calendar,
     /// Sync the WAL on every group commit. Only benchmarks of the raw engine turn this off.
     pub sync: bool,
     /// The erasure and consent journal (outside `path` and outside backups): erasures and
@@ -122,7 +124,7 @@ impl StoreConfig {
             default_consent: ConsentLevel::Standard,
             retention: RetentionPolicy::default(),
             compression: Compression::Zstd,
-            time_zone: "Europe/Amsterdam".into(),
+            calendar: Calendar::amsterdam(),
             sync: true,
             journal: None,
             memory: 256 << 20,
@@ -241,6 +243,35 @@ impl Shared {
             .as_second()
     }
 
+    /// A subject's state: the union over its pseudonyms.
+    pub(crate) fn subject_state(&self, all: &[Pseudonym]) -> SubjectState {
+        let states = self.subjects.read();
+        SubjectState::union_all(all.iter().map(|p| crate::subjects::state_in(&states, *p)))
+    }
+
+    /// Queues `state` under every one of `all` in `batch` (an empty state deletes the
+    /// entry); [`crate::subjects::remember`] it once the batch is written.
+    pub(crate) fn put_subject_state(
+        &self,
+        batch: &mut rocksdb::WriteBatch,
+        all: &[Pseudonym],
+        state: SubjectState,
+    ) -> Result<(), StoreError> {
+        let cf = self.cf(CF_TOMBSTONES)?;
+        for p in all {
+            if state.is_empty() {
+                batch.delete_cf(cf, crate::subjects::key(*p));
+            } else {
+                batch.put_cf(
+                    cf,
+                    crate::subjects::key(*p),
+                    crate::subjects::encode(&state),
+                );
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn write_opts(&self) -> WriteOptions {
         let mut wo = WriteOptions::default();
         wo.set_sync(self.config.sync);
@@ -262,29 +293,7 @@ pub(crate) fn open_shared(
     for tier in Tier::ALL {
         horizons.set(tier, config.retention.horizon(tier, now).as_second());
     }
-    let mut db_opts = Options::default();
-    db_opts.create_if_missing(true);
-    db_opts.create_missing_column_families(true);
-    db_opts.set_max_background_jobs(2);
-    db_opts.set_bytes_per_sync(1 << 20);
-    // One writer thread: no concurrent memtable inserts, so RocksDB inserts each key with
-    // the previous insert's position as hint, which our key-sorted batches make cheap.
-    db_opts.set_allow_concurrent_memtable_write(false);
-    // The MANIFEST records the smallest and largest key of every SST file it lists until it
-    // is rewritten; a small limit makes RocksDB start a new one (a snapshot of the live
-    // files only) at each change, so an erased pseudonym does not live on as a file bound.
-    db_opts.set_max_manifest_file_size(MANIFEST_ROLL_BYTES);
-    // ... and no space-amplification allowance on top of that limit: with the default (500 %)
-    // the MANIFEST would only roll at six times its compacted size.
-    let mut db_opts = db_opts
-        .get_options_from_string("max_manifest_space_amp_pct=0")
-        .map_err(engine("setting the MANIFEST policy"))?;
-    // RocksDB's info LOG names key ranges in hex (a manual compaction after an erasure
-    // logs the erased pseudonym's range): it logs warnings and errors only, keeps no
-    // rotated copies, and the LOG files of earlier versions go before it opens. Set after
-    // the options string above, which builds new options.
-    db_opts.set_log_level(rocksdb::LogLevel::Warn);
-    db_opts.set_keep_log_file_num(1);
+    let mut db_opts = db_options()?;
     remove_info_logs(&config.path)?;
 
     // One budget: every column family's blocks and every memtable are charged to one cache.
@@ -321,22 +330,11 @@ pub(crate) fn open_shared(
         o.set_write_buffer_size(4 << 20);
         cfs.push(ColumnFamilyDescriptor::new(name, o));
     }
-    // Owner only: the store holds pseudonymous personal data.
-    {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&config.path)
-            .map_err(|e| StoreError::engine("creating the data directory", e))?;
-        std::fs::set_permissions(&config.path, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| StoreError::engine("restricting the data directory to its owner", e))?;
-    }
+    create_private_dir(&config.path)?;
     let db = DB::open_cf_descriptors(&db_opts, &config.path, cfs)
         .map_err(engine("opening the database"))?;
 
-    let calendar = Calendar::new(&config.time_zone)
-        .map_err(|e| StoreError::InvalidQuery(format!("store time zone: {e}")))?;
+    let calendar = config.calendar.clone();
     let config_rocksdb_bytes = config.rocksdb_bytes();
     let shared = Shared {
         db,
@@ -355,6 +353,47 @@ pub(crate) fn open_shared(
     };
     load_registry(&shared)?;
     Ok(shared)
+}
+
+/// The database's options before the memory budget: one writer, a MANIFEST that rolls at
+/// every change and an info LOG that names no key.
+fn db_options() -> Result<Options, StoreError> {
+    let mut db_opts = Options::default();
+    db_opts.create_if_missing(true);
+    db_opts.create_missing_column_families(true);
+    db_opts.set_max_background_jobs(2);
+    db_opts.set_bytes_per_sync(1 << 20);
+    // One writer thread: no concurrent memtable inserts, so RocksDB inserts each key with
+    // the previous insert's position as hint, which our key-sorted batches make cheap.
+    db_opts.set_allow_concurrent_memtable_write(false);
+    // The MANIFEST records the smallest and largest key of every SST file it lists until it
+    // is rewritten; a small limit makes RocksDB start a new one (a snapshot of the live
+    // files only) at each change, so an erased pseudonym does not live on as a file bound.
+    db_opts.set_max_manifest_file_size(MANIFEST_ROLL_BYTES);
+    // ... and no space-amplification allowance on top of that limit: with the default (500 %)
+    // the MANIFEST would only roll at six times its compacted size.
+    let mut db_opts = db_opts
+        .get_options_from_string("max_manifest_space_amp_pct=0")
+        .map_err(engine("setting the MANIFEST policy"))?;
+    // RocksDB's info LOG names key ranges in hex (a manual compaction after an erasure
+    // logs the erased pseudonym's range): it logs warnings and errors only and keeps no
+    // rotated copies (the LOG files of earlier versions go before it opens). Set after the
+    // options string above, which builds new options.
+    db_opts.set_log_level(rocksdb::LogLevel::Warn);
+    db_opts.set_keep_log_file_num(1);
+    Ok(db_opts)
+}
+
+/// Creates the data directory, owner only: the store holds pseudonymous personal data.
+fn create_private_dir(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| StoreError::engine("creating the data directory", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| StoreError::engine("restricting the data directory to its owner", e))
 }
 
 /// Deletes RocksDB's info logs (`LOG`, `LOG.old.*`) of earlier runs: diagnostics only, and
@@ -488,7 +527,7 @@ fn load_registry(shared: &Shared) -> Result<(), StoreError> {
                 objected: true,
                 ..crate::subjects::state_in(&states, p)
             };
-            crate::subjects::put(shared, &mut migrated, &[p], state)?;
+            shared.put_subject_state(&mut migrated, &[p], state)?;
             crate::subjects::remember(&mut states, &[p], state);
             migrated.put_cf(
                 shared.cf(CF_CONNECTIONS)?,

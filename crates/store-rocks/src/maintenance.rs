@@ -31,9 +31,10 @@ pub(crate) fn put_connection(
     let mut batch = WriteBatch::default();
     let receipt = remove_tiers(shared, all, remove, &mut batch)?;
     let connections_cf = shared.cf(CF_CONNECTIONS)?;
-    let state =
-        subjects::state_of(shared, all).after_registration(connection.consent, shared.clock.now());
-    subjects::put(shared, &mut batch, all, state)?;
+    let state = shared
+        .subject_state(all)
+        .after_registration(connection.consent, shared.clock.now());
+    shared.put_subject_state(&mut batch, all, state)?;
     for p in all {
         if *p != current {
             batch.delete_cf(connections_cf, p.to_bytes());
@@ -135,8 +136,10 @@ pub(crate) fn erase(
     let connections_cf = shared.cf(CF_CONNECTIONS)?;
     let meters_cf = shared.cf(CF_METERS)?;
     let quarantine_cf = shared.cf(CF_QUARANTINE)?;
-    let state = subjects::state_of(shared, pseudonyms).after_erasure(shared.clock.now());
-    subjects::put(shared, &mut batch, pseudonyms, state)?;
+    let state = shared
+        .subject_state(pseudonyms)
+        .after_erasure(shared.clock.now());
+    shared.put_subject_state(&mut batch, pseudonyms, state)?;
     for p in pseudonyms {
         if shared.connections.read().contains_key(p) {
             receipt.connection = 1;
@@ -178,9 +181,11 @@ pub(crate) fn set_objection(
     all: &[Pseudonym],
     objected: bool,
 ) -> Result<(), StoreError> {
-    let state = subjects::state_of(shared, all).after_objection(objected, shared.clock.now());
+    let state = shared
+        .subject_state(all)
+        .after_objection(objected, shared.clock.now());
     let mut batch = WriteBatch::default();
-    subjects::put(shared, &mut batch, all, state)?;
+    shared.put_subject_state(&mut batch, all, state)?;
     shared
         .db
         .write_opt(batch, &shared.write_opts())
@@ -292,21 +297,8 @@ pub(crate) fn sweep(shared: &Shared) -> Result<TierCounts, StoreError> {
                     continue;
                 }
                 if start < horizon_q {
-                    let entries =
-                        layout::decode_block(v).ok_or(StoreError::Corrupt(tier.as_str()))?;
-                    let keep: Vec<(u32, u64)> = entries
-                        .iter()
-                        .copied()
-                        .filter(|(slot, _)| start + i64::from(*slot) >= horizon_q)
-                        .collect();
-                    if keep.len() < entries.len() {
-                        removed.add(tier, (entries.len() - keep.len()) as u64);
-                        if keep.is_empty() {
-                            batch.delete_cf(cf, k);
-                        } else {
-                            batch.put_cf(cf, k, layout::encode_block(&keep));
-                        }
-                    }
+                    let gone = trim_block(tier, k, v, start, horizon_q, cf, &mut batch)?;
+                    removed.add(tier, gone);
                 }
                 break;
             }
@@ -335,6 +327,34 @@ pub(crate) fn sweep(shared: &Shared) -> Result<TierCounts, StoreError> {
         tracing::info!(periods, "statistics past retention.statistics removed");
     }
     Ok(removed)
+}
+
+/// Queues the live part of a block that straddles the horizon (or its deletion when nothing
+/// is live); how many entries expired.
+fn trim_block(
+    tier: Tier,
+    key: &[u8],
+    block: &[u8],
+    start: i64,
+    horizon_q: i64,
+    cf: &rocksdb::ColumnFamily,
+    batch: &mut WriteBatch,
+) -> Result<u64, StoreError> {
+    let entries = layout::decode_block(block).ok_or(StoreError::Corrupt(tier.as_str()))?;
+    let keep: Vec<(u32, u64)> = entries
+        .iter()
+        .copied()
+        .filter(|(slot, _)| start + i64::from(*slot) >= horizon_q)
+        .collect();
+    if keep.len() == entries.len() {
+        return Ok(0);
+    }
+    if keep.is_empty() {
+        batch.delete_cf(cf, key);
+    } else {
+        batch.put_cf(cf, key, layout::encode_block(&keep));
+    }
+    Ok((entries.len() - keep.len()) as u64)
 }
 
 /// The crash test's hold inside the sweep (`crates/meterstand/tests/crash.rs`), like

@@ -181,7 +181,7 @@ pub(crate) fn export(
     pseudonyms: &[Pseudonym],
 ) -> Result<SubjectExport, StoreError> {
     let mut export = SubjectExport {
-        state: crate::subjects::state_of(shared, pseudonyms),
+        state: shared.subject_state(pseudonyms),
         ..SubjectExport::default()
     };
     let meters_cf = shared.cf(CF_METERS)?;

@@ -1,5 +1,5 @@
-//! Frozen statistics in their own column family, `statistics`. Depends on `engine` and
-//! `units`.
+//! Frozen statistics in their own column family, `statistics`, and the units of freezing
+//! loaded at open. Depends on `engine`, `layout` and `units`.
 //!
 //! ```text
 //! key   = tier (1 byte: 0 interval, 1 day, 2 month)
@@ -18,9 +18,9 @@ use meterstand_model::{RegisterKind, Tier};
 use meterstand_store::{FrozenPeriod, PendingPeriod, PeriodKey, StoreError};
 use rocksdb::WriteBatch;
 
-use crate::engine::{CF_STATISTICS, Shared, engine};
+use crate::engine::{CF_META, CF_STATISTICS, Shared, engine};
 use crate::metrics;
-use crate::units::{UnitKey, pending_key, unit_of};
+use crate::units::{self, UnitKey, Units, pending_key, unit_of};
 use std::collections::HashSet;
 
 const MARKER: u16 = 0xffff;
@@ -59,7 +59,7 @@ fn parse(k: &[u8]) -> Option<(i64, u16)> {
 }
 
 /// The frozen units (days and months), read from the periods' markers at open.
-pub(crate) fn frozen_units(shared: &Shared) -> Result<HashSet<UnitKey>, StoreError> {
+fn frozen_units(shared: &Shared) -> Result<HashSet<UnitKey>, StoreError> {
     let cf = shared.cf(CF_STATISTICS)?;
     let mut out = HashSet::new();
     for tier in [Tier::Day, Tier::Month] {
@@ -250,6 +250,81 @@ pub(crate) fn sweep(shared: &Shared) -> Result<u64, StoreError> {
             .map_err(engine("sweeping statistics"))?;
     }
     Ok(periods)
+}
+
+/// Loads the units at open: the frozen ones (from the periods' markers) and the pending
+/// markers; marks every unit with stored readings once for a store that predates markers.
+pub(crate) fn load_units(shared: &Shared) -> Result<(), StoreError> {
+    let cf = shared.cf(CF_STATISTICS)?;
+    let mut units = Units {
+        frozen: frozen_units(shared)?,
+        ..Units::default()
+    };
+    let mut it = shared.db.raw_iterator_cf(cf);
+    it.seek([units::PENDING_TAG]);
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        let (unit, last) =
+            units::parse_pending(k, v).ok_or(StoreError::Corrupt("statistics markers"))?;
+        units.pending.insert(unit, last);
+        it.next();
+    }
+    it.status().map_err(engine("reading statistics markers"))?;
+    drop(it);
+    let meta = shared.cf(CF_META)?;
+    let marked = shared
+        .db
+        .get_pinned_cf(meta, units::MARKED_ALL)
+        .map_err(engine("reading store metadata"))?
+        .is_some();
+    if !marked {
+        let mut batch = WriteBatch::default();
+        mark_stored(shared, &mut units, &mut batch)?;
+        batch.put_cf(meta, units::MARKED_ALL, []);
+        shared
+            .db
+            .write_opt(batch, &shared.write_opts())
+            .map_err(engine("marking stored periods"))?;
+    }
+    *shared.units.lock() = units;
+    Ok(())
+}
+
+/// Marks the units of every stored block (keys only; once per store), so that history
+/// written before markers existed is frozen like history written after.
+fn mark_stored(
+    shared: &Shared,
+    units: &mut Units,
+    batch: &mut WriteBatch,
+) -> Result<(), StoreError> {
+    let cf = shared.cf(CF_STATISTICS)?;
+    let now = shared.clock.now().as_second();
+    let mut seen = HashSet::new();
+    let mut touched = Vec::new();
+    for tier in Tier::ALL {
+        let mut it = shared.db.raw_iterator_cf(shared.tier_cf(tier)?);
+        it.seek_to_first();
+        while let Some(k) = it.key() {
+            if let Some(key) = crate::layout::parse_key(k)
+                && seen.insert((tier, key.register, key.bucket))
+            {
+                let first = crate::layout::bucket_start_quarter(tier, key.bucket);
+                let last = first + crate::layout::bucket_quarters(tier) as u32 - 1;
+                touched.clear();
+                Units::touched(
+                    &shared.calendar,
+                    tier,
+                    key.register,
+                    crate::layout::time_of_quarter(first),
+                    crate::layout::time_of_quarter(last),
+                    &mut touched,
+                );
+                units.mark(touched.drain(..), now, cf, batch);
+            }
+            it.next();
+        }
+        it.status().map_err(engine("marking stored periods"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Subjects' privacy state ([`SubjectState`]: objection, erasure, seal) in the column
 //! family that held erasure tombstones, keyed by a one-way hash of each pseudonym so that
-//! no file keeps an erased pseudonym's bytes. Depends on `engine` only.
+//! no file keeps an erased pseudonym's bytes. Pure: the engine reads and writes through it.
 //!
 //! ```text
 //! key   = the pseudonym's one-way hash (16 bytes)
@@ -13,10 +13,7 @@ use std::collections::HashMap;
 
 use jiff::Timestamp;
 use meterstand_pseudonym::Pseudonym;
-use meterstand_store::{StoreError, SubjectState};
-use rocksdb::WriteBatch;
-
-use crate::engine::{CF_TOMBSTONES, Shared};
+use meterstand_store::SubjectState;
 
 const FORMAT: u8 = 1;
 const OBJECTED: u8 = 1;
@@ -70,30 +67,6 @@ pub(crate) fn state_in(states: &HashMap<[u8; 16], SubjectState>, p: Pseudonym) -
         return SubjectState::default();
     }
     states.get(&key(p)).copied().unwrap_or_default()
-}
-
-/// The subject's state: the union over its pseudonyms.
-pub(crate) fn state_of(shared: &Shared, all: &[Pseudonym]) -> SubjectState {
-    let states = shared.subjects.read();
-    SubjectState::union_all(all.iter().map(|p| state_in(&states, *p)))
-}
-
-/// Queues `state` under every one of `all` in `batch` (an empty state deletes the entry).
-pub(crate) fn put(
-    shared: &Shared,
-    batch: &mut WriteBatch,
-    all: &[Pseudonym],
-    state: SubjectState,
-) -> Result<(), StoreError> {
-    let cf = shared.cf(CF_TOMBSTONES)?;
-    for p in all {
-        if state.is_empty() {
-            batch.delete_cf(cf, key(*p));
-        } else {
-            batch.put_cf(cf, key(*p), encode(&state));
-        }
-    }
-    Ok(())
 }
 
 /// Sets `state` under every one of `all` in memory, once the batch that carries it is

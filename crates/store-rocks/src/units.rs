@@ -1,6 +1,6 @@
 //! Units of freezing (a day with its quarter-hours, or a month, per register kind): which
 //! are frozen, and which writes have touched since (pending, with the time of the last
-//! write). Depends on `engine` only.
+//! write). Pure: the writer and the freeze keep it under their lock, `stats.rs` loads it.
 //!
 //! The writer marks the units each changed block feeds (`meterstand_store::periods::
 //! units_touched`) and asks whether any of them is frozen (then the entries are late); the
@@ -19,20 +19,18 @@
 use std::collections::{HashMap, HashSet};
 
 use jiff::Timestamp;
-use meterstand_model::{Register, RegisterKind, Tier};
-use meterstand_store::{PendingPeriod, PeriodKey, StoreError, periods::units_touched};
+use meterstand_model::{Calendar, Register, RegisterKind, Tier};
+use meterstand_store::{PendingPeriod, PeriodKey, periods::units_touched};
 use rocksdb::WriteBatch;
-
-use crate::engine::{CF_META, CF_STATISTICS, Shared, engine};
 
 /// A unit: (tier `Day` or `Month`, register kind, period start in UTC seconds).
 pub(crate) type UnitKey = (Tier, RegisterKind, i64);
 
-const PENDING_TAG: u8 = 0x80;
+pub(crate) const PENDING_TAG: u8 = 0x80;
 const PENDING_KEY_LEN: usize = 10;
 /// Set once every unit with stored readings has been marked (stores written before
 /// markers existed are marked once, at their first open).
-const MARKED_ALL: &[u8] = b"units-marked";
+pub(crate) const MARKED_ALL: &[u8] = b"units-marked";
 
 /// Frozen and pending units, under one lock (see the module note).
 #[derive(Debug, Default)]
@@ -72,7 +70,7 @@ pub(crate) fn pending_key(unit: UnitKey) -> [u8; PENDING_KEY_LEN] {
     k
 }
 
-fn parse_pending(k: &[u8], v: &[u8]) -> Option<(UnitKey, i64)> {
+pub(crate) fn parse_pending(k: &[u8], v: &[u8]) -> Option<(UnitKey, i64)> {
     if k.len() != PENDING_KEY_LEN || k[0] & PENDING_TAG == 0 {
         return None;
     }
@@ -86,7 +84,7 @@ fn parse_pending(k: &[u8], v: &[u8]) -> Option<(UnitKey, i64)> {
 impl Units {
     /// The units a run of tier entries (one register, `first..=last`) feeds, into `out`.
     pub(crate) fn touched(
-        shared: &Shared,
+        calendar: &Calendar,
         tier: Tier,
         register: Register,
         first: Timestamp,
@@ -94,14 +92,9 @@ impl Units {
         out: &mut Vec<UnitKey>,
     ) {
         let kind = register.kind();
-        units_touched(
-            &shared.calendar,
-            tier,
-            register,
-            first,
-            last,
-            &mut |t, s| out.push((t, kind, s.as_second())),
-        );
+        units_touched(calendar, tier, register, first, last, &mut |t, s| {
+            out.push((t, kind, s.as_second()))
+        });
     }
 
     /// Whether any of `units` is frozen.
@@ -134,79 +127,4 @@ impl Units {
                 .map(|(&(tier, kind, start), &last)| (tier, kind, start, last)),
         )
     }
-}
-
-/// Loads the frozen units (read by the caller from the statistics' markers) and the
-/// pending markers; marks every unit with stored readings once for a store that predates
-/// markers.
-pub(crate) fn load(shared: &Shared, frozen: HashSet<UnitKey>) -> Result<(), StoreError> {
-    let cf = shared.cf(CF_STATISTICS)?;
-    let mut units = Units {
-        frozen,
-        ..Units::default()
-    };
-    let mut it = shared.db.raw_iterator_cf(cf);
-    it.seek([PENDING_TAG]);
-    while let (Some(k), Some(v)) = (it.key(), it.value()) {
-        let (unit, last) = parse_pending(k, v).ok_or(StoreError::Corrupt("statistics markers"))?;
-        units.pending.insert(unit, last);
-        it.next();
-    }
-    it.status().map_err(engine("reading statistics markers"))?;
-    drop(it);
-    let meta = shared.cf(CF_META)?;
-    let marked = shared
-        .db
-        .get_pinned_cf(meta, MARKED_ALL)
-        .map_err(engine("reading store metadata"))?
-        .is_some();
-    if !marked {
-        let mut batch = WriteBatch::default();
-        mark_stored(shared, &mut units, &mut batch)?;
-        batch.put_cf(meta, MARKED_ALL, []);
-        shared
-            .db
-            .write_opt(batch, &shared.write_opts())
-            .map_err(engine("marking stored periods"))?;
-    }
-    *shared.units.lock() = units;
-    Ok(())
-}
-
-/// Marks the units of every stored block (keys only; once per store), so that history
-/// written before markers existed is frozen like history written after.
-fn mark_stored(
-    shared: &Shared,
-    units: &mut Units,
-    batch: &mut WriteBatch,
-) -> Result<(), StoreError> {
-    let cf = shared.cf(CF_STATISTICS)?;
-    let now = shared.clock.now().as_second();
-    let mut seen = HashSet::new();
-    let mut touched = Vec::new();
-    for tier in Tier::ALL {
-        let mut it = shared.db.raw_iterator_cf(shared.tier_cf(tier)?);
-        it.seek_to_first();
-        while let Some(k) = it.key() {
-            if let Some(key) = crate::layout::parse_key(k)
-                && seen.insert((tier, key.register, key.bucket))
-            {
-                let first = crate::layout::bucket_start_quarter(tier, key.bucket);
-                let last = first + crate::layout::bucket_quarters(tier) as u32 - 1;
-                touched.clear();
-                Units::touched(
-                    shared,
-                    tier,
-                    key.register,
-                    crate::layout::time_of_quarter(first),
-                    crate::layout::time_of_quarter(last),
-                    &mut touched,
-                );
-                units.mark(touched.drain(..), now, cf, batch);
-            }
-            it.next();
-        }
-        it.status().map_err(engine("marking stored periods"))?;
-    }
-    Ok(())
 }

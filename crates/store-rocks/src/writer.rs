@@ -396,6 +396,9 @@ impl Writer {
 
     /// Merges one tier's touches into their blocks (read once, then cached) and queues the
     /// changed blocks in the batch.
+    /// Merges the group's runs of one tier into their blocks. One loop on the hot path of
+    /// every write: its steps share the block cache, the scratch entries, the unit memo and
+    /// the batch, so it stays whole where splitting would only pass them all around.
     fn merge_tier(
         &mut self,
         tier: Tier,
@@ -411,36 +414,8 @@ impl Writer {
         runs.sort_by_key(|r| r.key);
         let shared = self.shared.clone();
         let cf = shared.tier_cf(tier)?;
+        let corrupt = self.load_blocks(tier, runs)?;
         let cache = &mut self.blocks[tier as usize];
-        let mut missing: Vec<BlockKey> = Vec::new();
-        for r in runs.iter() {
-            if missing.last() != Some(&r.key) && !cache.blocks.contains_key(&r.key) {
-                missing.push(r.key);
-            }
-        }
-        shared.faults.check(FaultPoint::BlockRead(tier))?;
-        let fetched = shared
-            .db
-            .batched_multi_get_cf(cf, missing.iter().map(|k| &k[..]), true);
-        let mut corrupt: Vec<BlockKey> = Vec::new();
-        for (key, old) in missing.iter().zip(fetched) {
-            match old.map_err(engine("reading blocks"))? {
-                Some(bytes) => {
-                    // Decoded into the writer's scratch: only whether it decodes matters here.
-                    if layout::decode_block_into(&bytes, &mut self.entries)
-                        && !shared.faults.fires(FaultPoint::BlockDecode(tier))
-                    {
-                        cache.insert(*key, Box::from(&bytes[..]));
-                    } else {
-                        // A stored block that cannot be decoded would fail this batch on
-                        // every retry: its readings go to quarantine instead, the block
-                        // stays as it is for repair, and the rest of the batch flows.
-                        corrupt.push(*key);
-                    }
-                }
-                None => cache.insert(*key, Box::default()),
-            }
-        }
         let quarantine = shared.cf(CF_QUARANTINE)?;
         let corrections = shared.cf(CF_CORRECTIONS)?;
         let now = shared.clock.now().as_second();
@@ -450,17 +425,7 @@ impl Writer {
                 .iter()
                 .flat_map(|r| &touches[r.touches.start as usize..r.touches.end as usize]);
             if corrupt.contains(&key) {
-                tracing::error!(
-                    tier = tier.as_str(),
-                    "a stored block cannot be decoded; its new readings are quarantined"
-                );
-                for t in run {
-                    let mut qkey = key.to_vec();
-                    qkey.extend_from_slice(&t.slot.to_be_bytes());
-                    batch.put_cf(quarantine, qkey, t.value.to_be_bytes());
-                    outcomes[t.idx as usize].quarantined += 1;
-                    metrics::QUARANTINED.inc();
-                }
+                quarantine_run(key, run, quarantine, outcomes, batch);
                 continue;
             }
             let entries = &mut self.entries;
@@ -484,7 +449,7 @@ impl Writer {
             let run_units = self.unit_memo.entry(span).or_insert_with(|| {
                 let mut out = Vec::new();
                 Units::touched(
-                    &shared,
+                    &shared.calendar,
                     tier,
                     parsed.register,
                     layout::time_of_quarter(span.2),
@@ -499,7 +464,7 @@ impl Writer {
                 let late = some_frozen && {
                     let at = layout::time_of_quarter(base + t.slot);
                     let mut fed = Vec::new();
-                    Units::touched(&shared, tier, parsed.register, at, at, &mut fed);
+                    Units::touched(&shared.calendar, tier, parsed.register, at, at, &mut fed);
                     units.any_frozen(&fed)
                 };
                 let outcome = &mut outcomes[t.idx as usize];
@@ -538,19 +503,7 @@ impl Writer {
             }
             if changed {
                 self.group_units.extend(run_units.iter().copied());
-                let block = layout::encode_block(entries);
-                batch.put_cf(cf, key, &block);
-                if tier == Tier::Interval
-                    && entries.len() == layout::bucket_quarters(Tier::Interval) as usize
-                {
-                    // A full day of quarter-hours takes no new reading: only a redelivered
-                    // duplicate or a correction comes back to it, and reads it. Kept, whole
-                    // days sent at once (a backfill) would fill the cache with blocks that
-                    // are never touched again and push out the days still filling.
-                    cache.remove(&key);
-                } else {
-                    cache.insert(key, block.into_boxed_slice());
-                }
+                put_block(tier, key, entries, cf, cache, batch);
             }
         }
         // Over its share after this group: cleared whole (the next group reads what it needs).
@@ -560,9 +513,87 @@ impl Writer {
         Ok(())
     }
 
+    /// Reads into the cache the blocks of `runs` it does not hold (one multi-get); the keys
+    /// of stored blocks that do not decode.
+    fn load_blocks(&mut self, tier: Tier, runs: &[Run]) -> Result<Vec<BlockKey>, StoreError> {
+        let shared = self.shared.clone();
+        let cache = &mut self.blocks[tier as usize];
+        let mut missing: Vec<BlockKey> = Vec::new();
+        for r in runs {
+            if missing.last() != Some(&r.key) && !cache.blocks.contains_key(&r.key) {
+                missing.push(r.key);
+            }
+        }
+        shared.faults.check(FaultPoint::BlockRead(tier))?;
+        let fetched = shared.db.batched_multi_get_cf(
+            shared.tier_cf(tier)?,
+            missing.iter().map(|k| &k[..]),
+            true,
+        );
+        let mut corrupt: Vec<BlockKey> = Vec::new();
+        for (key, old) in missing.iter().zip(fetched) {
+            match old.map_err(engine("reading blocks"))? {
+                Some(bytes) => {
+                    // Decoded into the writer's scratch: only whether it decodes matters here.
+                    if layout::decode_block_into(&bytes, &mut self.entries)
+                        && !shared.faults.fires(FaultPoint::BlockDecode(tier))
+                    {
+                        cache.insert(*key, Box::from(&bytes[..]));
+                    } else {
+                        // A stored block that cannot be decoded would fail this batch on
+                        // every retry: its readings go to quarantine instead, the block
+                        // stays as it is for repair, and the rest of the batch flows.
+                        corrupt.push(*key);
+                    }
+                }
+                None => cache.insert(*key, Box::default()),
+            }
+        }
+        Ok(corrupt)
+    }
+
     fn clear_cache(&mut self) {
         for cache in &mut self.blocks {
             cache.clear();
         }
+    }
+}
+
+/// Writes a changed block into `batch` and keeps it in the cache, unless it is a full day
+/// of quarter-hours: that takes no new reading (only a redelivered duplicate or a
+/// correction comes back to it), and kept, whole days sent at once (a backfill) would fill
+/// the cache with blocks that are never touched again and push out the days still filling.
+fn put_block(
+    tier: Tier,
+    key: BlockKey,
+    entries: &layout::Entries,
+    cf: &rocksdb::ColumnFamily,
+    cache: &mut BlockCache,
+    batch: &mut WriteBatch,
+) {
+    let block = layout::encode_block(entries);
+    batch.put_cf(cf, key, &block);
+    if tier == Tier::Interval && entries.len() == layout::bucket_quarters(Tier::Interval) as usize {
+        cache.remove(&key);
+    } else {
+        cache.insert(key, block.into_boxed_slice());
+    }
+}
+
+/// The new readings of a block that does not decode go to quarantine, for repair.
+fn quarantine_run<'a>(
+    key: BlockKey,
+    run: impl Iterator<Item = &'a Touch>,
+    quarantine: &rocksdb::ColumnFamily,
+    outcomes: &mut [WriteOutcome],
+    batch: &mut WriteBatch,
+) {
+    tracing::error!("a stored block cannot be decoded; its new readings are quarantined");
+    for t in run {
+        let mut qkey = key.to_vec();
+        qkey.extend_from_slice(&t.slot.to_be_bytes());
+        batch.put_cf(quarantine, qkey, t.value.to_be_bytes());
+        outcomes[t.idx as usize].quarantined += 1;
+        metrics::QUARANTINED.inc();
     }
 }

@@ -13,7 +13,9 @@ pub fn render_metrics() -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `log.format`: `plain` or `json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Plain,
     Json,

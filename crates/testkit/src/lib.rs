@@ -36,6 +36,21 @@ pub fn eventually(what: &str, within: Duration, mut done: impl FnMut() -> bool) 
     }
 }
 
+/// Set to `1` (as `.ci/run` does) to make a test that lacks an outside tool fail instead of
+/// skipping that part.
+pub const REQUIRE_TOOLS_ENV: &str = "METERSTAND_REQUIRE_TOOLS";
+
+/// A test's outside tool is missing: fails the test when [`REQUIRE_TOOLS_ENV`] is `1`,
+/// otherwise says plainly what is skipped and why.
+pub fn tool_missing(what_is_skipped: &str, why: &str) {
+    if std::env::var(REQUIRE_TOOLS_ENV).is_ok_and(|v| v == "1") {
+        panic!(
+            "{what_is_skipped}: {why} ({REQUIRE_TOOLS_ENV}=1, so this fails instead of skipping)"
+        );
+    }
+    eprintln!("SKIPPED {what_is_skipped}: {why}");
+}
+
 /// Every file below `dir`, recursively.
 pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

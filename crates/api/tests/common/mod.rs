@@ -19,13 +19,90 @@ use meterstand_store::{
 };
 use serde_json::Value;
 
-struct Ready;
-impl Readiness for Ready {
+/// A service that is always ready: the store is the in-memory one, there is no broker.
+pub struct AlwaysReady;
+impl Readiness for AlwaysReady {
     fn store_open(&self) -> bool {
         true
     }
-    fn broker_connected(&self) -> bool {
+    fn broker_receiving(&self) -> bool {
         true
+    }
+}
+
+/// The bearer token of `role` in every API test.
+pub fn token(role: Role) -> String {
+    format!("tok-{}", role.as_str())
+}
+
+/// A token table with one token per role in `roles`, ids `<role>-<tag>`: a tag of its own
+/// keeps a test's per-token metrics apart from those of tests running alongside.
+pub fn token_table(tag: &str, roles: &[Role]) -> TokenTable {
+    let hashes: Vec<(String, Role, String)> = roles
+        .iter()
+        .map(|r| (format!("{}-{tag}", r.as_str()), *r, hash_token(&token(*r))))
+        .collect();
+    TokenTable::new(hashes.iter().map(|(i, r, h)| (i.as_str(), *r, h.as_str()))).expect("tokens")
+}
+
+/// The API's state over a fresh `MemStore` whose clock stands at `now`, with the tokens of
+/// [`token_table`], its audit log and backups in a temporary directory.
+pub struct Fixture {
+    pub state: ApiState,
+    pub store: Arc<MemStore>,
+    pub clock: ManualClock,
+    pub ps: Arc<Pseudonymiser>,
+    pub audit: std::path::PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub fn new(mut config: ApiConfig, now: Timestamp, tag: &str) -> Fixture {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        config.backup_dir = dir.path().join("backups");
+        let clock = ManualClock::new(now);
+        let store = Arc::new(MemStore::new(Arc::new(clock.clone())));
+        let ps = Arc::new(Pseudonymiser::new(&KeyRing::generate().expect("key")));
+        let audit = dir.path().join("audit.jsonl");
+        let backend: Arc<dyn ReadingStore> = store.clone();
+        let state = ApiState::new(ApiParts {
+            readiness: Arc::new(AlwaysReady),
+            backend,
+            pseudonymiser: ps.clone(),
+            tokens: token_table(tag, &Role::ALL),
+            audit: AuditLog::open(&audit).expect("audit"),
+            calendar: Calendar::amsterdam(),
+            config,
+        });
+        Fixture {
+            state,
+            store,
+            clock,
+            ps,
+            audit,
+            dir,
+        }
+    }
+
+    /// Serves the state on a free loopback port (HTTPS with `tls`) until `stop`.
+    pub async fn serve(
+        &self,
+        tls: Option<meterstand_api::Tls>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let _ = match tls {
+                Some(tls) => meterstand_api::serve_tls(listener, state, tls, stop).await,
+                None => meterstand_api::serve(listener, state, stop).await,
+            };
+        });
+        addr
     }
 }
 
@@ -38,6 +115,7 @@ pub struct Api {
     pub clock: ManualClock,
     pub ps: Arc<Pseudonymiser>,
     pub http: reqwest::Client,
+    audit: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -52,49 +130,18 @@ impl Api {
 
     /// A server whose store's clock (retention, late readings) stands at `now`.
     pub async fn start_at(now: Timestamp) -> Api {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let clock = ManualClock::new(now);
-        let store = Arc::new(MemStore::new(Arc::new(clock.clone())));
-        let ps = Arc::new(Pseudonymiser::new(&KeyRing::generate().expect("key")));
-        let hashes: Vec<(String, Role, String)> = Role::ALL
-            .iter()
-            .map(|r| {
-                (
-                    format!("{}-s", r.as_str()),
-                    *r,
-                    hash_token(&format!("tok-{}", r.as_str())),
-                )
-            })
-            .collect();
-        let tokens = TokenTable::new(hashes.iter().map(|(i, r, h)| (i.as_str(), *r, h.as_str())))
-            .expect("tokens");
-        let backend: Arc<dyn ReadingStore> = store.clone();
-        let state = ApiState::new(ApiParts {
-            readiness: Arc::new(Ready),
-            backend,
-            pseudonymiser: ps.clone(),
-            tokens,
-            audit: AuditLog::open(&dir.path().join("audit.jsonl")).expect("audit"),
-            calendar: Calendar::amsterdam(),
-            config: ApiConfig::default(),
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(meterstand_api::serve(
-            listener,
-            state,
-            tokio_util::sync::CancellationToken::new(),
-        ));
+        let f = Fixture::new(ApiConfig::default(), now, "s");
+        let addr = f
+            .serve(None, tokio_util::sync::CancellationToken::new())
+            .await;
         Api {
             base: format!("http://{addr}"),
-            store,
-            clock,
-            ps,
+            store: f.store,
+            clock: f.clock,
+            ps: f.ps,
             http: reqwest::Client::new(),
-            _dir: dir,
+            audit: f.audit,
+            _dir: f.dir,
         }
     }
 
@@ -109,7 +156,7 @@ impl Api {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
-            .bearer_auth(format!("tok-{}", role.as_str()));
+            .bearer_auth(token(role));
         if let Some(b) = body {
             req = req.header("content-type", "application/json").body(b);
         }
@@ -126,7 +173,7 @@ impl Api {
         let r = self
             .http
             .get(format!("{}{path}", self.base))
-            .bearer_auth(format!("tok-{}", role.as_str()))
+            .bearer_auth(token(role))
             .send()
             .await
             .expect("send");
@@ -227,7 +274,7 @@ impl Api {
 
     /// Where the server writes its audit log.
     pub fn audit_path(&self) -> std::path::PathBuf {
-        self._dir.path().join("audit.jsonl")
+        self.audit.clone()
     }
 
     /// The raw audit log.

@@ -18,6 +18,24 @@ fn defaults_load_and_validate() {
     );
     assert_eq!(c.consent.default, ConsentLevel::Standard);
     assert!(c.erasure_hold().contains(Tier::Month));
+    assert_eq!(
+        c.retention.audit,
+        humantime::parse_duration("2years").expect("valid")
+    );
+}
+
+#[test]
+fn audit_retention_is_validated_like_the_other_retention_keys() {
+    let c =
+        Config::load(None, &env(&[("METERSTAND__RETENTION__AUDIT", "400days")])).expect("valid");
+    assert_eq!(c.retention.audit, Duration::from_secs(400 * 86_400));
+    let err = Config::load(None, &env(&[("METERSTAND__RETENTION__AUDIT", "1h")]))
+        .expect_err("shorter than a day");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("retention.audit") && text.contains("at least 1day"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -92,8 +110,27 @@ fn errors_name_key_value_and_what_is_allowed() {
         text.contains("store.compression") && text.contains("gzip") && text.contains("lz4"),
         "{text}"
     );
+    let err = Config::load(
+        None,
+        &env(&[("METERSTAND__PRIVACY__TIMEZONE", "Mars/Olympus")]),
+    )
+    .expect_err("bad zone");
+    let text = err.to_string();
+    assert!(
+        text.contains("privacy.timezone") && text.contains("Mars/Olympus"),
+        "{text}"
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("m.toml");
+    // Shared subscriptions split one connection's readings over stores: the key is gone,
+    // and a config that still sets it is refused rather than silently single-instance.
+    std::fs::write(&path, "[broker]\nshare_group = \"ingest\"\n").expect("write");
+    assert!(
+        Config::load(Some(&path), &BTreeMap::new())
+            .expect_err("share_group is gone")
+            .to_string()
+            .contains("share_group")
+    );
     std::fs::write(&path, "[api]\nlisen = \"x\"\n").expect("write");
     assert!(
         Config::load(Some(&path), &BTreeMap::new())
@@ -225,7 +262,7 @@ fn https_keys_are_validated_and_plaintext_off_loopback_is_refused() {
 #[test]
 fn debug_never_shows_the_broker_password() {
     let mut c = Config::load(None, &BTreeMap::new()).expect("defaults");
-    c.broker.password = "hunter2".into();
+    c.broker.password = Some("hunter2".into());
     assert!(!format!("{c:?}").contains("hunter2"));
 }
 
@@ -262,4 +299,121 @@ fn redaction_hides_secrets() {
     let shown = c.redacted_toml();
     assert!(!shown.contains("hunter2") && !shown.contains(&"ab".repeat(32)));
     assert!(shown.contains("<redacted>") && shown.contains("analyst"));
+}
+
+/// Plain MQTT only to loopback unless `broker.allow_plaintext`; the refusal names the key,
+/// the value and the way out, and where the value came from.
+#[test]
+fn plaintext_mqtt_to_a_remote_broker_is_refused_unless_allowed() {
+    let remote = [("METERSTAND__BROKER__URL", "mqtt://192.0.2.10:1883")];
+    let text = Config::load(None, &env(&remote))
+        .expect_err("plaintext to a remote broker")
+        .to_string();
+    assert!(
+        text.contains("broker.url")
+            && text.contains("mqtt://192.0.2.10:1883")
+            && text.contains("broker.allow_plaintext")
+            && text.contains("METERSTAND__BROKER__URL"),
+        "{text}"
+    );
+    for host in ["broker.internal", "[2001:db8::1]", "10.0.0.5"] {
+        let url = format!("mqtt://{host}:1883");
+        assert!(
+            Config::load(None, &env(&[("METERSTAND__BROKER__URL", &url)])).is_err(),
+            "{url}"
+        );
+    }
+    let allowed = [
+        ("METERSTAND__BROKER__URL", "mqtt://192.0.2.10:1883"),
+        ("METERSTAND__BROKER__ALLOW_PLAINTEXT", "true"),
+    ];
+    assert!(Config::load(None, &env(&allowed)).is_ok());
+    for url in [
+        "mqtt://127.0.0.1:1883",
+        "mqtt://127.8.9.10:1883",
+        "mqtt://[::1]:1883",
+        "mqtt://localhost:1883",
+        "mqtt://[::ffff:127.0.0.1]:1883",
+    ] {
+        Config::load(None, &env(&[("METERSTAND__BROKER__URL", url)])).expect(url);
+    }
+    let tls = [
+        ("METERSTAND__BROKER__URL", "mqtts://192.0.2.10:8883"),
+        ("METERSTAND__BROKER__CA_FILE", "/etc/meterstand/ca.pem"),
+    ];
+    assert!(Config::load(None, &env(&tls)).is_ok());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("m.toml");
+    std::fs::write(&path, "[broker]\nurl = \"mqtt://192.0.2.10\"\n").expect("write");
+    let text = Config::load(Some(&path), &BTreeMap::new())
+        .expect_err("from the file")
+        .to_string();
+    assert!(text.contains("line 2"), "{text}");
+}
+
+/// `ingest.corrections` is off unless turned on.
+#[test]
+fn corrections_are_opt_in() {
+    let c = Config::load(None, &BTreeMap::new()).expect("defaults");
+    assert!(!c.ingest.corrections);
+    assert!(!ingest_config_of(&c).corrections);
+    let c = Config::load(None, &env(&[("METERSTAND__INGEST__CORRECTIONS", "true")])).expect("on");
+    assert!(ingest_config_of(&c).corrections);
+}
+
+fn ingest_config_of(c: &Config) -> meterstand_ingest::IngestConfig {
+    crate::service::ingest_config(c)
+}
+
+/// Unset is `None`, not an empty string: absent by default, set from a file or the
+/// environment, and `""` (as earlier configurations wrote "unset") reads as unset.
+#[test]
+fn unset_values_are_none_and_the_environment_can_set_them() {
+    let c = Config::load(None, &BTreeMap::new()).expect("defaults");
+    assert_eq!(c.broker.username, None);
+    assert_eq!(c.api.tls_cert, None);
+    let c = Config::load(
+        None,
+        &env(&[
+            ("METERSTAND__BROKER__USERNAME", "ingest"),
+            ("METERSTAND__BROKER__PASSWORD", ""),
+        ]),
+    )
+    .expect("valid");
+    assert_eq!(c.broker.username.as_deref(), Some("ingest"));
+    assert_eq!(c.broker.password, None);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("m.toml");
+    std::fs::write(&path, "[broker]\nusername = \"\"\nca_file = \"\"\n").expect("write");
+    let c = Config::load(Some(&path), &BTreeMap::new()).expect("old style");
+    assert_eq!((c.broker.username, c.broker.ca_file), (None, None));
+}
+
+/// A token's role and ingest's write retries are typed and bounded where they are read.
+#[test]
+fn roles_and_write_retries_are_checked_when_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("m.toml");
+    let hash = format!("sha256:{}", "ab".repeat(32));
+    std::fs::write(
+        &path,
+        format!("[[api.tokens]]\nid = \"a\"\nrole = \"admin\"\nhash = \"{hash}\"\n"),
+    )
+    .expect("write");
+    let text = Config::load(Some(&path), &BTreeMap::new())
+        .expect_err("no such role")
+        .to_string();
+    assert!(
+        text.contains("api.tokens[0].role") && text.contains("admin"),
+        "{text}"
+    );
+    let c = Config::load(None, &env(&[("METERSTAND__INGEST__WRITE_RETRIES", "9")])).expect("ok");
+    assert_eq!(crate::service::ingest_config(&c).write_retries, 9);
+    let text = Config::load(None, &env(&[("METERSTAND__INGEST__WRITE_RETRIES", "1000")]))
+        .expect_err("too many")
+        .to_string();
+    assert!(
+        text.contains("ingest.write_retries") && text.contains("1000"),
+        "{text}"
+    );
 }

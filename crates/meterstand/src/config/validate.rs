@@ -1,7 +1,6 @@
 //! The checks `Config::load` runs after deserialising: values in range, keys that go together,
 //! and paths that must not lie inside the data directory. Each refusal names the key.
 
-use std::path::Path;
 use std::time::Duration;
 
 use super::{Config, ConfigError, inside};
@@ -17,78 +16,35 @@ impl Config {
         if self.broker.embedded {
             self.broker_listen()?;
         }
-        if self.broker.url.tls && self.broker.ca_file.is_empty() {
+        if self.broker.url.tls && self.broker.ca_file.is_none() {
             return Err(value_err("broker.ca_file", &"", "mqtts:// needs a CA file"));
         }
-        if self.broker.client_id.is_empty() || self.broker.client_id.len() > 64 {
+        if !self.broker.url.tls && !self.broker.allow_plaintext && !self.broker.url.is_loopback() {
             return Err(value_err(
-                "broker.client_id",
-                &self.broker.client_id,
-                "1 to 64 characters",
+                "broker.url",
+                &self.broker.url,
+                "mqtts:// (with broker.ca_file), or mqtt:// to a loopback address: plain MQTT \
+                 would carry EANs in topics, the readings and the broker password across the \
+                 network in the clear; set broker.allow_plaintext = true only if the network \
+                 path to the broker is protected otherwise (e.g. a TLS tunnel on this host)",
             ));
         }
-        let topic_ok = |s: &str| {
-            !s.is_empty()
-                && !s.contains(['+', '#', '$'])
-                && !s.starts_with('/')
-                && !s.ends_with('/')
-        };
-        if !topic_ok(&self.broker.topic_prefix) {
-            return Err(value_err(
-                "broker.topic_prefix",
-                &self.broker.topic_prefix,
-                "a topic without wildcards, $, or leading/trailing /",
-            ));
-        }
-        if self.broker.share_group.contains(['/', '+', '#']) {
-            return Err(value_err(
-                "broker.share_group",
-                &self.broker.share_group,
-                "a name without / + #",
-            ));
-        }
-        if !(256..=16 * 1024 * 1024).contains(&self.ingest.max_payload_bytes) {
-            return Err(value_err(
-                "ingest.max_payload_bytes",
-                &self.ingest.max_payload_bytes,
-                "256 to 16777216",
-            ));
-        }
-        if !(1..=100_000).contains(&self.ingest.max_readings_per_message) {
-            return Err(value_err(
-                "ingest.max_readings_per_message",
-                &self.ingest.max_readings_per_message,
-                "1 to 100000",
-            ));
-        }
-        if !(1..=100_000).contains(&self.ingest.batch_max_messages) {
-            return Err(value_err(
-                "ingest.batch_max_messages",
-                &self.ingest.batch_max_messages,
-                "1 to 100000",
-            ));
-        }
-        if self.ingest.batch_max_delay > Duration::from_secs(10) {
-            return Err(value_err(
-                "ingest.batch_max_delay",
-                &humantime::format_duration(self.ingest.batch_max_delay),
-                "at most 10s",
-            ));
-        }
-        if !(1..=65_535).contains(&self.ingest.max_unacked) {
-            return Err(value_err(
-                "ingest.max_unacked",
-                &self.ingest.max_unacked,
-                "1 to 65535 (MQTT 5 Receive Maximum)",
-            ));
-        }
-        if self.p1.boundary_window.is_zero() || self.p1.boundary_window > Duration::from_secs(900) {
-            return Err(value_err(
-                "p1.boundary_window",
-                &humantime::format_duration(self.p1.boundary_window),
-                "more than 0 and at most 15m",
-            ));
-        }
+        // Ingest's own settings, by ingest's own rules (the one place they are checked).
+        crate::service::ingest_config(self)
+            .validate()
+            .map_err(|e| match e {
+                meterstand_ingest::IngestError::Config {
+                    key,
+                    value,
+                    allowed,
+                } => ConfigError::Value {
+                    key,
+                    value,
+                    allowed,
+                    origin: String::new(),
+                },
+                other => ConfigError::Invalid(other.to_string()),
+            })?;
         if !(32 << 20..=64 << 30).contains(&self.store.memory.0) {
             return Err(value_err(
                 "store.memory",
@@ -126,6 +82,7 @@ impl Config {
             ("retention.interval", self.retention.interval),
             ("retention.day", self.retention.day),
             ("retention.month", self.retention.month),
+            ("retention.audit", self.retention.audit),
         ] {
             if d < Duration::from_secs(86_400) {
                 return Err(value_err(
@@ -179,20 +136,7 @@ impl Config {
                 "at least 2 (1 would publish single connections)",
             ));
         }
-        if meterstand_model::Calendar::new(&self.privacy.timezone).is_err() {
-            return Err(value_err(
-                "privacy.timezone",
-                &self.privacy.timezone,
-                "an IANA time zone such as Europe/Amsterdam",
-            ));
-        }
         for (i, t) in self.api.tokens.iter().enumerate() {
-            if !["analyst", "privacy_officer", "crm", "operator"].contains(&t.role.as_str()) {
-                return Err(ConfigError::Invalid(format!(
-                    "api.tokens[{i}].role = {:?}: one of analyst, privacy_officer, crm, operator",
-                    t.role
-                )));
-            }
             match (&t.file, t.hash.is_empty()) {
                 (Some(_), false) | (None, true) => {
                     return Err(ConfigError::Invalid(format!(
@@ -213,6 +157,13 @@ impl Config {
                 "api.max_body_bytes",
                 &self.api.max_body_bytes,
                 "256 to 16777216",
+            ));
+        }
+        if self.api.max_connections > 1_000_000 {
+            return Err(value_err(
+                "api.max_connections",
+                &self.api.max_connections,
+                "0 (sized from the file limit at start) or 1 to 1000000",
             ));
         }
         if self.api.max_concurrent == 0 || self.api.max_concurrent > 100_000 {
@@ -249,15 +200,15 @@ impl Config {
             allowed: allowed.to_string(),
             origin: String::new(),
         };
-        match (api.tls_cert.is_empty(), api.tls_key.is_empty()) {
-            (false, true) => {
+        match (&api.tls_cert, &api.tls_key) {
+            (Some(_), None) => {
                 return Err(value_err(
                     "api.tls_key",
                     "",
                     "the PEM private key of api.tls_cert (api.tls_cert and api.tls_key are given together)",
                 ));
             }
-            (true, false) => {
+            (None, Some(_)) => {
                 return Err(value_err(
                     "api.tls_cert",
                     "",
@@ -266,11 +217,11 @@ impl Config {
             }
             _ => {}
         }
-        if api.tls_cert.is_empty() && !api.client_ca.is_empty() {
+        if let (None, Some(ca)) = (&api.tls_cert, &api.client_ca) {
             return Err(value_err(
                 "api.client_ca",
-                &api.client_ca,
-                "empty unless api.tls_cert and api.tls_key are set (client certificates need HTTPS)",
+                &ca.display().to_string(),
+                "unset unless api.tls_cert and api.tls_key are set (client certificates need HTTPS)",
             ));
         }
         for (key, path) in [
@@ -278,19 +229,23 @@ impl Config {
             ("api.tls_key", &api.tls_key),
             ("api.client_ca", &api.client_ca),
         ] {
-            if !path.is_empty() && !Path::new(path).is_file() {
-                return Err(value_err(key, path, "an existing PEM file"));
+            if let Some(path) = path.as_deref().filter(|p| !p.is_file()) {
+                return Err(value_err(
+                    key,
+                    &path.display().to_string(),
+                    "an existing PEM file",
+                ));
             }
         }
-        if !api.tls_key.is_empty() {
+        if let Some(key) = &api.tls_key {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&api.tls_key)
+            let mode = std::fs::metadata(key)
                 .map(|m| m.permissions().mode())
                 .unwrap_or(0);
             if mode & 0o077 != 0 {
                 return Err(value_err(
                     "api.tls_key",
-                    &api.tls_key,
+                    &key.display().to_string(),
                     &format!(
                         "a key file readable by its owner only (it is mode {:o}; run chmod 600 on it)",
                         mode & 0o777
@@ -298,7 +253,7 @@ impl Config {
                 ));
             }
         }
-        if api.tls_cert.is_empty() && !api.allow_plaintext && !api.listen.ip().is_loopback() {
+        if api.tls_cert.is_none() && !api.allow_plaintext && !api.listen.ip().is_loopback() {
             return Err(value_err(
                 "api.listen",
                 &api.listen.to_string(),

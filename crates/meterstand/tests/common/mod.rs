@@ -95,8 +95,12 @@ impl ServiceDirs {
         }
     }
 
+    pub fn key_ring(&self) -> KeyRing {
+        KeyRing::load(&self.key_file).expect("load key")
+    }
+
     pub fn pseudonymiser(&self) -> Pseudonymiser {
-        Pseudonymiser::new(&KeyRing::load(&self.key_file).expect("load key"))
+        Pseudonymiser::new(&self.key_ring())
     }
 
     /// Opens the store the service wrote (the service must be stopped), with the default
@@ -379,6 +383,35 @@ impl Spawned {
         self.client.metric(name)
     }
 
+    /// Waits until ingest has taken and acknowledged everything the broker held for it when
+    /// this was called: publishes a marker behind it (an invalid payload, on a topic of its
+    /// own) and waits for the marker's reject to be counted with nothing left unacknowledged.
+    /// The broker delivers a session's messages in order, so nothing queued before the
+    /// marker is still on its way.
+    pub fn drain(&self, publisher: &mut Publisher, timeout: Duration) {
+        let rejected = || {
+            let (_, body) = self
+                .http("GET", "/metrics", Some(&token("operator")), None)
+                .expect("metrics");
+            body.lines()
+                .filter(|l| l.starts_with("meterstand_ingest_rejected_total"))
+                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .sum::<f64>()
+        };
+        let before = rejected();
+        publisher.publish("meters/drain-marker/json", b"not json".to_vec());
+        publisher.wait_acked();
+        let deadline = Instant::now() + timeout;
+        while rejected() <= before || self.metric("meterstand_ingest_unacked_messages") != Some(0.0)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "ingest did not drain in {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits until `meterstand_ingest_messages_total` reaches `n` and nothing is unacked.
     pub fn wait_acked(&self, n: u64, timeout: Duration) {
         let deadline = Instant::now() + timeout;
@@ -438,6 +471,9 @@ pub fn cli(dirs: &ServiceDirs, args: &[&str]) -> std::process::Output {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("METERSTAND__STORE__PATH", &dirs.data)
         .env("METERSTAND__STORE__COMPRESSION", "none")
+        // Restore, key rotation and the audit commands chain lines under the master key.
+        .env("METERSTAND_KEY_FILE", &dirs.key_file)
+        .env("METERSTAND__API__AUDIT_LOG", &dirs.audit)
         .stdin(Stdio::null())
         .output()
         .expect("run meterstand")

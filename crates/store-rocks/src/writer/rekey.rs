@@ -43,7 +43,7 @@ pub(super) fn rekey<'a>(
         let current = subjects::state_in(&states, item.connection);
         let merged = current.union(old_state);
         if merged != current {
-            subjects::put(shared, batch, &[item.connection], merged)?;
+            shared.put_subject_state(batch, &[item.connection], merged)?;
             subjects::remember(&mut states, &[item.connection], merged);
             done.carried.push((item.connection, current));
         }
