@@ -138,45 +138,11 @@ fn backup_label(from: &Path) -> String {
 
 fn restore_store(args: &RestoreArgs, config: &Config, log: &AuditLog) -> anyhow::Result<()> {
     let target = config.store.path.clone();
-    if !args.from.join("CURRENT").is_file() {
-        bail!(
-            "{} is not a meterstand backup (no RocksDB CURRENT file)",
-            args.from.display()
-        );
-    }
-    let occupied = target.exists()
-        && std::fs::read_dir(&target)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(true);
-    if occupied && !args.force {
-        bail!(
-            "store.path {} is not empty; stop the service and pass --force to move it aside",
-            target.display()
-        );
-    }
+    let occupied = check_restorable(args, &target)?;
     let store_config = crate::service::store_config(config)?;
     // Read before anything opens a store (opening creates an empty journal where none is).
     let journal = SubjectJournal::read(&config.store.journal)?;
-    // The store being replaced: its watermark, and the statistics it froze (a restore never
-    // changes a frozen period). Opening it also proves no service holds it (RocksDB's lock
-    // is advisory to rename).
-    let previous = if occupied {
-        let live =
-            RocksStore::open(store_config.clone(), Arc::new(SystemClock)).with_context(|| {
-                format!(
-                    "the store at {} is in use or damaged; stop the service first",
-                    target.display()
-                )
-            })?;
-        let applied = live.journal_watermark()?;
-        Some((live, applied))
-    } else {
-        println!(
-            "note: no store at {} to carry frozen statistics over from: periods frozen after the backup was taken will be computed again from the restored readings",
-            target.display()
-        );
-        None
-    };
+    let previous = open_previous(occupied, &store_config)?;
     // The backup, copied beside the target and opened without the journal: its watermark.
     let staging = sibling(&target, "restoring");
     if staging.exists() {
@@ -216,34 +182,7 @@ fn restore_store(args: &RestoreArgs, config: &Config, log: &AuditLog) -> anyhow:
         None => 0,
     };
     staged.close()?;
-    let aside = match previous {
-        Some((live, _)) => {
-            live.close()?;
-            let moved = sibling(
-                &target,
-                &format!(
-                    "before-restore-{}",
-                    jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")
-                ),
-            );
-            std::fs::rename(&target, &moved)
-                .with_context(|| format!("moving {} aside", target.display()))?;
-            if args.keep_previous {
-                println!(
-                    "kept the old store as {} (outside retention and erasure: delete it soon)",
-                    moved.display()
-                );
-            }
-            Some(moved)
-        }
-        None => {
-            if target.exists() {
-                std::fs::remove_dir(&target)
-                    .with_context(|| format!("replacing the empty {}", target.display()))?;
-            }
-            None
-        }
-    };
+    let aside = move_aside(previous.map(|(live, _)| live), &target, args.keep_previous)?;
     std::fs::rename(&staging, &target)
         .with_context(|| format!("moving the restored store to {}", target.display()))?;
     // Opening replays the journal: erasures, consent changes and objections after the backup.
@@ -254,23 +193,7 @@ fn restore_store(args: &RestoreArgs, config: &Config, log: &AuditLog) -> anyhow:
     for line in store.replayed() {
         println!("re-applied {line}");
     }
-    // Which backup, and which journal entries were replayed onto it; anchored in the store
-    // now in place (its own anchor is the backup's, older than the log).
-    let record = BackupRecord::read(&args.from).ok().flatten();
-    let line = AuditEntry::operator(action::STORE_RESTORE, Outcome::Ok)
-        .with_param("backup", backup_label(&args.from))
-        .with_param(
-            "taken",
-            record.map(|r| r.taken).unwrap_or_else(|| "unknown".into()),
-        )
-        .with_param("journal_from", from.to_string())
-        .with_param("journal_to", store.journal_watermark()?.to_string())
-        .with_param("replayed", store.replayed().len().to_string())
-        .with_param("journal_gap_accepted", args.accept_journal_gap.to_string())
-        .with_param("frozen_periods_kept", carried.to_string());
-    log.attach_anchor(Arc::new(crate::audit::anchor::StoreAnchor(store.clone())))?;
-    log.append(&line)
-        .context("writing the restore's audit line")?;
+    audit_restore(log, args, &store, from, carried)?;
     let sizes = store.refresh_size_metrics()?;
     store.close()?;
     if let Some(aside) = aside.filter(|_| !args.keep_previous) {
@@ -286,6 +209,108 @@ fn restore_store(args: &RestoreArgs, config: &Config, log: &AuditLog) -> anyhow:
         sizes.day,
         sizes.month
     );
+    Ok(())
+}
+
+/// Whether `args.from` is a backup and the target may take it; whether the target holds a
+/// store (to be moved aside).
+fn check_restorable(args: &RestoreArgs, target: &Path) -> anyhow::Result<bool> {
+    if !args.from.join("CURRENT").is_file() {
+        bail!(
+            "{} is not a meterstand backup (no RocksDB CURRENT file)",
+            args.from.display()
+        );
+    }
+    let occupied = target.exists()
+        && std::fs::read_dir(target)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true);
+    if occupied && !args.force {
+        bail!(
+            "store.path {} is not empty; stop the service and pass --force to move it aside",
+            target.display()
+        );
+    }
+    Ok(occupied)
+}
+
+/// The store being replaced: its watermark, and the statistics it froze (a restore never
+/// changes a frozen period). Opening it also proves no service holds it (RocksDB's lock is
+/// advisory to rename).
+fn open_previous(
+    occupied: bool,
+    store_config: &StoreConfig,
+) -> anyhow::Result<Option<(RocksStore, u64)>> {
+    if !occupied {
+        println!(
+            "note: no store at {} to carry frozen statistics over from: periods frozen after the backup was taken will be computed again from the restored readings",
+            store_config.path.display()
+        );
+        return Ok(None);
+    }
+    let live =
+        RocksStore::open(store_config.clone(), Arc::new(SystemClock)).with_context(|| {
+            format!(
+                "the store at {} is in use or damaged; stop the service first",
+                store_config.path.display()
+            )
+        })?;
+    let applied = live.journal_watermark()?;
+    Ok(Some((live, applied)))
+}
+
+/// Closes the replaced store and moves it beside the target (or removes an empty target
+/// directory); where it went.
+fn move_aside(
+    previous: Option<RocksStore>,
+    target: &Path,
+    keep_previous: bool,
+) -> anyhow::Result<Option<PathBuf>> {
+    let Some(live) = previous else {
+        if target.exists() {
+            std::fs::remove_dir(target)
+                .with_context(|| format!("replacing the empty {}", target.display()))?;
+        }
+        return Ok(None);
+    };
+    live.close()?;
+    let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
+    let moved = sibling(target, &format!("before-restore-{stamp}"));
+    std::fs::rename(target, &moved)
+        .with_context(|| format!("moving {} aside", target.display()))?;
+    if keep_previous {
+        println!(
+            "kept the old store as {} (outside retention and erasure: delete it soon)",
+            moved.display()
+        );
+    }
+    Ok(Some(moved))
+}
+
+/// The restore's audit line: which backup, and which journal entries were replayed onto it;
+/// anchored in the store now in place (its own anchor is the backup's, older than the log).
+fn audit_restore(
+    log: &AuditLog,
+    args: &RestoreArgs,
+    store: &Arc<RocksStore>,
+    from: u64,
+    carried: u64,
+) -> anyhow::Result<()> {
+    let record = BackupRecord::read(&args.from).ok().flatten();
+    let line = AuditEntry::operator(action::STORE_RESTORE, Outcome::Ok)
+        .with_param("backup", backup_label(&args.from))
+        .with_param(
+            "taken",
+            record.map(|r| r.taken).unwrap_or_else(|| "unknown".into()),
+        )
+        .with_param("journal_from", from.to_string())
+        .with_param("journal_to", store.journal_watermark()?.to_string())
+        .with_param("replayed", store.replayed().len().to_string())
+        .with_param("journal_gap_accepted", args.accept_journal_gap.to_string())
+        .with_param("frozen_periods_kept", carried.to_string());
+    log.attach_anchor(Arc::new(crate::audit::anchor::StoreAnchor(store.clone())))?;
+    log.append(&line)
+        .context("writing the restore's audit line")?;
     Ok(())
 }
 

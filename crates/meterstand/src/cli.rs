@@ -166,6 +166,28 @@ fn config_server(file: Option<&std::path::Path>) -> anyhow::Result<String> {
     Ok(Config::load(file, &process_env())?.api_base_url())
 }
 
+/// `config defaults` prints every key with its default; `config check` the effective
+/// configuration, refusing what `run` would refuse.
+fn config_command(
+    command: ConfigCommand,
+    file: Option<&std::path::Path>,
+    env: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    match command {
+        ConfigCommand::Defaults => print!("{}", config::DEFAULT_TOML),
+        ConfigCommand::Check => {
+            let config = Config::load(file, env)?;
+            // Refuse here what `run` would refuse (an open key file, a token file readable
+            // by others), not only what the config text says.
+            config.preflight(env)?;
+            println!("# effective configuration (secrets redacted)");
+            println!("# key file: {}", config.key_file(env).display());
+            print!("{}", config.redacted_toml());
+        }
+    }
+    Ok(())
+}
+
 /// Runs a command; its exit code is 0 unless it says otherwise (import: 2 when rows were
 /// refused).
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -221,24 +243,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             keygen(&out, config.as_ref())
         }
-        Command::Config {
-            command: ConfigCommand::Defaults,
-        } => {
-            print!("{}", config::DEFAULT_TOML);
-            Ok(())
-        }
-        Command::Config {
-            command: ConfigCommand::Check,
-        } => {
-            let config = Config::load(cli.config.as_deref(), &env)?;
-            // Refuse here what `run` would refuse (an open key file, a token file readable
-            // by others), not only what the config text says.
-            config.preflight(&env)?;
-            println!("# effective configuration (secrets redacted)");
-            println!("# key file: {}", config.key_file(&env).display());
-            print!("{}", config.redacted_toml());
-            Ok(())
-        }
+        Command::Config { command } => config_command(command, cli.config.as_deref(), &env),
         Command::Run => {
             let config = Config::load(cli.config.as_deref(), &env)?;
             service::init_logging(&config)?;

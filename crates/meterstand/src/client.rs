@@ -493,7 +493,8 @@ pub fn new_token(id: &str, role: &str, out: Option<&Path>) -> anyhow::Result<()>
             println!("{token}");
         }
     }
-    println!("# add to the server's config:");
+    println!("# add to the server's config (e.g. /etc/meterstand/meterstand.toml), then reload");
+    println!("# it: systemctl reload meterstand (SIGHUP re-reads the tokens, no restart):");
     println!("[[api.tokens]]");
     println!("id = \"{id}\"");
     println!("role = \"{}\"", role.as_str());

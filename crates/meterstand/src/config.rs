@@ -31,16 +31,6 @@ const OPTIONAL_KEYS: [(&str, &str); 8] = [
     ("api", "client_ca"),
 ];
 
-/// An optional value: absent, or `""` as earlier configurations wrote "unset", is `None`.
-fn unset_if_empty<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: From<String>,
-{
-    let text = Option::<String>::deserialize(d)?;
-    Ok(text.filter(|t| !t.is_empty()).map(T::from))
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -142,57 +132,6 @@ pub struct StoreSection {
     pub journal: PathBuf,
     /// One memory budget for RocksDB (block cache and memtables) and the writer's caches.
     pub memory: ByteSize,
-}
-
-/// A size in bytes written with a binary unit: `256MiB`, `1GiB`, `512KiB`, or plain bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ByteSize(pub u64);
-
-impl std::str::FromStr for ByteSize {
-    type Err = String;
-    fn from_str(s: &str) -> Result<ByteSize, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (digits, unit) = s.split_at(split);
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("{s:?} is not a size such as 256MiB or 1GiB"))?;
-        let factor: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "KiB" => 1 << 10,
-            "MiB" => 1 << 20,
-            "GiB" => 1 << 30,
-            _ => return Err(format!("{s:?}: the unit must be B, KiB, MiB or GiB")),
-        };
-        n.checked_mul(factor)
-            .map(ByteSize)
-            .ok_or_else(|| format!("{s:?} is too large"))
-    }
-}
-
-impl std::fmt::Display for ByteSize {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            n if n % (1 << 30) == 0 && n > 0 => write!(f, "{}GiB", n >> 30),
-            n if n % (1 << 20) == 0 && n > 0 => write!(f, "{}MiB", n >> 20),
-            n if n % (1 << 10) == 0 && n > 0 => write!(f, "{}KiB", n >> 10),
-            n => write!(f, "{n}B"),
-        }
-    }
-}
-
-impl Serialize for ByteSize {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -344,26 +283,6 @@ impl std::fmt::Debug for BrokerConfig {
     }
 }
 
-/// Durations as humantime text ("13months", "20ms") in both directions.
-mod humantime_serde_compat {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{text:?} is not a duration such as 20ms, 15m, 13months: {e}"
-            ))
-        })
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -421,47 +340,7 @@ impl Config {
                     })?;
             merge(&mut merged, overlay);
         }
-        for (var, value) in env {
-            let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
-                continue;
-            };
-            let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
-            let [section, key] = parts.as_slice() else {
-                return Err(ConfigError::Env {
-                    var: var.clone(),
-                    message: "expected METERSTAND__SECTION__KEY".into(),
-                });
-            };
-            let table = merged
-                .get_mut(section)
-                .and_then(|t| t.as_table_mut())
-                .ok_or_else(|| ConfigError::Env {
-                    var: var.clone(),
-                    message: format!("unknown section [{section}]"),
-                })?;
-            let optional = OPTIONAL_KEYS.contains(&(section.as_str(), key.as_str()));
-            let parsed = match table.get(key) {
-                // An optional key (unset by default) takes the text; empty unsets it.
-                None if optional && value.is_empty() => {
-                    table.remove(key);
-                    continue;
-                }
-                None if optional => toml::Value::String(value.clone()),
-                None => {
-                    return Err(ConfigError::Env {
-                        var: var.clone(),
-                        message: format!("unknown key {section}.{key}"),
-                    });
-                }
-                Some(existing) => {
-                    parse_env_value(existing, value).map_err(|message| ConfigError::Env {
-                        var: var.clone(),
-                        message,
-                    })?
-                }
-            };
-            table.insert(key.clone(), parsed);
-        }
+        apply_env(&mut merged, env)?;
         let config: Config =
             serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
                 let key = e.path().to_string();
@@ -626,11 +505,61 @@ impl Config {
     }
 }
 
+/// Overlays the `METERSTAND__SECTION__KEY` variables of `env` on `merged`, each parsed as
+/// the type of the value it replaces (an optional key's as text).
+fn apply_env(merged: &mut toml::Table, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    for (var, value) in env {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        let [section, key] = parts.as_slice() else {
+            return Err(ConfigError::Env {
+                var: var.clone(),
+                message: "expected METERSTAND__SECTION__KEY".into(),
+            });
+        };
+        let table = merged
+            .get_mut(section)
+            .and_then(|t| t.as_table_mut())
+            .ok_or_else(|| ConfigError::Env {
+                var: var.clone(),
+                message: format!("unknown section [{section}]"),
+            })?;
+        let optional = OPTIONAL_KEYS.contains(&(section.as_str(), key.as_str()));
+        let parsed = match table.get(key) {
+            // An optional key (unset by default) takes the text; empty unsets it.
+            None if optional && value.is_empty() => {
+                table.remove(key);
+                continue;
+            }
+            None if optional => toml::Value::String(value.clone()),
+            None => {
+                return Err(ConfigError::Env {
+                    var: var.clone(),
+                    message: format!("unknown key {section}.{key}"),
+                });
+            }
+            Some(existing) => {
+                parse_env_value(existing, value).map_err(|message| ConfigError::Env {
+                    var: var.clone(),
+                    message,
+                })?
+            }
+        };
+        table.insert(key.clone(), parsed);
+    }
+    Ok(())
+}
+
 mod sources;
 mod validate;
+mod values;
 
 pub use sources::inside;
 use sources::{merge, origin_of, parse_env_value};
+pub use values::ByteSize;
+use values::{humantime_serde_compat, unset_if_empty};
 
 #[cfg(test)]
 mod tests;

@@ -179,14 +179,7 @@ pub async fn run(
     let api_base = format!("http://{}", service.api_addr);
     let population = simulate::population(&sim);
     register(&api_base, &setup.tokens["crm"], &population).await?;
-    let last = to.checked_sub(jiff::Span::new().days(1))?;
-    let (days, dates) = match args.days {
-        1 => ("1 day".to_string(), from.to_string()),
-        n => (format!("{n} days"), format!("{from} to {last}")),
-    };
-    println!(
-        "publishing {days} of their readings ({dates}, a message per connection per day) to the embedded broker"
-    );
+    announce_history(args.days, (from, to))?;
 
     let report = simulate::run(sim.clone()).await?;
     let bad = publish_bad_messages(&setup.broker, &config.broker.topic_prefix).await?;
@@ -246,6 +239,19 @@ pub async fn run(
     println!("\nserving until Ctrl-C");
     crate::service::wait_for_signal().await;
     service.shutdown().await
+}
+
+/// Says which days of history the demo publishes.
+fn announce_history(days: u32, (from, to): Range) -> anyhow::Result<()> {
+    let last = to.checked_sub(jiff::Span::new().days(1))?;
+    let (days, dates) = match days {
+        1 => ("1 day".to_string(), from.to_string()),
+        n => (format!("{n} days"), format!("{from} to {last}")),
+    };
+    println!(
+        "publishing {days} of their readings ({dates}, a message per connection per day) to the embedded broker"
+    );
+    Ok(())
 }
 
 /// Polls `done` every 50 ms; `Err` when it did not hold within `within`.

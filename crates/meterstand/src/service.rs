@@ -90,6 +90,166 @@ pub fn ingest_config(config: &Config) -> IngestConfig {
     }
 }
 
+/// The HTTP server as started: its address, state, TLS and how to stop it.
+struct Http {
+    addr: std::net::SocketAddr,
+    api: ApiState,
+    tls: Option<meterstand_api::Tls>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Http {
+    /// Binds `api.listen` and serves the API (HTTPS when configured) until stopped.
+    async fn start(config: &Config, parts: ApiParts, file_limit: u64) -> anyhow::Result<Http> {
+        let tls = match config.tls_files() {
+            Some(files) => {
+                Some(meterstand_api::Tls::load(files).context("loading the HTTPS certificate")?)
+            }
+            None => None,
+        };
+        let listener = TcpListener::bind(config.api.listen)
+            .await
+            .with_context(|| format!("binding api.listen {}", config.api.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(
+            file_limit,
+            max_connections = parts.config.max_connections,
+            "http connection cap"
+        );
+        let state = ApiState::new(parts);
+        let stop = CancellationToken::new();
+        let (api, served_tls, stopped) = (state.clone(), tls.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            if let Err(e) = meterstand_api::serve_with(listener, state, served_tls, stopped).await {
+                tracing::error!(error = %e, "http server stopped");
+            }
+        });
+        Ok(Http {
+            addr,
+            api,
+            tls,
+            stop,
+            task,
+        })
+    }
+}
+
+/// The in-process broker of `broker.embedded` (loopback only), on `broker.url`'s address.
+fn start_embedded_broker(config: &Config) -> anyhow::Result<()> {
+    let listen = config.broker_listen()?;
+    EmbeddedBroker::start(listen, config.ingest.max_payload_bytes.saturating_mul(4))?;
+    tracing::info!(%listen, "embedded mqtt broker started");
+    Ok(())
+}
+
+/// The pseudonymiser and the audit chain's keys, from the master key file (which is then
+/// dropped from memory).
+fn keys(
+    config: &Config,
+    env: &BTreeMap<String, String>,
+) -> anyhow::Result<(Arc<Pseudonymiser>, meterstand_audit::ChainKeys)> {
+    let key_file = config.key_file(env);
+    let ring = KeyRing::load(&key_file).with_context(|| {
+        format!(
+            "loading the master key (create one with `meterstand keygen --out {}`)",
+            key_file.display()
+        )
+    })?;
+    Ok((
+        Arc::new(Pseudonymiser::new(&ring)),
+        crate::audit::chain_keys(&ring),
+    ))
+}
+
+/// Opens the store on a blocking thread.
+async fn open_store(config: &Config) -> anyhow::Result<Arc<RocksStore>> {
+    let store_config = store_config(config)?;
+    let path = store_config.path.clone();
+    let store =
+        tokio::task::spawn_blocking(move || RocksStore::open(store_config, Arc::new(SystemClock)))
+            .await?
+            .with_context(|| format!("opening the store at {}", path.display()))?;
+    Ok(Arc::new(store))
+}
+
+/// The retention sweep every `every` until `stop`.
+async fn sweep_loop(store: Arc<RocksStore>, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.sweep_retention()).await {
+            Ok(Ok(removed)) if removed.total() > 0 => tracing::info!(
+                interval = removed.interval,
+                day = removed.day,
+                month = removed.month,
+                "retention sweep removed readings"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
+            Err(e) => tracing::error!(error = %e, "retention sweep panicked"),
+        }
+    }
+}
+
+/// The statistics freeze: at start-up, then every minute (sooner with a short
+/// `statistics.quiet`), on a blocking thread. A backlog (history loaded late) is frozen in
+/// slices of `budget`, with a pause between them for ingest and the API.
+fn freeze_loop(
+    store: Arc<RocksStore>,
+    config: &Config,
+    stop: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let freeze = meterstand_store::freeze::FreezeConfig {
+        settle: config.statistics.settle,
+        quiet: config.statistics.quiet,
+        k: config.privacy.min_group_size,
+        ..Default::default()
+    };
+    let every = config
+        .statistics
+        .quiet
+        .clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let calendar = config.privacy.timezone.clone();
+    async move {
+        let mut next = Duration::ZERO;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(next) => {}
+            }
+            let (s, cal, cfg) = (store.clone(), calendar.clone(), freeze.clone());
+            let run = tokio::task::spawn_blocking(move || {
+                meterstand_store::freeze::run(s.as_ref(), &cal, &cfg, jiff::Timestamp::now())
+            });
+            next = every;
+            match run.await {
+                Ok(Ok(r)) => {
+                    record_freeze(&r);
+                    if r.periods > 0 {
+                        tracing::info!(
+                            periods = r.periods,
+                            units = r.units,
+                            pending = r.pending,
+                            "statistics frozen"
+                        );
+                    }
+                    if r.due_left > 0 {
+                        // A slice of a backlog: the next one after a breath.
+                        next = FREEZE_BACKLOG_PAUSE;
+                    }
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "statistics freeze failed"),
+                Err(e) => tracing::error!(error = %e, "statistics freeze panicked"),
+            }
+        }
+    }
+}
+
 struct ServiceReadiness {
     store: Arc<RocksStore>,
     ingest: Arc<IngestStatus>,
@@ -137,35 +297,18 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
+    /// Starts every part. One function on purpose: it reads as the start-up order (keys, store, broker, audit
+    /// log, ingest, HTTP, background tasks) that `shutdown` reverses; each step is a call.
     pub async fn start(config: &Config, env: &BTreeMap<String, String>) -> anyhow::Result<Service> {
         config.preflight(env)?;
         // Before anything opens files: `api.max_connections` is sized from the raised limit.
         let file_limit = crate::access::raise_file_limit();
-        let key_file = config.key_file(env);
-        let ring = KeyRing::load(&key_file).with_context(|| {
-            format!(
-                "loading the master key (create one with `meterstand keygen --out {}`)",
-                key_file.display()
-            )
-        })?;
+        let (pseudonymiser, audit_keys) = keys(config, env)?;
         let tokens = config.token_table()?;
-        let pseudonymiser = Arc::new(Pseudonymiser::new(&ring));
-        let audit_keys = crate::audit::chain_keys(&ring);
-        drop(ring);
-
-        let store_config = store_config(config)?;
-        let path = store_config.path.clone();
-        let store = tokio::task::spawn_blocking(move || {
-            RocksStore::open(store_config, Arc::new(SystemClock))
-        })
-        .await?
-        .with_context(|| format!("opening the store at {}", path.display()))?;
-        let store = Arc::new(store);
+        let store = open_store(config).await?;
 
         if config.broker.embedded {
-            let listen = config.broker_listen()?;
-            EmbeddedBroker::start(listen, config.ingest.max_payload_bytes.saturating_mul(4))?;
-            tracing::info!(%listen, "embedded mqtt broker started");
+            start_embedded_broker(config)?;
         }
 
         // Keyed, in monthly segments, compared with the head the store anchored (a removed
@@ -177,11 +320,12 @@ impl Service {
         )?;
         let status = Arc::new(IngestStatus::default());
         let intake = CancellationToken::new();
-        let mut ingest_config = ingest_config(config);
-        // Corrections from the metering company are audited in the same chain.
-        ingest_config.audit = Some(audit.clone());
         let ingest = Ingest::start(
-            ingest_config,
+            IngestConfig {
+                // Corrections from the metering company are audited in the same chain.
+                audit: Some(audit.clone()),
+                ..ingest_config(config)
+            },
             store.clone(),
             pseudonymiser.clone(),
             status.clone(),
@@ -202,118 +346,35 @@ impl Service {
             },
             background.clone(),
         ));
-        let tls = match config.tls_files() {
-            Some(files) => {
-                Some(meterstand_api::Tls::load(files).context("loading the HTTPS certificate")?)
-            }
-            None => None,
-        };
-        let listener = TcpListener::bind(config.api.listen)
-            .await
-            .with_context(|| format!("binding api.listen {}", config.api.listen))?;
-        let api_addr = listener.local_addr()?;
-        let api_config = config.api_config();
-        tracing::info!(
+        let Http {
+            addr: api_addr,
+            api,
+            tls,
+            stop: http_stop,
+            task: http,
+        } = Http::start(
+            config,
+            ApiParts {
+                readiness: Arc::new(ServiceReadiness {
+                    store: store.clone(),
+                    ingest: status.clone(),
+                }),
+                backend: store.clone(),
+                pseudonymiser,
+                tokens,
+                audit,
+                calendar: config.privacy.timezone.clone(),
+                config: config.api_config(),
+            },
             file_limit,
-            max_connections = api_config.max_connections,
-            "http connection cap"
-        );
-        let state = ApiState::new(ApiParts {
-            readiness: Arc::new(ServiceReadiness {
-                store: store.clone(),
-                ingest: status.clone(),
-            }),
-            backend: store.clone(),
-            pseudonymiser,
-            tokens,
-            audit,
-            calendar: config.privacy.timezone.clone(),
-            config: api_config,
-        });
-        let http_stop = CancellationToken::new();
-        let api = state.clone();
-        let served_tls = tls.clone();
-        let stop = http_stop.clone();
-        let http = tokio::spawn(async move {
-            if let Err(e) = meterstand_api::serve_with(listener, state, served_tls, stop).await {
-                tracing::error!(error = %e, "http server stopped");
-            }
-        });
-
-        let (sweep_store, sweep_stop, every) = (
+        )
+        .await?;
+        tracker.spawn(sweep_loop(
             store.clone(),
-            background.clone(),
             config.retention.sweep_interval,
-        );
-        tracker.spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tokio::select! {
-                    _ = sweep_stop.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                let s = sweep_store.clone();
-                match tokio::task::spawn_blocking(move || s.sweep_retention()).await {
-                    Ok(Ok(removed)) if removed.total() > 0 => tracing::info!(
-                        interval = removed.interval,
-                        day = removed.day,
-                        month = removed.month,
-                        "retention sweep removed readings"
-                    ),
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
-                    Err(e) => tracing::error!(error = %e, "retention sweep panicked"),
-                }
-            }
-        });
-        // The statistics freeze: at start-up, then every minute (sooner with a short
-        // `statistics.quiet`), on a blocking thread. A backlog (history loaded late) is
-        // frozen in slices of `budget`, with a pause between them for ingest and the API.
-        let freeze = meterstand_store::freeze::FreezeConfig {
-            settle: config.statistics.settle,
-            quiet: config.statistics.quiet,
-            k: config.privacy.min_group_size,
-            ..Default::default()
-        };
-        let every = config
-            .statistics
-            .quiet
-            .clamp(Duration::from_secs(1), Duration::from_secs(60));
-        let calendar = config.privacy.timezone.clone();
-        let (freeze_store, freeze_stop) = (store.clone(), background.clone());
-        tracker.spawn(async move {
-            let mut next = Duration::ZERO;
-            loop {
-                tokio::select! {
-                    _ = freeze_stop.cancelled() => return,
-                    _ = tokio::time::sleep(next) => {}
-                }
-                let (s, cal, cfg) = (freeze_store.clone(), calendar.clone(), freeze.clone());
-                let run = tokio::task::spawn_blocking(move || {
-                    meterstand_store::freeze::run(s.as_ref(), &cal, &cfg, jiff::Timestamp::now())
-                });
-                next = every;
-                match run.await {
-                    Ok(Ok(r)) => {
-                        record_freeze(&r);
-                        if r.periods > 0 {
-                            tracing::info!(
-                                periods = r.periods,
-                                units = r.units,
-                                pending = r.pending,
-                                "statistics frozen"
-                            );
-                        }
-                        if r.due_left > 0 {
-                            // A slice of a backlog: the next one after a breath.
-                            next = FREEZE_BACKLOG_PAUSE;
-                        }
-                    }
-                    Ok(Err(e)) => tracing::error!(error = %e, "statistics freeze failed"),
-                    Err(e) => tracing::error!(error = %e, "statistics freeze panicked"),
-                }
-            }
-        });
+            background.clone(),
+        ));
+        tracker.spawn(freeze_loop(store.clone(), config, background.clone()));
         tracing::info!(api = %api_addr, https = tls.is_some(), "meterstand running");
         Ok(Service {
             store,

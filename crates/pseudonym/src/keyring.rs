@@ -145,9 +145,21 @@ impl KeyRing {
 
     /// Replaces an existing key file (after `rotate`), atomically, keeping mode 0600.
     pub fn replace(&self, path: &Path) -> Result<(), KeyError> {
+        use std::os::unix::fs::MetadataExt;
         let tmp = path.with_extension("tmp");
         let _ = std::fs::remove_file(&tmp);
         self.write(&tmp, true)?;
+        // The new file keeps the old one's owner: a rotation run by root must not leave the
+        // service's user (the package's `meterstand`) unable to read its key.
+        if let Ok(old) = std::fs::metadata(path)
+            && let Err(source) = std::os::unix::fs::chown(&tmp, Some(old.uid()), Some(old.gid()))
+        {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(KeyError::Write {
+                path: path.to_owned(),
+                source,
+            });
+        }
         std::fs::rename(&tmp, path).map_err(|source| KeyError::Write {
             path: path.to_owned(),
             source,
@@ -242,6 +254,31 @@ mod tests {
         assert_eq!(again.versions().collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(again.key(1), ring.key(1));
         assert_ne!(again.key(2), again.key(1));
+    }
+
+    /// A rotation run by another user (root, for the package's `meterstand` user) leaves the
+    /// key file with the owner it had.
+    #[test]
+    fn replacing_keeps_the_key_files_owner() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("master.key");
+        let mut ring = KeyRing::generate().expect("random");
+        ring.create(&path).expect("create");
+        let me = std::fs::metadata(&path).expect("meta");
+        // As root the file is first given away, as the package's postinst does; otherwise
+        // the test holds the owner it can hold.
+        let (uid, gid) = if me.uid() == 0 {
+            (54_321, 54_321)
+        } else {
+            (me.uid(), me.gid())
+        };
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown");
+        ring.rotate().expect("rotate");
+        ring.replace(&path).expect("replace");
+        let after = std::fs::metadata(&path).expect("meta");
+        assert_eq!((after.uid(), after.gid()), (uid, gid));
+        assert_eq!(after.permissions().mode() & 0o777, 0o600);
     }
 
     #[test]

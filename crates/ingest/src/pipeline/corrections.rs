@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use meterstand_audit::{Actor, AuditEntry};
+use meterstand_audit::{Actor, AuditEntry, AuditLog};
 use meterstand_codec::Reject;
 use meterstand_model::{Register, TierSet};
 use meterstand_pseudonym::Pseudonym;
@@ -101,41 +101,8 @@ pub(super) async fn audit_corrections(
     if readings.is_empty() && replaced.is_empty() {
         return Ok(());
     }
-    // One line per (subject, register, time), in arrival order, with the tier entries the
-    // store replaced; an entry the store reports that no message reading names (it should
-    // not happen) still gets a line of its own.
-    let mut lines: Vec<(CorrectedReading, u64)> = Vec::new();
-    let mut index = std::collections::HashMap::new();
-    for r in readings {
-        index
-            .entry((r.connection, r.register, r.time))
-            .or_insert_with(|| {
-                lines.push((*r, 0));
-                lines.len() - 1
-            });
-    }
-    let mut corrected = std::collections::HashSet::new();
-    for c in &replaced {
-        corrected.insert((c.connection, c.register, c.time));
-        let i = *index
-            .entry((c.connection, c.register, c.time))
-            .or_insert_with(|| {
-                lines.push((
-                    CorrectedReading {
-                        connection: c.connection,
-                        register: c.register,
-                        time: c.time,
-                        tiers: TierSet::EMPTY,
-                    },
-                    0,
-                ));
-                lines.len() - 1
-            });
-        let (line, n) = &mut lines[i];
-        line.tiers = line.tiers.with(c.tier);
-        *n += 1;
-    }
-    metrics::CORRECTED_READINGS.inc_by(corrected.len() as u64);
+    let (lines, corrected) = lines_of(readings, &replaced);
+    metrics::CORRECTED_READINGS.inc_by(corrected as u64);
     let Some(audit) = ctx.config.audit.clone() else {
         return Ok(());
     };
@@ -155,6 +122,57 @@ pub(super) async fn audit_corrections(
             })
             .collect(),
     );
+    write_lines(ctx, audit, entries).await
+}
+
+/// One line per (subject, register, time), in arrival order, with the tier entries the
+/// store replaced; an entry the store reports that no message reading names (it should not
+/// happen) still gets a line of its own. Also how many readings had a value replaced.
+fn lines_of(
+    readings: &[CorrectedReading],
+    replaced: &[Correction],
+) -> (Vec<(CorrectedReading, u64)>, usize) {
+    let mut lines: Vec<(CorrectedReading, u64)> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    for r in readings {
+        index
+            .entry((r.connection, r.register, r.time))
+            .or_insert_with(|| {
+                lines.push((*r, 0));
+                lines.len() - 1
+            });
+    }
+    let mut corrected = std::collections::HashSet::new();
+    for c in replaced {
+        corrected.insert((c.connection, c.register, c.time));
+        let i = *index
+            .entry((c.connection, c.register, c.time))
+            .or_insert_with(|| {
+                lines.push((
+                    CorrectedReading {
+                        connection: c.connection,
+                        register: c.register,
+                        time: c.time,
+                        tiers: TierSet::EMPTY,
+                    },
+                    0,
+                ));
+                lines.len() - 1
+            });
+        let (line, n) = &mut lines[i];
+        line.tiers = line.tiers.with(c.tier);
+        *n += 1;
+    }
+    (lines, corrected.len())
+}
+
+/// Appends `entries` on a blocking thread, retried like a store write; what could not be
+/// written fails the batch (nothing of it is acknowledged).
+async fn write_lines(
+    ctx: &Context,
+    audit: AuditLog,
+    entries: Arc<Vec<AuditEntry>>,
+) -> Result<(), IngestError> {
     let total = entries.len();
     let mut written = 0;
     let mut backoff = Backoff::new(WRITE_BACKOFF.0, WRITE_BACKOFF.1);

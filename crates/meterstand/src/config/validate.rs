@@ -1,18 +1,41 @@
 //! The checks `Config::load` runs after deserialising: values in range, keys that go together,
-//! and paths that must not lie inside the data directory. Each refusal names the key.
+//! and paths that must not lie inside the data directory. Each refusal names the key. One
+//! method per section, all called from `validate`; ingest's own settings are checked by
+//! ingest (`IngestConfig::validate`).
 
 use std::time::Duration;
 
 use super::{Config, ConfigError, inside};
 
+fn value_err(key: &'static str, value: &dyn std::fmt::Display, allowed: &str) -> ConfigError {
+    ConfigError::Value {
+        key,
+        value: value.to_string(),
+        allowed: allowed.to_string(),
+        origin: String::new(),
+    }
+}
+
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let value_err = |key, value: &dyn std::fmt::Display, allowed: &str| ConfigError::Value {
-            key,
-            value: value.to_string(),
-            allowed: allowed.to_string(),
-            origin: String::new(),
-        };
+        self.validate_broker()?;
+        self.validate_ingest()?;
+        self.validate_store()?;
+        self.validate_retention()?;
+        self.validate_statistics()?;
+        self.validate_api()?;
+        if self.privacy.min_group_size < 2 {
+            return Err(value_err(
+                "privacy.min_group_size",
+                &self.privacy.min_group_size,
+                "at least 2 (1 would publish single connections)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[broker]`: the embedded listener, TLS with its CA, plain MQTT on loopback only.
+    fn validate_broker(&self) -> Result<(), ConfigError> {
         if self.broker.embedded {
             self.broker_listen()?;
         }
@@ -29,6 +52,11 @@ impl Config {
                  path to the broker is protected otherwise (e.g. a TLS tunnel on this host)",
             ));
         }
+        Ok(())
+    }
+
+    /// `[ingest]` and `[p1]`, by ingest's own rules.
+    fn validate_ingest(&self) -> Result<(), ConfigError> {
         // Ingest's own settings, by ingest's own rules (the one place they are checked).
         crate::service::ingest_config(self)
             .validate()
@@ -45,6 +73,11 @@ impl Config {
                 },
                 other => ConfigError::Invalid(other.to_string()),
             })?;
+        Ok(())
+    }
+
+    /// `[store]` and `[backup]`: the budget, and the journal and backups outside the store.
+    fn validate_store(&self) -> Result<(), ConfigError> {
         if !(32 << 20..=64 << 30).contains(&self.store.memory.0) {
             return Err(value_err(
                 "store.memory",
@@ -66,18 +99,18 @@ impl Config {
                 "a directory outside store.path",
             ));
         }
-        for (key, d) in [
-            ("api.header_timeout", self.api.header_timeout),
-            ("api.body_timeout", self.api.body_timeout),
-        ] {
-            if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
-                return Err(value_err(
-                    key,
-                    &humantime::format_duration(d),
-                    "100ms to 10m",
-                ));
-            }
+        if !(1..=1000).contains(&self.backup.keep) {
+            return Err(value_err(
+                "backup.keep",
+                &self.backup.keep,
+                "1 to 1000 (backups kept; the journal reaches back to the oldest)",
+            ));
         }
+        Ok(())
+    }
+
+    /// `[retention]`: at least a day per tier, statistics outliving the readings.
+    fn validate_retention(&self) -> Result<(), ConfigError> {
         for (key, d) in [
             ("retention.interval", self.retention.interval),
             ("retention.day", self.retention.day),
@@ -99,6 +132,18 @@ impl Config {
                 "at least retention.month (statistics outlive the readings they come from)",
             ));
         }
+        if self.retention.sweep_interval < Duration::from_secs(1) {
+            return Err(value_err(
+                "retention.sweep_interval",
+                &humantime::format_duration(self.retention.sweep_interval),
+                "at least 1s",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[statistics]`: settle and quiet.
+    fn validate_statistics(&self) -> Result<(), ConfigError> {
         if self.statistics.settle < Duration::from_secs(60)
             || self.statistics.settle > Duration::from_secs(30 * 86_400)
         {
@@ -115,26 +160,22 @@ impl Config {
                 "0s to 1day",
             ));
         }
-        if !(1..=1000).contains(&self.backup.keep) {
-            return Err(value_err(
-                "backup.keep",
-                &self.backup.keep,
-                "1 to 1000 (backups kept; the journal reaches back to the oldest)",
-            ));
-        }
-        if self.retention.sweep_interval < Duration::from_secs(1) {
-            return Err(value_err(
-                "retention.sweep_interval",
-                &humantime::format_duration(self.retention.sweep_interval),
-                "at least 1s",
-            ));
-        }
-        if self.privacy.min_group_size < 2 {
-            return Err(value_err(
-                "privacy.min_group_size",
-                &self.privacy.min_group_size,
-                "at least 2 (1 would publish single connections)",
-            ));
+        Ok(())
+    }
+
+    /// `[api]`: tokens, limits, timeouts, ranges and HTTPS.
+    fn validate_api(&self) -> Result<(), ConfigError> {
+        for (key, d) in [
+            ("api.header_timeout", self.api.header_timeout),
+            ("api.body_timeout", self.api.body_timeout),
+        ] {
+            if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
+                return Err(value_err(
+                    key,
+                    &humantime::format_duration(d),
+                    "100ms to 10m",
+                ));
+            }
         }
         for (i, t) in self.api.tokens.iter().enumerate() {
             match (&t.file, t.hash.is_empty()) {
@@ -194,12 +235,7 @@ impl Config {
     /// `api.client_ca` only with them; plain HTTP off loopback only with `api.allow_plaintext`.
     fn validate_tls(&self) -> Result<(), ConfigError> {
         let api = &self.api;
-        let value_err = |key, value: &str, allowed: &str| ConfigError::Value {
-            key,
-            value: value.to_string(),
-            allowed: allowed.to_string(),
-            origin: String::new(),
-        };
+        let value_err = |key, value: &str, allowed: &str| value_err(key, &value, allowed);
         match (&api.tls_cert, &api.tls_key) {
             (Some(_), None) => {
                 return Err(value_err(
