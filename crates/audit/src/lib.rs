@@ -123,15 +123,16 @@ mod tests;
 
 use std::path::PathBuf;
 
+pub use chain::{Anchor, ProblemKind};
 pub use chain::{ChainHead, ChainHeadParseError, GENESIS_HASH};
 pub use entry::{Actor, AuditEntry, CORRECTION_PARAMS, Outcome, action, holds_ean_like};
 pub use keys::ChainKeys;
-pub use log::{Anchor, AnchorSink, AuditLog, LogOptions, Removed};
+pub use log::{AnchorSink, AuditLog, LogOptions, Removed};
 pub use report::{
     ActorKind, ActorReport, CsvRow, EanMapping, EanSubject, Integrity, Report, report, report_with,
 };
 pub use segments::segments;
-pub use verify::{Problem, ProblemKind, VerifyReport, verify, verify_with};
+pub use verify::{Problem, VerifyReport, verify, verify_with};
 
 /// The longest line read or written (4 MiB): far above any real entry, and a bound on the
 /// memory a hostile file can make us use.

@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use rustix::fs::{FlockOperation, flock};
 
 use crate::AuditError;
-use crate::chain::{ChainHead, check_line, encode_line};
+use crate::chain::{Anchor, ChainHead, check_line, encode_line};
 use crate::entry::{Actor, AuditEntry, Outcome, action};
 use crate::keys::ChainKeys;
 use crate::segments::{dir_of, sealed, sealed_name};
@@ -24,15 +24,6 @@ use crate::tail::{first_line, hash_range, last_line, peek};
 /// The most bytes another writer may have appended between two of ours (a few operator
 /// lines); more means something else writes to the file.
 const MAX_CATCH_UP: u64 = 16 << 20;
-
-/// Where the chain stands, for keeping outside the log file: the head, and the seq of the
-/// oldest line still kept (segments before it were removed by retention). `first` is `None`
-/// when only a head was recorded (`verify --head`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Anchor {
-    pub head: ChainHead,
-    pub first: Option<u64>,
-}
 
 /// Keeps the anchor outside the log (the service: in the store). Called with the log's lock
 /// held, after every line is on disk and after retention moved `first`; failures are the

@@ -9,10 +9,10 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::AuditError;
+use crate::chain::Anchor;
 use crate::chain::ChainHead;
 use crate::entry::{Actor, AuditEntry, Outcome, rfc3339};
 use crate::keys::ChainKeys;
-use crate::log::Anchor;
 use crate::verify::{Problem, walk};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

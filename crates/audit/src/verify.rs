@@ -10,51 +10,15 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::chain::{ChainHead, GENESIS_HASH, check_line};
+use crate::chain::Anchor;
+use crate::chain::{ChainHead, GENESIS_HASH, ProblemKind, check_line};
 use crate::entry::{AuditEntry, action};
 use crate::keys::ChainKeys;
-use crate::log::Anchor;
 use crate::segments::segments;
 use crate::{AuditError, MAX_LINE_BYTES};
 
 /// Problems kept in a [`VerifyReport`]; more are only counted.
 const MAX_PROBLEMS: usize = 100;
-
-/// What is wrong with a line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProblemKind {
-    /// Not a JSON object with valid chain fields, not an audit entry, or too long: the line
-    /// was damaged or written by something else.
-    Malformed,
-    /// A valid-looking line whose bytes or content no longer match its hash.
-    Edited,
-    /// `seq` jumped forward: lines before this one were removed.
-    Deleted,
-    /// `seq` went back: lines were moved or duplicated.
-    Reordered,
-    /// `seq` is right but `prev` is not the previous line's hash: the line before was replaced
-    /// by one with a recomputed hash.
-    BrokenLink,
-    /// The last line has no `\n`: a crash mid-write (the service cuts it off when it opens the
-    /// log) or a cut file.
-    TornTail,
-    /// The file ends before the recorded head: lines were removed from the end.
-    Truncated,
-    /// The line at the recorded head has a different hash: the log was rewritten.
-    HeadMismatch,
-    /// A keyed line under a key version the key ring does not hold (or no key was given):
-    /// its hash cannot be checked.
-    UnknownKey,
-    /// An unkeyed line after the chain was keyed: written, or re-chained, without the key.
-    Unkeyed,
-    /// The log starts after the oldest line the anchor says is kept: segments were removed
-    /// outside retention.
-    OutsideRetention,
-    /// An `audit.gap` line: the service found lines missing at start-up, and no operator
-    /// has acknowledged it yet.
-    RecordedGap,
-}
 
 /// One broken line: its file (name only), its 1-based number in that file, what is wrong,
 /// and a sentence for people.

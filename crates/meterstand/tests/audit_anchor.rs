@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -14,17 +14,8 @@ use common::*;
 /// The CLI with everything the operator's shell would have: the key file and the audit log
 /// of the test's service, and a login name.
 fn operator(dirs: &ServiceDirs, args: &[&str]) -> Output {
-    Command::new(METERSTAND)
-        .args(["--config".as_ref(), dirs.config.as_os_str()])
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("METERSTAND__STORE__PATH", &dirs.data)
-        .env("METERSTAND__STORE__COMPRESSION", "none")
-        .env("METERSTAND_KEY_FILE", &dirs.key_file)
-        .env("METERSTAND__API__AUDIT_LOG", &dirs.audit)
+    cli_command(dirs, args)
         .env("USER", "op-anna")
-        .stdin(Stdio::null())
         .output()
         .expect("run meterstand")
 }

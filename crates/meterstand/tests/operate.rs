@@ -634,15 +634,9 @@ fn backup_under_load_restores_to_a_consistent_store() {
     svc.stop();
 
     let restored_path = tmp.path().join("restored");
-    let out = Command::new(METERSTAND)
-        .args(["--config".as_ref(), dirs.config.as_os_str()])
-        .args(["restore", "--from", &backup.display().to_string()])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
+    let from = backup.display().to_string();
+    let out = cli_command(&dirs, &["restore", "--from", &from])
         .env("METERSTAND__STORE__PATH", &restored_path)
-        .env("METERSTAND__STORE__COMPRESSION", "none")
-        .env("METERSTAND_KEY_FILE", &dirs.key_file)
-        .env("METERSTAND__API__AUDIT_LOG", &dirs.audit)
         .output()
         .expect("restore");
     assert!(out.status.success(), "{}", text(&out.stderr));

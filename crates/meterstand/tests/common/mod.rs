@@ -463,8 +463,11 @@ pub fn signal(child: &Child, name: &str) {
 }
 
 /// The meterstand CLI with the test's config and store (clients and offline commands).
-pub fn cli(dirs: &ServiceDirs, args: &[&str]) -> std::process::Output {
-    Command::new(METERSTAND)
+/// The CLI as the operator's shell would run it against the test's service: its config,
+/// store, key file and audit log.
+pub fn cli_command(dirs: &ServiceDirs, args: &[&str]) -> Command {
+    let mut command = Command::new(METERSTAND);
+    command
         .args(["--config".as_ref(), dirs.config.as_os_str()])
         .args(args)
         .env_clear()
@@ -474,9 +477,12 @@ pub fn cli(dirs: &ServiceDirs, args: &[&str]) -> std::process::Output {
         // Restore, key rotation and the audit commands chain lines under the master key.
         .env("METERSTAND_KEY_FILE", &dirs.key_file)
         .env("METERSTAND__API__AUDIT_LOG", &dirs.audit)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run meterstand")
+        .stdin(Stdio::null());
+    command
+}
+
+pub fn cli(dirs: &ServiceDirs, args: &[&str]) -> std::process::Output {
+    cli_command(dirs, args).output().expect("run meterstand")
 }
 
 pub fn text(b: &[u8]) -> String {
