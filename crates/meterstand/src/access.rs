@@ -212,11 +212,11 @@ const MAX_DEFAULT_CONNECTIONS: u64 = 4096;
 const MIN_DEFAULT_CONNECTIONS: u64 = 16;
 
 /// `api.max_connections`, or when it is 0 (the default) the share of the file limit left
-/// for connections: of the descriptors beyond [`RESERVED_FDS`], half go to RocksDB (it
+/// for connections: of the descriptors beyond `RESERVED_FDS`, half go to RocksDB (it
 /// keeps every table file open; at the default target file size of 64 MiB, 32,640
 /// descriptors under `LimitNOFILE=65536` cover some 2 TiB of store) and half to HTTP
-/// connections, at most [`MAX_DEFAULT_CONNECTIONS`] and at least
-/// [`MIN_DEFAULT_CONNECTIONS`]. Examples: limit 1024 → 384, 4096 → 1920, 65536 → 4096.
+/// connections, at most `MAX_DEFAULT_CONNECTIONS` and at least
+/// `MIN_DEFAULT_CONNECTIONS`. Examples: limit 1024 → 384, 4096 → 1920, 65536 → 4096.
 pub fn max_connections(configured: usize, file_limit: u64) -> usize {
     if configured > 0 {
         return configured;

@@ -14,8 +14,8 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimulateArgs {
-    /// Broker to publish to: mqtt://host[:port], or mqtts:// with --ca-file (IPv6 in
-    /// brackets: mqtt://[::1]:1883).
+    /// Broker to publish to: `mqtt://host:port`, or `mqtts://` with --ca-file (IPv6 in
+    /// brackets: `mqtt://[::1]:1883`).
     #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
     pub broker: BrokerUrl,
     /// PEM CA that signed an mqtts:// broker's certificate.
