@@ -89,10 +89,13 @@ pub(crate) async fn audit_calls(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .and_then(|m| routes::find(m.as_str(), req.method()));
+    let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str());
+    let route = matched.and_then(|m| routes::find(m, req.method()));
+    if matched.is_some() && route.is_none() {
+        // A known path with a method the table does not list: refused here, whatever the
+        // router would do with it, so nothing outside the table reaches a handler.
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
     let remote = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()

@@ -4,7 +4,7 @@
 //! (`metrics.rs`), so a route is added in one place.
 
 use axum::http::Method;
-use axum::routing::{MethodRouter, delete, get, post, put};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use meterstand_audit::action;
 
 use crate::auth::Role;
@@ -36,7 +36,9 @@ pub struct Route {
     pub action: Option<&'static str>,
     /// Counted per token in `meterstand_api_subject_operations_total` when it succeeds.
     pub subject_operation: bool,
-    handler: fn() -> MethodRouter<ApiState>,
+    /// The handler, routed for the method this entry declares (and no other), so the
+    /// table's method and the router's cannot disagree.
+    handler: fn(MethodFilter) -> MethodRouter<ApiState>,
 }
 
 const ANALYST: Access = Access::Roles(&[Role::Analyst]);
@@ -49,7 +51,7 @@ pub static ROUTES: [Route; 14] = [
         access: Access::Anyone,
         action: None,
         subject_operation: false,
-        handler: || get(crate::healthz),
+        handler: |m| on(m, crate::healthz),
     },
     Route {
         path: "/readyz",
@@ -57,7 +59,7 @@ pub static ROUTES: [Route; 14] = [
         access: Access::Anyone,
         action: None,
         subject_operation: false,
-        handler: || get(crate::readyz),
+        handler: |m| on(m, crate::readyz),
     },
     Route {
         path: "/metrics",
@@ -65,7 +67,7 @@ pub static ROUTES: [Route; 14] = [
         access: Access::Metrics,
         action: Some(METRICS_READ),
         subject_operation: false,
-        handler: || get(crate::metrics_endpoint),
+        handler: |m| on(m, crate::metrics_endpoint),
     },
     Route {
         path: "/openapi.json",
@@ -73,7 +75,7 @@ pub static ROUTES: [Route; 14] = [
         access: Access::Anyone,
         action: None,
         subject_operation: false,
-        handler: || get(crate::openapi),
+        handler: |m| on(m, crate::openapi),
     },
     Route {
         path: "/v1/statistics",
@@ -81,7 +83,7 @@ pub static ROUTES: [Route; 14] = [
         access: ANALYST,
         action: Some(action::STATISTICS_READ),
         subject_operation: false,
-        handler: || get(handlers::statistics),
+        handler: |m| on(m, handlers::statistics),
     },
     // Retired (410): still checked, audited and counted as what was asked for, so that
     // whoever still calls them shows.
@@ -91,7 +93,7 @@ pub static ROUTES: [Route; 14] = [
         access: ANALYST,
         action: Some(action::AGGREGATES_READ),
         subject_operation: false,
-        handler: || get(handlers::aggregates),
+        handler: |m| on(m, handlers::aggregates),
     },
     Route {
         path: "/v1/series",
@@ -99,7 +101,7 @@ pub static ROUTES: [Route; 14] = [
         access: Access::Roles(&Role::ALL),
         action: Some(action::SERIES_LIST),
         subject_operation: false,
-        handler: || get(handlers::series),
+        handler: |m| on(m, handlers::series),
     },
     Route {
         path: "/v1/series/{id}",
@@ -107,7 +109,7 @@ pub static ROUTES: [Route; 14] = [
         access: Access::Roles(&Role::ALL),
         action: Some(action::SERIES_READ),
         subject_operation: false,
-        handler: || get(handlers::series),
+        handler: |m| on(m, handlers::series),
     },
     Route {
         path: "/v1/connections/{ean}",
@@ -115,7 +117,7 @@ pub static ROUTES: [Route; 14] = [
         access: Access::Roles(&[Role::Crm]),
         action: Some(action::CONNECTION_PUT),
         subject_operation: true,
-        handler: || put(handlers::put_connection),
+        handler: |m| on(m, handlers::put_connection),
     },
     Route {
         path: "/v1/subjects/{ean}/export",
@@ -123,7 +125,7 @@ pub static ROUTES: [Route; 14] = [
         access: PRIVACY_OFFICER,
         action: Some(action::SUBJECT_EXPORT),
         subject_operation: true,
-        handler: || get(handlers::export),
+        handler: |m| on(m, handlers::export),
     },
     Route {
         path: "/v1/subjects/{ean}",
@@ -131,7 +133,7 @@ pub static ROUTES: [Route; 14] = [
         access: PRIVACY_OFFICER,
         action: Some(action::SUBJECT_ERASE),
         subject_operation: true,
-        handler: || delete(handlers::erase),
+        handler: |m| on(m, handlers::erase),
     },
     Route {
         path: "/v1/subjects/{ean}/objection",
@@ -139,7 +141,7 @@ pub static ROUTES: [Route; 14] = [
         access: PRIVACY_OFFICER,
         action: Some(SUBJECT_OBJECTION),
         subject_operation: true,
-        handler: || put(handlers::object),
+        handler: |m| on(m, handlers::object),
     },
     Route {
         path: "/v1/subjects/{ean}/objection",
@@ -147,7 +149,7 @@ pub static ROUTES: [Route; 14] = [
         access: PRIVACY_OFFICER,
         action: Some(SUBJECT_OBJECTION),
         subject_operation: true,
-        handler: || delete(handlers::withdraw_objection),
+        handler: |m| on(m, handlers::withdraw_objection),
     },
     Route {
         path: "/v1/backups",
@@ -155,7 +157,7 @@ pub static ROUTES: [Route; 14] = [
         access: Access::Roles(&[Role::Operator]),
         action: Some(action::BACKUP_CREATE),
         subject_operation: false,
-        handler: || post(handlers::backup),
+        handler: |m| on(m, handlers::backup),
     },
 ];
 
@@ -172,10 +174,13 @@ pub fn find(path: &str, method: &Method) -> Option<&'static Route> {
         .find(|r| r.path == path && r.method == *method)
 }
 
-/// Every route of the table, its methods on one path merged.
+/// Every route of the table, its methods on one path merged; each handler answers only the
+/// method its entry declares (and HEAD for GET).
 pub(crate) fn router() -> axum::Router<ApiState> {
     ROUTES.iter().fold(axum::Router::new(), |router, r| {
-        router.route(r.path, (r.handler)())
+        let filter = MethodFilter::try_from(r.method.clone())
+            .expect("the route table lists standard methods only");
+        router.route(r.path, (r.handler)(filter))
     })
 }
 

@@ -255,6 +255,27 @@ async fn every_endpoint_admits_exactly_its_roles() {
             assert_eq!(status, expected, "HEAD (as {method}) {path} as {caller:?}");
         }
     }
+    // A method the table does not list for a path is refused before any handler, for
+    // every caller, and leaves no audit line.
+    let lines_before = s.audit_lines().len();
+    for (method, path) in [
+        (Method::PATCH, "/v1/backups"),
+        (Method::GET, "/v1/backups"),
+        (Method::POST, AGG),
+        (Method::GET, erase.as_str()),
+        (Method::POST, objection.as_str()),
+        (Method::OPTIONS, export.as_str()),
+    ] {
+        for caller in [None, Some(Role::Operator), Some(Role::PrivacyOfficer)] {
+            let (status, _) = s.call(method.clone(), path, caller, None).await;
+            assert_eq!(
+                status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path} as {caller:?}"
+            );
+        }
+    }
+    assert_eq!(s.audit_lines().len(), lines_before);
     // A token that is not configured is no token.
     let resp = s
         .http
