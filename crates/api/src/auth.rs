@@ -235,10 +235,10 @@ impl Caller {
         let Some(value) = headers.get(AUTHORIZATION) else {
             return Caller(Credential::None);
         };
+        // The scheme name is case-insensitive (RFC 9110, 11.1).
         let token = value.to_str().ok().and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-                .map(str::trim)
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         });
         match token {
             None => Caller(Credential::Unknown),

@@ -276,6 +276,28 @@ async fn every_endpoint_admits_exactly_its_roles() {
         }
     }
     assert_eq!(s.audit_lines().len(), lines_before);
+    // The scheme name is case-insensitive; the token is not.
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let resp = s
+            .http
+            .get(format!("http://{}{AGG}", s.addr))
+            .header(
+                "authorization",
+                format!("{scheme} {}", token(Role::Analyst)),
+            )
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::OK, "{scheme}");
+    }
+    let resp = s
+        .http
+        .get(format!("http://{}{AGG}", s.addr))
+        .header("authorization", format!("Basic {}", token(Role::Analyst)))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     // A token that is not configured is no token.
     let resp = s
         .http
