@@ -182,7 +182,10 @@ pub async fn run(
     announce_history(args.days, (from, to))?;
 
     let report = simulate::run(sim.clone()).await?;
-    let bad = publish_bad_messages(&setup.broker, &config.broker.topic_prefix).await?;
+    // A synthetic EAN of the simulator's range, one past the population (not registered).
+    let unregistered = meterstand_model::sim::SimMeter::ean_of(args.meters, sim.seed);
+    let bad =
+        publish_bad_messages(&setup.broker, &config.broker.topic_prefix, &unregistered).await?;
     let expected = report.messages + bad;
     let acked = || {
         service
@@ -344,10 +347,13 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 }
 
 /// One of each kind of bad input, to show that rejects are counted, not lost or looping.
-async fn publish_bad_messages(broker: &BrokerUrl, prefix: &str) -> anyhow::Result<u64> {
+async fn publish_bad_messages(
+    broker: &BrokerUrl,
+    prefix: &str,
+    good_ean: &meterstand_model::Ean,
+) -> anyhow::Result<u64> {
     let options = simulate::publisher_options("meterstand-demo-bad", broker, None)?;
     let (client, mut eventloop) = AsyncClient::new(options, 16);
-    let good_ean = meterstand_model::Ean::from_body(87_199_999_999_999_999).context("ean")?;
     let mut bad_check = good_ean.expose().to_string();
     bad_check.replace_range(17.., if bad_check.ends_with('0') { "1" } else { "0" });
     let future = jiff::Timestamp::now().as_second() / 900 * 900 + 86_400;

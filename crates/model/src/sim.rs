@@ -47,12 +47,18 @@ pub struct SimMeter {
 }
 
 impl SimMeter {
+    /// The EAN of the `index`-th connection of population `seed`: synthetic, in the range
+    /// the simulator and the test kit keep to (`8710000…`), with a valid check digit.
+    pub fn ean_of(index: u64, seed: u64) -> Ean {
+        let body = 87_100_000_000_000_000 + (seed % 1000) * 100_000_000 + index % 100_000_000;
+        Ean::from_body(body).expect("the body stays below 10^17")
+    }
+
     /// The `index`-th connection of a population drawn from `seed`. Consent: 10 % off,
     /// 30 % standard, 30 % daily, 30 % interval.
     pub fn new(index: u64, seed: u64) -> SimMeter {
         let mut rng = SimRng::new(seed.wrapping_mul(1_000_003).wrapping_add(index));
-        let body = 87_100_000_000_000_000 + (seed % 1000) * 100_000_000 + index % 100_000_000;
-        let ean = Ean::from_body(body).expect("the body stays below 10^17");
+        let ean = SimMeter::ean_of(index, seed);
         let consent = match rng.below(10) {
             0 => ConsentLevel::Off,
             1..=3 => ConsentLevel::Standard,
