@@ -13,6 +13,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use meterstand_model::{Connection, ConsentLevel, Ean, Postcode4, Profile, Tier};
+use meterstand_pseudonym::Pseudonym;
 use meterstand_statistics::GroupBy;
 
 use crate::ApiState;
@@ -34,6 +35,20 @@ fn bad_ean() -> ApiError {
         "bad_ean",
         "the EAN must be 18 digits with a valid GS1 check digit",
     )
+}
+
+/// The subject of an `{ean}` path: its pseudonym under the current key, and under every key
+/// version (current first): what a subject request reaches, also data stored before a key
+/// rotation.
+fn subject_of(
+    st: &ApiState,
+    ean: Result<Path<String>, PathRejection>,
+) -> Result<(Pseudonym, Vec<Pseudonym>), ApiError> {
+    let ean = parse_ean(&path_segment(ean).map_err(|_| bad_ean())?)?;
+    Ok((
+        st.pseudonymiser().ean(&ean),
+        st.pseudonymiser().ean_all_versions(&ean),
+    ))
 }
 
 fn parse_ean(text: &str) -> Result<Ean, ApiError> {
@@ -260,11 +275,8 @@ pub async fn put_connection(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let ean = parse_ean(&path_segment(ean).map_err(|_| bad_ean())?)?;
-    let p = st.pseudonymiser().ean(&ean);
-    // Current pseudonym first, then the older key versions': a lowered consent reaches
-    // readings stored before a key rotation too.
-    let all = st.pseudonymiser().ean_all_versions(&ean);
+    // A lowered consent reaches readings stored before a key rotation too.
+    let (p, all) = subject_of(&st, ean)?;
     let body = st.body(&headers, body).await?;
     let connection = connection_from(&body)?;
     record.param("consent", connection.consent.as_str());
@@ -304,50 +316,46 @@ pub async fn export(
     ean: Result<Path<String>, PathRejection>,
     q: RawQuery,
 ) -> Result<Response, ApiError> {
-    {
-        let ean = parse_ean(&path_segment(ean).map_err(|_| bad_ean())?)?;
-        let current = st.pseudonymiser().ean(&ean);
-        let q = QueryParams::parse(q, &ExportParams::NAMES)?;
-        let format = params::format(q.get("format"), &Format::EXPORT)?;
-        record.param("format", format.as_str());
-        let all = st.pseudonymiser().ean_all_versions(&ean);
-        let searched: Vec<String> = all.iter().map(ToString::to_string).collect();
-        let _permit = st.permit()?;
-        record.subjects(&all);
-        let export = st.blocking(move |b| b.export(&all)).await??;
-        record.rows(
-            Tier::ALL
-                .iter()
-                .map(|t| export.tier(*t).len() as u64)
-                .sum::<u64>(),
-        );
-        let readings = |tier: Tier| {
-            export
-                .tier(tier)
-                .iter()
-                .map(|r| ReadingOut::exported(r, export.corrected_at(tier, r)))
-                .collect()
-        };
-        let response = ExportResponse {
-            pseudonym: current.to_string(),
-            pseudonyms: searched,
-            connection: export.connection.as_ref().map(ConnectionOut::from),
-            objection: export.state.objected,
-            erased: export.state.erased,
-            sealed_before: export.state.sealed_before.map(|t| t.to_string()),
-            meters: export.meters.iter().map(ToString::to_string).collect(),
-            readings: ExportReadings {
-                interval: readings(Tier::Interval),
-                day: readings(Tier::Day),
-                month: readings(Tier::Month),
-            },
-        };
-        match format {
-            Format::Json => Ok(axum::Json(response).into_response()),
-            Format::Csv => csv_response(|w| export_csv(w, &response)),
-            // Not in Format::EXPORT, so refused above, before anything was read.
-            Format::Parquet => Err(ApiError::bad_request("format must be json or csv")),
-        }
+    let (current, all) = subject_of(&st, ean)?;
+    let q = QueryParams::parse(q, &ExportParams::NAMES)?;
+    let format = params::format(q.get("format"), &Format::EXPORT)?;
+    record.param("format", format.as_str());
+    let searched: Vec<String> = all.iter().map(ToString::to_string).collect();
+    let _permit = st.permit()?;
+    record.subjects(&all);
+    let export = st.blocking(move |b| b.export(&all)).await??;
+    record.rows(
+        Tier::ALL
+            .iter()
+            .map(|t| export.tier(*t).len() as u64)
+            .sum::<u64>(),
+    );
+    let readings = |tier: Tier| {
+        export
+            .tier(tier)
+            .iter()
+            .map(|r| ReadingOut::exported(r, export.corrected_at(tier, r)))
+            .collect()
+    };
+    let response = ExportResponse {
+        pseudonym: current.to_string(),
+        pseudonyms: searched,
+        connection: export.connection.as_ref().map(ConnectionOut::from),
+        objection: export.state.objected,
+        erased: export.state.erased,
+        sealed_before: export.state.sealed_before.map(|t| t.to_string()),
+        meters: export.meters.iter().map(ToString::to_string).collect(),
+        readings: ExportReadings {
+            interval: readings(Tier::Interval),
+            day: readings(Tier::Day),
+            month: readings(Tier::Month),
+        },
+    };
+    match format {
+        Format::Json => Ok(axum::Json(response).into_response()),
+        Format::Csv => csv_response(|w| export_csv(w, &response)),
+        // Not in Format::EXPORT, so refused above, before anything was read.
+        Format::Parquet => Err(ApiError::bad_request("format must be json or csv")),
     }
 }
 
@@ -453,9 +461,7 @@ pub async fn erase(
     record: CallRecord,
     ean: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let ean = parse_ean(&path_segment(ean).map_err(|_| bad_ean())?)?;
-    let current = st.pseudonymiser().ean(&ean);
-    let all = st.pseudonymiser().ean_all_versions(&ean);
+    let (current, all) = subject_of(&st, ean)?;
     let _permit = st.permit()?;
     record.subjects(&all);
     let receipt = st.blocking(move |b| b.erase(&all)).await??;
@@ -471,11 +477,9 @@ async fn set_objection(
     ean: Result<Path<String>, PathRejection>,
     objected: bool,
 ) -> Result<Response, ApiError> {
-    let ean = parse_ean(&path_segment(ean).map_err(|_| bad_ean())?)?;
-    let current = st.pseudonymiser().ean(&ean);
-    // Current pseudonym first, then the older key versions': the objection holds for what
-    // was stored before a key rotation too, and follows the subject to a new version.
-    let all = st.pseudonymiser().ean_all_versions(&ean);
+    // The objection holds for what was stored before a key rotation too, and follows the
+    // subject to a new version.
+    let (current, all) = subject_of(&st, ean)?;
     let searched: Vec<String> = all.iter().map(ToString::to_string).collect();
     record.param("objection", objected.to_string());
     let _permit = st.permit()?;

@@ -191,6 +191,16 @@ impl Drop for Server {
 
 const AGG: &str = "/v1/statistics?from=2026-11-01&to=2026-11-04&granularity=day&register=import";
 
+/// What a route open to `allowed` (`None`: anyone) answers `caller` (`None`: no token).
+fn expected_status(allowed: Option<Role>, caller: Option<Role>) -> StatusCode {
+    match (allowed, caller) {
+        (None, _) => StatusCode::OK,
+        (Some(_), None) => StatusCode::UNAUTHORIZED,
+        (Some(a), Some(c)) if a == c => StatusCode::OK,
+        (Some(_), Some(_)) => StatusCode::FORBIDDEN,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_admits_exactly_its_roles() {
     let s = Server::start(ApiConfig::default()).await;
@@ -226,12 +236,7 @@ async fn every_endpoint_admits_exactly_its_roles() {
         callers.extend(Role::ALL.map(Some));
         for caller in callers {
             let (status, text) = s.call(method.clone(), path, caller, *body).await;
-            let expected = match (allowed, caller) {
-                (None, _) => StatusCode::OK,
-                (Some(_), None) => StatusCode::UNAUTHORIZED,
-                (Some(a), Some(c)) if *a == c => StatusCode::OK,
-                (Some(_), Some(_)) => StatusCode::FORBIDDEN,
-            };
+            let expected = expected_status(*allowed, caller);
             assert_eq!(status, expected, "{method} {path} as {caller:?}: {text}");
             if status != StatusCode::OK {
                 let v: Value = serde_json::from_str(&text).expect("json error");
@@ -246,12 +251,7 @@ async fn every_endpoint_admits_exactly_its_roles() {
         callers.extend(Role::ALL.map(Some));
         for caller in callers {
             let (status, _) = s.call(Method::HEAD, path, caller, None).await;
-            let expected = match (allowed, caller) {
-                (None, _) => StatusCode::OK,
-                (Some(_), None) => StatusCode::UNAUTHORIZED,
-                (Some(a), Some(c)) if *a == c => StatusCode::OK,
-                (Some(_), Some(_)) => StatusCode::FORBIDDEN,
-            };
+            let expected = expected_status(*allowed, caller);
             assert_eq!(status, expected, "HEAD (as {method}) {path} as {caller:?}");
         }
     }
