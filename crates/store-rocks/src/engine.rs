@@ -148,7 +148,6 @@ impl Horizons {
 /// What the writer, the readers and the facade share.
 pub(crate) struct Shared {
     pub(crate) db: DB,
-    pub(crate) calendar: Calendar,
     pub(crate) config: StoreConfig,
     pub(crate) clock: Arc<dyn Clock>,
     /// Connection records, loaded at open; changed only by the writer thread.
@@ -334,11 +333,9 @@ pub(crate) fn open_shared(
     let db = DB::open_cf_descriptors(&db_opts, &config.path, cfs)
         .map_err(engine("opening the database"))?;
 
-    let calendar = config.calendar.clone();
     let config_rocksdb_bytes = config.rocksdb_bytes();
     let shared = Shared {
         db,
-        calendar,
         config,
         clock,
         connections: RwLock::new(HashMap::new()),

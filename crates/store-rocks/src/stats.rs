@@ -311,7 +311,7 @@ fn mark_stored(
                 let last = first + crate::layout::bucket_quarters(tier) as u32 - 1;
                 touched.clear();
                 Units::touched(
-                    &shared.calendar,
+                    &shared.config.calendar,
                     tier,
                     key.register,
                     crate::layout::time_of_quarter(first),

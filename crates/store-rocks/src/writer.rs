@@ -449,7 +449,7 @@ impl Writer {
             let run_units = self.unit_memo.entry(span).or_insert_with(|| {
                 let mut out = Vec::new();
                 Units::touched(
-                    &shared.calendar,
+                    &shared.config.calendar,
                     tier,
                     parsed.register,
                     layout::time_of_quarter(span.2),
@@ -464,7 +464,14 @@ impl Writer {
                 let late = some_frozen && {
                     let at = layout::time_of_quarter(base + t.slot);
                     let mut fed = Vec::new();
-                    Units::touched(&shared.calendar, tier, parsed.register, at, at, &mut fed);
+                    Units::touched(
+                        &shared.config.calendar,
+                        tier,
+                        parsed.register,
+                        at,
+                        at,
+                        &mut fed,
+                    );
                     units.any_frozen(&fed)
                 };
                 let outcome = &mut outcomes[t.idx as usize];
